@@ -1,0 +1,252 @@
+"""The partition engine: event-time ordering, timers and per-customer rules.
+
+One `PartitionEngine` owns the customers of one partition (every input topic
+is co-partitioned by customer_id). It is pure: the Faust agents feed it
+decoded events and persist what it reports dirty; the offline backtest feeds
+it lines of a file. Both get byte-identical proposals because the order in
+which events are applied is a function of the events alone:
+
+* Each input topic-partition is read in order. An event is buffered until the
+  partition's watermark passes its timestamp; the watermark is the lowest
+  high-water timestamp over all input topics, raised by ticks (wall clock,
+  live) and watermark records (end of a replay). Released events are applied
+  in (timestamp, topic rank, arrival) order, whatever the interleaving of the
+  topics on the wire.
+* Timers (renewal, fiscal year end, underuse, season, co-purchase window)
+  fire at their due moment, before any event with the same timestamp, and
+  the proposal's created_at is the due moment, never the wall clock.
+* An event older than the watermark is late: it is applied at once and
+  counted (`late_events`).
+"""
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+
+from . import state as st
+from .config import Rules
+from .guardrails import arbitrate
+from .timeutil import DAY
+from .triggers import next_due, purchase_triggers, time_triggers, usage_triggers
+
+INPUT_TOPICS = ("customers", "contracts", "feedback", "proposal-outcomes", "purchases", "usage")
+PROPOSAL, SUPPRESSED = "proposal", "suppressed"
+
+
+class CoPurchase:
+    """Per-partition counts of customers having SKUs (and pairs) in their 90-day window."""
+
+    def __init__(self):
+        self.count: dict[str, int] = defaultdict(int)
+        self.pairs: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(self, basket, sku: str) -> None:
+        self.count[sku] += 1
+        for other in basket:
+            if other != sku:
+                self.pairs[sku][other] += 1
+                self.pairs[other][sku] += 1
+
+    def remove(self, basket, sku: str) -> None:
+        self.count[sku] -= 1
+        for other in basket:
+            if other != sku:
+                self.pairs[sku][other] -= 1
+                self.pairs[other][sku] -= 1
+
+    def recommend(self, sku, *, exclude_self, owned, min_support, min_confidence, limit):
+        """[(sku_b, support, confidence, n_a)] among *other* customers, best first."""
+        n_a = self.count.get(sku, 0) - (1 if sku in exclude_self else 0)
+        if n_a <= 0 or sku not in self.pairs:
+            return []
+        recs = []
+        for b, n_ab in self.pairs[sku].items():
+            if b in owned or n_ab < min_support:
+                continue
+            conf = n_ab / n_a
+            if conf >= min_confidence:
+                recs.append((b, n_ab, conf, n_a))
+        recs.sort(key=lambda r: (-r[2], -r[1], r[0]))
+        return recs[:limit]
+
+
+class PartitionEngine:
+    def __init__(self, rules: Rules, partition: int = 0, topics=INPUT_TOPICS):
+        self.rules = rules
+        self.partition = partition
+        self.rank = {t: i for i, t in enumerate(topics)}
+        self.customers: dict[str, dict] = {}
+        self.hw: dict[str, int | None] = {t: None for t in topics}
+        self.tick_ms: int | None = None
+        self.watermark: int | None = None
+        self.buffer: list = []
+        self.seq = 0
+        self.timers: list = []
+        self.co = CoPurchase()
+        self.stats = {"events": defaultdict(int), "late_events": 0,
+                      "proposed": defaultdict(int), "suppressed": defaultdict(int),
+                      "outcomes": defaultdict(int)}
+        self.dirty: set[str] = set()
+        self._window = rules.t("co_purchase")["window_days"] * DAY
+
+    # ------------------------------------------------------------ inputs --
+    def push(self, topic: str, key: str, ts: int, value: dict) -> list:
+        """A validated event from an input topic; returns [(PROPOSAL|SUPPRESSED, dict)]."""
+        out: list = []
+        self.stats["events"][topic] += 1
+        if self.watermark is not None and ts < self.watermark:
+            self.stats["late_events"] += 1
+            self._apply(topic, key, ts, value, out)
+        else:
+            self.seq += 1
+            heapq.heappush(self.buffer, (ts, self.rank[topic], self.seq, topic, key, value))
+        hw = self.hw[topic]
+        if hw is None or ts > hw:
+            self.hw[topic] = ts
+        self._release(out)
+        return out
+
+    def mark(self, topic: str, ts: int) -> list:
+        """A watermark record: no later event on this topic-partition is older than ts."""
+        hw = self.hw[topic]
+        if hw is None or ts > hw:
+            self.hw[topic] = ts
+        out: list = []
+        self._release(out)
+        return out
+
+    def tick(self, ts: int) -> list:
+        """Stream time reached ts on every input topic (wall-clock ticker, end of replay)."""
+        if self.tick_ms is None or ts > self.tick_ms:
+            self.tick_ms = ts
+        out: list = []
+        self._release(out)
+        return out
+
+    # ---------------------------------------------------------- internals --
+    def _release(self, out: list) -> None:
+        hws = self.hw.values()
+        w = None if None in hws else min(hws)
+        if self.tick_ms is not None and (w is None or self.tick_ms > w):
+            w = self.tick_ms
+        if w is None or (self.watermark is not None and w <= self.watermark):
+            return
+        buf = self.buffer
+        while buf and buf[0][0] < w:
+            ts, _r, _s, topic, key, value = heapq.heappop(buf)
+            self._fire_timers(ts, True, out)
+            self._apply(topic, key, ts, value, out)
+        self._fire_timers(w, False, out)
+        self.watermark = w
+
+    def _fire_timers(self, limit: int, inclusive: bool, out: list) -> None:
+        timers = self.timers
+        while timers and (timers[0][0] <= limit if inclusive else timers[0][0] < limit):
+            due, cid = heapq.heappop(timers)
+            c = self.customers.get(cid)
+            if c is None or c["due"] != due:
+                continue      # superseded
+            c["due"] = None
+            self._expire_basket(c, due)
+            self._decide(c, time_triggers(c, due, self.rules), due, out)
+            self._reschedule(c, due)
+            self.dirty.add(cid)
+
+    def _apply(self, topic: str, key: str, ts: int, v: dict, out: list) -> None:
+        rules = self.rules
+        c = self.customers.get(key)
+        if c is None:
+            c = self.customers[key] = st.new_customer(key)
+        self._expire_basket(c, ts)
+        cands: list = []
+        if topic == "usage":
+            got = st.apply_usage(c, v, ts, rules)
+            if got is not None:
+                cands = usage_triggers(c, v["metric"], got[0], got[1], ts, rules)
+        elif topic == "purchases":
+            owned_before = set(c["owned"])
+            cands = purchase_triggers(c, v, ts, rules, owned_before, self.co)
+            skus = {it["sku"] for it in v["items"]}
+            for sku in sorted(skus):
+                if sku not in c["basket"]:
+                    self.co.add(c["basket"], sku)
+                c["basket"][sku] = ts
+            st.add_owned(c, skus)
+        elif topic == "customers":
+            st.apply_customer(c, v, ts, rules)
+        elif topic == "contracts":
+            st.apply_contract(c, v, ts, rules)
+        elif topic == "feedback":
+            st.apply_feedback(c, v, ts, rules)
+        elif topic == "proposal-outcomes":
+            st.apply_outcome(c, v, ts, rules)
+            self.stats["outcomes"][f"{v['trigger']}:{v['outcome']}"] += 1
+        cands.extend(time_triggers(c, ts, rules))
+        self._decide(c, cands, ts, out)
+        self._reschedule(c, ts)
+        self.dirty.add(key)
+
+    def _decide(self, c: dict, cands: list, now: int, out: list) -> None:
+        if not cands:
+            return
+        emitted, suppressed = arbitrate(c, cands, now, self.rules)
+        for p in emitted:
+            self.stats["proposed"][p["trigger"]] += 1
+            out.append((PROPOSAL, p))
+        for p in suppressed:
+            self.stats["suppressed"][f"{p['trigger']}:{p['suppressed']['reason']}"] += 1
+            out.append((SUPPRESSED, p))
+
+    def _expire_basket(self, c: dict, now: int) -> None:
+        basket = c["basket"]
+        if not basket:
+            return
+        old = [s for s, t in basket.items() if t + self._window <= now]
+        for sku in sorted(old):
+            del basket[sku]
+            self.co.remove(basket, sku)
+
+    def _reschedule(self, c: dict, now: int) -> None:
+        due = next_due(c, now, self.rules)
+        if due != c["due"]:
+            c["due"] = due
+            if due is not None:
+                heapq.heappush(self.timers, (due, c["id"]))
+
+    # -------------------------------------------------------- persistence --
+    def take_dirty(self) -> list[tuple[str, dict]]:
+        """Customers changed since the last call, for the caller to persist."""
+        items = [(cid, self.customers[cid]) for cid in sorted(self.dirty)]
+        self.dirty.clear()
+        return items
+
+    def meta(self) -> dict:
+        """Partition-level state that cannot be derived from the customers."""
+        return {"hw": self.hw, "tick": self.tick_ms, "watermark": self.watermark,
+                "buffer": [list(e) for e in self.buffer], "seq": self.seq,
+                "stats": self.stats}
+
+    @classmethod
+    def restore(cls, rules: Rules, partition: int, meta: dict | None, customers, topics=INPUT_TOPICS):
+        """Rebuild from persisted state; timers and co-purchase counts are derived."""
+        eng = cls(rules, partition, topics)
+        if meta:
+            eng.hw.update(meta["hw"])
+            eng.tick_ms, eng.watermark, eng.seq = meta["tick"], meta["watermark"], meta["seq"]
+            eng.buffer = [tuple(e) for e in meta["buffer"]]
+            heapq.heapify(eng.buffer)
+            for k, v in meta["stats"].items():
+                if isinstance(v, dict):
+                    eng.stats[k].update(v)
+                else:
+                    eng.stats[k] = v
+        for c in customers:
+            eng.customers[c["id"]] = c
+            if c["due"] is not None:
+                eng.timers.append((c["due"], c["id"]))
+            basket = []
+            for sku in sorted(c["basket"]):
+                eng.co.add(basket, sku)
+                basket.append(sku)
+        heapq.heapify(eng.timers)
+        return eng

@@ -1,0 +1,158 @@
+"""Per-customer state: a plain JSON-serialisable dict, updated by input events.
+
+The state holds only what the triggers and guardrails need, pruned to their
+windows, so its serialised size stays bounded (see bench/README.md).
+"""
+from __future__ import annotations
+
+from .config import Rules
+from .timeutil import DAY, month_key, month_start, to_dt
+
+
+def new_customer(customer_id: str) -> dict:
+    return {
+        "id": customer_id,
+        "segment": None, "plan": None, "signup_at": None, "fy_month": None,
+        "term": None, "renews_at": None,
+        "usage": {},          # metric -> {"value", "limit", "samples": [[ms, value, peak_value, peak_ratio]]}
+        "low_since": None,    # underuse: since when peak utilisation has stayed below the threshold
+        "owned": [],          # every SKU ever bought (sorted)
+        "basket": {},         # co-purchase window: sku -> last purchase ms
+        "tickets": [],        # open high-severity ticket ids
+        "nps_low_at": None, "churn_at": None,
+        "sent": [],           # ms of proposals emitted within the frequency-cap window
+        "declined": {},       # offer_key -> ms of the decline
+        "fired": {},          # once-per-period keys -> ms when the key may be dropped
+        "due": None,          # next time-based evaluation (ms), derived
+    }
+
+
+# ------------------------------------------------------------------ updates --
+
+def apply_customer(c: dict, v: dict, ts: int, rules: Rules) -> None:
+    if v.get("plan") is not None and v["plan"] != c["plan"]:
+        set_plan(c, v["plan"], ts)
+    for src, dst in (("segment", "segment"), ("signup_at", "signup_at"),
+                     ("fiscal_year_end_month", "fy_month")):
+        if v.get(src) is not None:
+            c[dst] = v[src]
+
+
+def apply_contract(c: dict, v: dict, ts: int, rules: Rules) -> None:
+    if v["plan"] != c["plan"]:
+        set_plan(c, v["plan"], ts)
+    c["term"] = v["term"]
+    c["renews_at"] = v["renews_at"]
+
+
+def set_plan(c: dict, plan: str, ts: int) -> None:
+    c["plan"] = plan
+    # A new plan means new limits: utilisation restarts from the next sample.
+    c["low_since"] = None
+    for u in c["usage"].values():
+        u["limit"] = None
+
+
+def apply_usage(c: dict, v: dict, ts: int, rules: Rules) -> tuple[float, float] | None:
+    """Record a usage sample; returns (value, limit) or None when no limit is known."""
+    metric, value = v["metric"], v["value"]
+    limit = v.get("limit")
+    plan = rules.plan_by_name.get(c["plan"]) if c["plan"] else None
+    if limit is None and plan is not None:
+        limit = plan.limits.get(metric)
+    u = c["usage"].setdefault(metric, {"value": 0, "limit": None, "samples": []})
+    u["value"], u["limit"] = value, limit
+    if not limit:
+        return None
+    ratio = value / limit
+    samples = u["samples"]
+    day = ts - ts % DAY
+    if samples and samples[-1][0] - samples[-1][0] % DAY == day:
+        last = samples[-1]
+        samples[-1] = [ts, value, max(last[2], value), max(last[3], ratio)]
+    else:
+        samples.append([ts, value, value, ratio])
+    horizon = ts - keep_usage_ms(rules)
+    while samples and samples[0][0] <= horizon:
+        samples.pop(0)
+    # underuse: every metric's latest utilisation below the threshold
+    threshold = rules.t("underuse")["threshold"]
+    latest = max((s["value"] / s["limit"] for s in c["usage"].values() if s["limit"]), default=None)
+    if latest is None or latest >= threshold:
+        c["low_since"] = None
+    elif c["low_since"] is None:
+        c["low_since"] = ts
+    return value, limit
+
+
+def keep_usage_ms(rules: Rules) -> int:
+    return max(rules.t("renewal")["lookback_days"], rules.t("usage_forecast")["window_days"]) * DAY
+
+
+def apply_feedback(c: dict, v: dict, ts: int, rules: Rules) -> None:
+    kind = v["type"]
+    if kind == "nps":
+        if v["score"] <= rules.guardrails["unhappy_nps_max"]:
+            c["nps_low_at"] = ts
+    elif kind == "ticket":
+        tid = v["ticket_id"]
+        open_high = v["status"] == "open" and v["severity"] == "high"
+        if open_high and tid not in c["tickets"]:
+            c["tickets"].append(tid)
+        elif not open_high and tid in c["tickets"]:
+            c["tickets"].remove(tid)
+    elif kind == "churn_intent":
+        c["churn_at"] = ts
+
+
+def apply_outcome(c: dict, v: dict, ts: int, rules: Rules) -> None:
+    if v["outcome"] == "declined":
+        c["declined"][offer_key(v["offer"])] = ts
+
+
+def add_owned(c: dict, skus) -> None:
+    owned = set(c["owned"])
+    owned.update(skus)
+    c["owned"] = sorted(owned)
+
+
+def prune(c: dict, now: int, rules: Rules) -> None:
+    g = rules.guardrails
+    cap = g["cap_window_days"] * DAY
+    c["sent"] = [t for t in c["sent"] if t > now - cap]
+    cool = g["decline_cooldown_days"] * DAY
+    if c["declined"]:
+        c["declined"] = {k: t for k, t in c["declined"].items() if t > now - cool}
+    if c["fired"]:
+        c["fired"] = {k: t for k, t in c["fired"].items() if t > now}
+
+
+# ------------------------------------------------------------ derivations --
+
+def offer_key(offer: dict) -> str:
+    """Canonical text of an offer: key order and list order never matter."""
+    parts = []
+    for k in sorted(offer):
+        v = offer[k]
+        parts.append(f"{k}={','.join(sorted(map(str, v))) if isinstance(v, list) else v}")
+    return ";".join(parts)
+
+
+def peak_utilisation(c: dict, now: int, window_ms: int) -> tuple[float | None, dict[str, float]]:
+    """Peak ratio over all metrics in (now - window, now], and peak value per metric."""
+    peak, values = None, {}
+    for metric, u in c["usage"].items():
+        for ms, _value, peak_value, ratio in u["samples"]:
+            if now - window_ms < ms <= now:
+                peak = ratio if peak is None else max(peak, ratio)
+                values[metric] = max(values.get(metric, 0), peak_value)
+    return peak, values
+
+
+def month_end(ms: int) -> int:
+    dt = to_dt(ms)
+    return month_start(dt.year, dt.month + 1)
+
+
+def period_month(ms: int) -> str:
+    return month_key(ms)

@@ -1,0 +1,224 @@
+"""Explicit validation of input events.
+
+`faust.Record(validation=True)` silently coerces (1.5 -> 1), so input is
+checked here, field by field, against `SPECS` — the single source of truth
+from which the JSON Schemas in docs/schemas/ are generated and which the
+Faust records in `schemas.records` mirror (a test keeps the three in step).
+
+`validate(topic, value, plans)` returns a normalised copy (known fields only,
+timestamps as epoch ms) or raises `ValidationError` naming the field, the
+value and what was expected, so a producer can act on it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rules.timeutil import parse_ts
+
+TRIGGERS = ("usage_limit", "usage_forecast", "renewal", "fiscal_year_end", "purchase",
+            "co_purchase", "underuse", "season", "volume")
+
+
+class ValidationError(ValueError):
+    def __init__(self, field: str | None, message: str):
+        self.field = field
+        super().__init__(f"field '{field}': {message}" if field else message)
+
+
+@dataclass(frozen=True)
+class F:
+    name: str
+    type: str                        # string | integer | number | object | array | timestamp
+    required: bool = True
+    enum: tuple | None = None
+    min: float | None = None         # inclusive
+    exclusive_min: float | None = None
+    max: float | None = None
+    items: tuple | None = None       # fields of array items (objects)
+    min_items: int = 0
+    doc: str = ""
+
+
+CUSTOMER_ID = F("customer_id", "string", doc="the customer; must equal the record key")
+
+SPECS: dict[str, tuple[F, ...]] = {
+    "customers": (
+        CUSTOMER_ID,
+        F("segment", "string", enum=("b2b", "b2c"), doc="business or consumer customer"),
+        F("plan", "string", required=False, doc="current SaaS plan (a plan of the rules file), if any"),
+        F("signup_at", "timestamp", required=False, doc="when the customer signed up (quiet period)"),
+        F("fiscal_year_end_month", "integer", required=False, min=1, max=12,
+          doc="B2B: month in which the fiscal year ends (3 = March)"),
+        F("name", "string", required=False),
+    ),
+    "purchases": (
+        CUSTOMER_ID,
+        F("order_id", "string"),
+        F("items", "array", min_items=1, items=(
+            F("sku", "string"),
+            F("qty", "integer", min=1),
+            F("price", "number", required=False, min=0, doc="unit price"),
+        )),
+        F("total", "number", required=False, min=0, doc="order total; default sum(qty * price)"),
+        F("currency", "string", required=False),
+    ),
+    "usage": (
+        CUSTOMER_ID,
+        F("metric", "string", doc="e.g. seats, storage_gb, api_calls"),
+        F("value", "number", min=0, doc="current usage in this billing period"),
+        F("limit", "number", required=False, exclusive_min=0, doc="limit; default: the plan's limit"),
+    ),
+    "contracts": (
+        CUSTOMER_ID,
+        F("plan", "string"),
+        F("term", "string", enum=("monthly", "annual")),
+        F("renews_at", "timestamp"),
+        F("started_at", "timestamp", required=False),
+    ),
+    "feedback": (
+        CUSTOMER_ID,
+        F("type", "string", enum=("nps", "ticket", "churn_intent")),
+        F("score", "integer", required=False, min=0, max=10, doc="NPS score, required for type nps"),
+        F("ticket_id", "string", required=False, doc="required for type ticket"),
+        F("severity", "string", required=False, enum=("low", "medium", "high"), doc="required for type ticket"),
+        F("status", "string", required=False, enum=("open", "closed"), doc="required for type ticket"),
+        F("comment", "string", required=False),
+    ),
+    "proposal-outcomes": (
+        CUSTOMER_ID,
+        F("proposal_id", "string"),
+        F("trigger", "string", enum=TRIGGERS, doc="echo of the proposal's trigger"),
+        F("offer", "object", doc="echo of the proposal's offer"),
+        F("outcome", "string", enum=("accepted", "declined", "ignored")),
+    ),
+}
+
+_TYPE_TEXT = {"string": "a string", "integer": "an integer", "number": "a number",
+              "object": "an object", "array": "an array",
+              "timestamp": "an ISO-8601 timestamp string like 2026-04-01T09:00:00Z"}
+
+
+def _check_field(f: F, value: Any, path: str) -> Any:
+    t = f.type
+    if t == "string":
+        if not isinstance(value, str) or not value:
+            raise ValidationError(path, f"expected a non-empty string, got {value!r}")
+    elif t == "integer":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValidationError(path, f"expected an integer, got {value!r}")
+    elif t == "number":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            raise ValidationError(path, f"expected a number, got {value!r}")
+    elif t == "object":
+        if not isinstance(value, dict):
+            raise ValidationError(path, f"expected an object, got {value!r}")
+    elif t == "timestamp":
+        try:
+            return parse_ts(value)
+        except ValueError as exc:
+            raise ValidationError(path, str(exc)) from None
+    elif t == "array":
+        if not isinstance(value, list):
+            raise ValidationError(path, f"expected an array, got {value!r}")
+        if len(value) < f.min_items:
+            raise ValidationError(path, f"expected at least {f.min_items} item(s), got {len(value)}")
+        return [_check_object(f.items, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if f.enum is not None and value not in f.enum:
+        raise ValidationError(path, f"expected one of {', '.join(f.enum)}, got {value!r}")
+    if f.min is not None and value < f.min:
+        raise ValidationError(path, f"expected a value >= {f.min:g}, got {value!r}")
+    if f.exclusive_min is not None and value <= f.exclusive_min:
+        raise ValidationError(path, f"expected a value > {f.exclusive_min:g}, got {value!r}")
+    if f.max is not None and value > f.max:
+        raise ValidationError(path, f"expected a value <= {f.max:g}, got {value!r}")
+    return value
+
+
+def _check_object(fields: tuple[F, ...], value: Any, path: str = "") -> dict:
+    if not isinstance(value, dict):
+        raise ValidationError(path or None, f"expected a JSON object, got {type(value).__name__}")
+    out = {}
+    for f in fields:
+        name = f"{path}.{f.name}" if path else f.name
+        v = value.get(f.name)
+        if v is None:
+            if f.required:
+                raise ValidationError(name, f"missing; expected {_TYPE_TEXT[f.type]}")
+            continue
+        out[f.name] = _check_field(f, v, name)
+    return out
+
+
+def _feedback(v: dict) -> None:
+    if v["type"] == "nps" and "score" not in v:
+        raise ValidationError("score", "missing; an nps event needs a score from 0 to 10")
+    if v["type"] == "ticket":
+        for name in ("ticket_id", "severity", "status"):
+            if name not in v:
+                raise ValidationError(name, "missing; a ticket event needs ticket_id, severity and status")
+
+
+CHECKS: dict[str, Callable[[dict], None]] = {"feedback": _feedback}
+
+
+def validate(topic: str, value: Any, key: str | None = None, plans=None) -> dict:
+    """Check one event value of an input topic; returns the normalised value."""
+    fields = SPECS.get(topic)
+    if fields is None:
+        raise ValidationError(None, f"unknown topic {topic!r}; expected one of {', '.join(SPECS)}")
+    out = _check_object(fields, value)
+    extra = CHECKS.get(topic)
+    if extra:
+        extra(out)
+    if key is not None and key != out["customer_id"]:
+        raise ValidationError("customer_id", f"must equal the record key {key!r} (topics are "
+                                             f"partitioned by customer_id), got {out['customer_id']!r}")
+    if plans is not None and out.get("plan") is not None and out["plan"] not in plans:
+        raise ValidationError("plan", f"unknown plan {out['plan']!r}; the rules file knows "
+                                      f"{', '.join(plans)}")
+    return out
+
+
+# ------------------------------------------------------------ JSON Schema --
+
+def _field_schema(f: F) -> dict:
+    if f.type == "timestamp":
+        s: dict = {"type": "string", "format": "date-time"}
+    elif f.type == "array":
+        s = {"type": "array", "items": _object_schema(f.items), "minItems": f.min_items}
+    elif f.type == "string":
+        s = {"type": "string", "minLength": 1}
+    else:
+        s = {"type": f.type}
+    if f.enum is not None:
+        s["enum"] = list(f.enum)
+    if f.min is not None:
+        s["minimum"] = f.min
+    if f.exclusive_min is not None:
+        s["exclusiveMinimum"] = f.exclusive_min
+    if f.max is not None:
+        s["maximum"] = f.max
+    if f.doc:
+        s["description"] = f.doc
+    return s
+
+
+def _object_schema(fields: tuple[F, ...]) -> dict:
+    return {"type": "object",
+            "properties": {f.name: _field_schema(f) for f in fields},
+            "required": [f.name for f in fields if f.required],
+            "additionalProperties": True}
+
+
+def json_schema(topic: str) -> dict:
+    s = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+         "$id": f"upsell-engine/{topic}.json", "title": f"{topic} event"}
+    s.update(_object_schema(SPECS[topic]))
+    if topic == "feedback":
+        s["allOf"] = [
+            {"if": {"properties": {"type": {"const": "nps"}}}, "then": {"required": ["score"]}},
+            {"if": {"properties": {"type": {"const": "ticket"}}},
+             "then": {"required": ["ticket_id", "severity", "status"]}},
+        ]
+    return s

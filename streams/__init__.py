@@ -1,0 +1,1 @@
+"""Upsell Engine runtime: the Faust app, settings, topics, clock and tools."""
