@@ -159,10 +159,15 @@ class PartitionEngine:
             c = self.customers[key] = st.new_customer(key)
         self._expire_basket(c, ts)
         cands: list = []
+        # Time-based dues can only move on profile, contract, basket or underuse changes;
+        # other events leave the customer's timer as it is.
+        moved = True
         if topic == "usage":
+            low_since = c["low_since"]
             got = st.apply_usage(c, v, ts, rules)
             if got is not None:
                 cands = usage_triggers(c, v["metric"], got[0], got[1], ts, rules)
+            moved = c["low_since"] != low_since
         elif topic == "purchases":
             owned_before = set(c["owned"])
             cands = purchase_triggers(c, v, ts, rules, owned_before, self.co)
@@ -174,16 +179,20 @@ class PartitionEngine:
             st.add_owned(c, skus)
         elif topic == "customers":
             st.apply_customer(c, v, ts, rules)
+            cands = time_triggers(c, ts, rules)
         elif topic == "contracts":
             st.apply_contract(c, v, ts, rules)
+            cands = time_triggers(c, ts, rules)
         elif topic == "feedback":
             st.apply_feedback(c, v, ts, rules)
+            moved = False
         elif topic == "proposal-outcomes":
             st.apply_outcome(c, v, ts, rules)
             self.stats["outcomes"][f"{v['trigger']}:{v['outcome']}"] += 1
-        cands.extend(time_triggers(c, ts, rules))
+            moved = False
         self._decide(c, cands, ts, out)
-        self._reschedule(c, ts)
+        if moved:
+            self._reschedule(c, ts)
         self.dirty.add(key)
 
     def _decide(self, c: dict, cands: list, now: int, out: list) -> None:

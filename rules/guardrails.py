@@ -58,6 +58,8 @@ def arbitrate(c: dict, candidates: list[dict], now: int, rules: Rules) -> tuple[
     if not candidates:
         return [], []
     prune(c, now, rules)
+    fired = c["fired"]
+    candidates = [x for x in candidates if x["_fire_key"] not in fired]   # once per period
     emitted, suppressed = [], []
     winner = None
     for cand in sorted(candidates, key=lambda x: (-x["priority"], x["trigger"], x["proposal_id"])):

@@ -5,6 +5,8 @@ windows, so its serialised size stays bounded (see bench/README.md).
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .config import Rules
 from .timeutil import DAY, month_key, month_start, to_dt
 
@@ -150,7 +152,12 @@ def peak_utilisation(c: dict, now: int, window_ms: int) -> tuple[float | None, d
 
 
 def month_end(ms: int) -> int:
-    dt = to_dt(ms)
+    return _month_end_of_day(ms // DAY)
+
+
+@lru_cache(maxsize=4096)
+def _month_end_of_day(day: int) -> int:
+    dt = to_dt(day * DAY)
     return month_start(dt.year, dt.month + 1)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 
 SECOND = 1000
 DAY = 86_400_000
@@ -37,9 +38,14 @@ def from_dt(dt: datetime) -> int:
     return int(round(dt.timestamp() * 1000))
 
 
+@lru_cache(maxsize=4096)
+def _month_of_day(day: int) -> str:
+    return to_dt(day * DAY).strftime("%Y-%m")
+
+
 def month_key(ms: int) -> str:
     """The billing period of an event: its calendar month (UTC)."""
-    return to_dt(ms).strftime("%Y-%m")
+    return _month_of_day(ms // DAY)
 
 
 def month_start(year: int, month: int) -> int:

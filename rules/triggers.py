@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timezone
+from functools import lru_cache
 
 from .config import Plan, Rules
 from .state import month_end, offer_key, peak_utilisation, period_month
@@ -78,10 +79,12 @@ def usage_triggers(c: dict, metric: str, value: float, limit: float, now: int, r
     out = []
     ratio = value / limit
     month = period_month(now)
+    fired = c["fired"]
     cfg = rules.t("usage_limit")
     reached = [(lv, pr) for lv, pr in zip(cfg["levels"], cfg["priorities"]) if ratio >= lv]
     target = tier_lifting(rules, plan, metric, max(value, limit))
-    if reached and target is not None:
+    if (reached and target is not None
+            and f"usage_limit|{metric}|{reached[-1][0]}|{plan.name}|{month}" not in fired):
         level, priority = reached[-1]
         offer = {"plan": target.name}
         evidence = {"metric": metric, "value": value, "limit": limit, "level": level}
@@ -97,7 +100,7 @@ def usage_triggers(c: dict, metric: str, value: float, limit: float, now: int, r
         cand["_also_fire"] = [f"usage_limit|{metric}|{lv}|{plan.name}|{month}" for lv, _ in reached[:-1]]
         out.append(cand)
     fc = rules.t("usage_forecast")
-    if ratio < 1.0 and target is not None:
+    if ratio < 1.0 and target is not None and f"usage_forecast|{metric}|{plan.name}|{month}" not in fired:
         days = forecast_days_to_limit(c["usage"][metric]["samples"], value, limit, now,
                                       fc["window_days"] * DAY, fc["min_points"])
         if days is not None and days <= fc["horizon_days"]:
@@ -221,6 +224,7 @@ def fiscal_year_end(fy_month: int, now: int) -> int:
     return end if end > now else month_start(dt.year + 1, fy_month + 1)
 
 
+@lru_cache(maxsize=1024)
 def campaign_window(camp, year: int) -> tuple[int, int]:
     start = from_dt(datetime(year, *camp.start, tzinfo=timezone.utc))
     end = from_dt(datetime(year, *camp.end, tzinfo=timezone.utc)) + DAY

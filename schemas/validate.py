@@ -45,7 +45,8 @@ CUSTOMER_ID = F("customer_id", "string", doc="the customer; must equal the recor
 SPECS: dict[str, tuple[F, ...]] = {
     "customers": (
         CUSTOMER_ID,
-        F("segment", "string", enum=("b2b", "b2c"), doc="business or consumer customer"),
+        F("segment", "string", required=False, enum=("b2b", "b2c"),
+          doc="business or consumer customer (profiles are upserts: absent fields keep their value)"),
         F("plan", "string", required=False, doc="current SaaS plan (a plan of the rules file), if any"),
         F("signup_at", "timestamp", required=False, doc="when the customer signed up (quiet period)"),
         F("fiscal_year_end_month", "integer", required=False, min=1, max=12,
