@@ -1,0 +1,1 @@
+"""Faust agents and web views, found by the app's autodiscovery."""

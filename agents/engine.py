@@ -1,0 +1,152 @@
+"""Ingest agents, one per input topic: decode -> update state -> rules -> emit.
+
+The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
+(pure, shared with the backtest); this module only moves bytes:
+
+* decode and validate (`streams.recorded.decode_event`); anything invalid goes
+  to `dead-letters` with the reason and the original bytes, and the stream
+  moves on (its offset is committed like any other);
+* feed the partition's engine and persist what it changed to the tables;
+* send proposals and suppressions, keyed by customer_id.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+
+import orjson
+
+from rules.engine import INPUT_TOPICS, PROPOSAL, PartitionEngine
+from rules.timeutil import format_ts
+from schemas.validate import ValidationError
+from streams import metrics
+from streams import topics as T
+from streams.app import app, rules, settings
+from streams.clock import WALL
+from streams.partitioning import partition_for
+from streams.recorded import decode_event
+
+log = logging.getLogger(__name__)
+ENGINES: dict[int, PartitionEngine] = {}
+
+
+def engine_for(partition: int) -> PartitionEngine:
+    """The partition's engine, rebuilt from the tables after an assignment."""
+    eng = ENGINES.get(partition)
+    if eng is None:
+        meta = T.partition_state.get(str(partition).encode())
+        customers = [orjson.loads(v) for k, v in T.customer_state.items()
+                     if partition_for(k.decode(), settings.partitions) == partition]
+        eng = ENGINES[partition] = PartitionEngine.restore(
+            rules, partition, orjson.loads(meta) if meta else None, customers)
+    return eng
+
+
+def persist(eng: PartitionEngine) -> None:
+    """Write what changed; inside stream iteration, so the changelog partition is the event's."""
+    for cid, c in eng.take_dirty():
+        T.customer_state[cid.encode()] = orjson.dumps(c)
+    T.partition_state[str(eng.partition).encode()] = orjson.dumps(eng.meta())
+
+
+async def emit(out: list) -> None:
+    for kind, p in out:
+        if kind == PROPOSAL:
+            metrics.proposals_out[p["trigger"]] += 1
+            await T.proposals.send(key=p["customer_id"].encode(), value=orjson.dumps(p))
+        else:
+            metrics.suppressed_out[(p["trigger"], p["suppressed"]["reason"])] += 1
+            await T.suppressed.send(key=p["customer_id"].encode(), value=orjson.dumps(p))
+
+
+def dead_letter(topic: str, msg, error: str, field: str | None) -> bytes:
+    raw = msg.value if msg.value is not None else b""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    key = None
+    if msg.key is not None:
+        key = msg.key.decode("utf-8", "replace")
+    return orjson.dumps({
+        "schema": 1, "topic": topic, "partition": msg.partition, "offset": msg.offset,
+        "timestamp": format_ts(int(round(msg.timestamp * 1000))) if msg.timestamp else None,
+        "key": key, "error": error, "field": field, "original": text,
+        "original_b64": base64.b64encode(raw).decode("ascii"),
+    })
+
+
+def _header(msg, name: str) -> bytes | None:
+    for k, v in (msg.headers.items() if isinstance(msg.headers, dict) else (msg.headers or ())):
+        if k == name:
+            return v
+    return None
+
+
+async def handle(topic: str, event) -> None:
+    msg = event.message
+    metrics.read_offsets[(topic, msg.partition)] = msg.offset
+    eng = engine_for(msg.partition)
+    marker = _header(msg, T.WATERMARK_HEADER)
+    if marker is not None:
+        out = eng.mark(topic, int(marker))
+    else:
+        metrics.events_in[topic] += 1
+        try:
+            if msg.value is None:
+                raise ValidationError(None, "empty record (tombstone); expected a JSON object")
+            key = msg.key.decode("utf-8") if msg.key is not None else None
+            value = decode_event(topic, key, msg.value, rules.plan_by_name)
+        except (ValidationError, UnicodeDecodeError) as exc:
+            metrics.dead_letters[topic] += 1
+            field = getattr(exc, "field", None)
+            await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, str(exc), field))
+            return
+        late = eng.stats["late_events"]
+        out = eng.push(topic, key, int(round(msg.timestamp * 1000)), value)
+        if eng.stats["late_events"] != late:
+            metrics.late_events[topic] += 1
+    persist(eng)
+    await emit(out)
+
+
+def _ingest_agent(topic: str):
+    async def ingest(stream):
+        async for event in stream.events():
+            await handle(topic, event)
+    ingest.__name__ = ingest.__qualname__ = "ingest_" + topic.replace("-", "_")
+    return app.agent(T.inputs[topic], name=f"ingest-{topic}")(ingest)
+
+
+INGEST = {topic: _ingest_agent(topic) for topic in INPUT_TOPICS}
+
+
+@app.agent(T.ticks, name="ticks")
+async def ticks(stream):
+    """Stream time from the wall-clock ticker, per partition (ticks are keyless)."""
+    async for event in stream.events():
+        eng = engine_for(event.message.partition)
+        try:
+            at = orjson.loads(event.message.value)["at"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            log.warning("ignoring a malformed tick at offset %s", event.message.offset)
+            continue
+        out = eng.tick(int(at))
+        persist(eng)
+        await emit(out)
+
+
+if settings.clock == "wall":
+    @app.timer(interval=settings.tick_interval, on_leader=True, name="ticker")
+    async def ticker():
+        """Live: stream time follows the wall clock, minus the allowed lateness."""
+        value = orjson.dumps({"at": WALL.now_ms() - settings.lateness_ms})
+        for p in range(settings.partitions):
+            await T.ticks.send(partition=p, value=value)
+
+
+@app.on_partitions_revoked.connect
+async def _revoked(sender, revoked, **kwargs) -> None:
+    # The tables stay the source of truth; an engine is rebuilt on its next event.
+    for tp in revoked:
+        ENGINES.pop(tp.partition, None)

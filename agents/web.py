@@ -1,0 +1,63 @@
+"""HTTP views on Faust's web server: /customers/{id}, /health, /metrics."""
+from __future__ import annotations
+
+import orjson
+
+from agents.engine import ENGINES
+from agents.readmodel import client, customer_view
+from rules.guardrails import unhappy_reason
+from rules.timeutil import format_ts
+from streams import metrics
+from streams import topics as T
+from streams.app import app, rules
+
+
+def _ts(ms):
+    return None if ms is None else format_ts(ms)
+
+
+def summary(c: dict, now: int | None) -> dict:
+    """What a person wants to know about a customer's state."""
+    return {
+        "customer_id": c["id"], "segment": c["segment"], "plan": c["plan"], "term": c["term"],
+        "signup_at": _ts(c["signup_at"]), "renews_at": _ts(c["renews_at"]),
+        "fiscal_year_end_month": c["fy_month"],
+        "usage": {m: {"value": u["value"], "limit": u["limit"]} for m, u in sorted(c["usage"].items())},
+        "owned": c["owned"], "open_high_tickets": c["tickets"],
+        "unhappy": unhappy_reason(c, now, rules) if now is not None else None,
+        "recent_proposals_at": [format_ts(t) for t in c["sent"]],
+        "declined_offers": {k: format_ts(t) for k, t in sorted(c["declined"].items())},
+        "next_time_check": _ts(c["due"]),
+    }
+
+
+@app.page("/customers/{customer_id}")
+@app.table_route(table=T.customer_state, match_info="customer_id")
+async def customer(web, request, customer_id: str):
+    raw = T.customer_state.get(customer_id.encode())
+    if raw is None:
+        return web.json({"error": f"unknown customer {customer_id!r}"}, status=404)
+    c = orjson.loads(raw)
+    eng = next(iter(e for e in ENGINES.values() if c["id"] in e.customers), None)
+    now = eng.watermark if eng is not None else None
+    view = await customer_view(client(), customer_id)
+    return web.json({"state": summary(c, now), "stream_time": _ts(now), **view})
+
+
+@app.page("/health")
+async def health(web, request):
+    return web.json({"status": "ok", "partitions": sorted(ENGINES),
+                     "stream_time": {p: _ts(e.watermark) for p, e in sorted(ENGINES.items())}})
+
+
+def _highwater(topic: str, partition: int):
+    from faust.types import TP
+    try:
+        return app.consumer.highwater(TP(T.P + topic, partition))
+    except Exception:      # not assigned here (any more)
+        return None
+
+
+@app.page("/metrics")
+async def prometheus(web, request):
+    return web.text(metrics.render(_highwater), content_type="text/plain")

@@ -1,0 +1,35 @@
+"""The one Faust app. Agents live in `agents/` and are found by autodiscovery.
+
+Run it with `upsell worker` (or `faust -A streams.app worker`).
+"""
+from __future__ import annotations
+
+import faust
+
+from rules.config import load_rules
+from streams.settings import Settings
+
+settings = Settings.from_env()
+rules = load_rules(settings.rules)   # a bad rules file fails here, at start
+
+app = faust.App(
+    settings.app_id,
+    broker=settings.broker,
+    store=settings.store,
+    origin="streams",
+    autodiscover=["agents"],
+    topic_partitions=settings.partitions,
+    key_serializer="raw",
+    value_serializer="raw",
+    web_port=settings.web_port,
+    web_host=settings.web_host,
+    web_bind=settings.web_host,
+    datadir=settings.data_dir,
+    # The first JoinGroup completes only after the group's session timeout on the
+    # embedded broker (Faust's default 60 s gave a ~30 s start); 6-10 s gives a
+    # start in seconds and a take-over within that time when a worker dies.
+    broker_session_timeout=settings.session_timeout,
+    broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
+    topic_allow_declare=True,
+    producer_linger_ms=5,
+)

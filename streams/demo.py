@@ -1,0 +1,123 @@
+"""`upsell demo`: embedded broker + Redis + a worker, the sample replayed, proposals live.
+
+Uses UPSELL_BROKER / UPSELL_REDIS_URL when set; otherwise starts the embedded
+ones on free loopback ports, and stops everything it started on exit.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from streams.backtest import backtest_lines
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from streams.kafka import bootstrap_of
+from streams.replay import replay
+from streams.tail import pretty
+
+
+def start_worker(env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"],
+                            env={**os.environ, **env}, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)     # the web server is not listening yet: nothing to await
+    raise RuntimeError("worker did not become healthy")
+
+
+async def _live(bootstrap: str, file: Path, partitions: int, expected: int, timeout: float) -> Counter:
+    consumer = AIOKafkaConsumer("proposals", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    seen: Counter = Counter()
+    try:
+        sending = asyncio.create_task(replay(file.read_bytes().splitlines(), bootstrap, partitions,
+                                             progress=False))
+        deadline = time.monotonic() + timeout
+        while sum(seen.values()) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                for m in msgs:
+                    p = orjson.loads(m.value)
+                    seen[(p["trigger"], p["kind"])] += 1
+                    print(pretty(p), flush=True)
+        await sending
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def demo(file: Path, keep: bool = False, partitions: int = 4) -> None:
+    from streams.cli import _rules
+    rules = _rules(os.environ.get("UPSELL_RULES"))
+    tmp = Path(tempfile.mkdtemp(prefix="upsell-demo-"))
+    with ExitStack() as stack:
+        broker_url = os.environ.get("UPSELL_BROKER")
+        redis_url = os.environ.get("UPSELL_REDIS_URL")
+        if not broker_url:
+            broker_url = stack.enter_context(EmbeddedBroker(log=tmp / "broker.log")).url
+            print(f"started the embedded broker (tansu) at {broker_url}")
+        if not redis_url:
+            redis_url = stack.enter_context(EmbeddedRedis(log=tmp / "redis.log")).url
+            print(f"started Redis at {redis_url}")
+        web_port = free_port()
+        env = {"UPSELL_BROKER": broker_url, "UPSELL_REDIS_URL": redis_url, "UPSELL_CLOCK": "event",
+               "UPSELL_PARTITIONS": str(partitions), "UPSELL_WEB_PORT": str(web_port),
+               "UPSELL_SESSION_TIMEOUT": "6", "UPSELL_DATA_DIR": str(tmp / "data"),
+               "UPSELL_APP_ID": f"upsell-demo-{os.getpid()}"}
+        expected = backtest_lines(file.read_bytes().splitlines(), rules, partitions)
+        worker = start_worker(env, tmp / "worker.log")
+        stack.callback(_stop, worker)
+        print(f"worker starting (log: {tmp / 'worker.log'}) ...")
+        wait_healthy(web_port, worker)
+        print(f"replaying {file.name}: proposals as they arrive\n")
+        seen = asyncio.run(_live(bootstrap_of(broker_url), file, partitions, len(expected.proposals), 120))
+        want = Counter((p["trigger"], p["kind"]) for p in expected.proposals)
+        print(f"\n{'trigger':<16} {'kind':<11} {'live':>5} {'backtest':>9}")
+        for key in sorted(want | seen):
+            print(f"{key[0]:<16} {key[1]:<11} {seen[key]:>5} {want[key]:>9}")
+        same = "the same as" if seen == want else "DIFFERENT from"
+        print(f"\n{sum(seen.values())} proposals live, {same} `upsell simulate` on the same file; "
+              f"{len(expected.suppressed)} suppressed, {len(expected.dead_letters)} dead letters.")
+        cid = expected.proposals[0]["customer_id"] if expected.proposals else "c-00000"
+        print(f"\nwhere to look next:\n"
+              f"  curl http://127.0.0.1:{web_port}/customers/{cid}\n"
+              f"  curl http://127.0.0.1:{web_port}/metrics\n"
+              f"  redis-cli -u {redis_url} zrevrange upsell:customer:{cid}:proposals 0 -1\n"
+              f"  UPSELL_BROKER={broker_url} upsell tail --from-beginning")
+        if keep:
+            print("\nthe worker keeps running; Ctrl-C stops everything")
+            try:
+                worker.wait()
+            except KeyboardInterrupt:
+                pass
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,41 @@
+"""Process-level counters for /metrics (Prometheus text format)."""
+from __future__ import annotations
+
+from collections import Counter
+
+events_in: Counter = Counter()          # topic
+dead_letters: Counter = Counter()       # topic
+proposals_out: Counter = Counter()      # trigger
+suppressed_out: Counter = Counter()     # (trigger, reason)
+late_events: Counter = Counter()        # topic
+read_offsets: dict = {}                 # (topic, partition) -> last offset read
+
+
+def render(highwater) -> str:
+    """`highwater(topic, partition)` -> next offset to be written, or None."""
+    lines = []
+
+    def family(name, help_, kind, samples):
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            text = ",".join(f'{k}="{v}"' for k, v in labels)
+            lines.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
+
+    family("upsell_events_in_total", "Input events consumed.", "counter",
+           [((("topic", t),), n) for t, n in sorted(events_in.items())])
+    family("upsell_dead_letters_total", "Input events rejected to the dead-letter topic.", "counter",
+           [((("topic", t),), n) for t, n in sorted(dead_letters.items())])
+    family("upsell_late_events_total", "Events older than the partition watermark.", "counter",
+           [((("topic", t),), n) for t, n in sorted(late_events.items())])
+    family("upsell_proposals_total", "Proposals emitted.", "counter",
+           [((("trigger", t),), n) for t, n in sorted(proposals_out.items())])
+    family("upsell_suppressed_total", "Proposals suppressed by a guardrail.", "counter",
+           [((("trigger", t), ("reason", r)), n) for (t, r), n in sorted(suppressed_out.items())])
+    lag = []
+    for (topic, partition), offset in sorted(read_offsets.items()):
+        hw = highwater(topic, partition)
+        if hw is not None:
+            lag.append(((("topic", topic), ("partition", partition)), max(0, hw - offset - 1)))
+    family("upsell_consumer_lag", "Records not yet read, per input partition.", "gauge", lag)
+    return "\n".join(lines) + "\n"

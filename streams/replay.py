@@ -1,0 +1,68 @@
+"""`upsell replay FILE`: publish a recorded stream with its keys and timestamps.
+
+Events go out in event-time order, as fast as possible or paced at `speed` x
+event time. Watermark records (header `upsell-watermark`, empty value) go to
+every input topic-partition now and then and once at the end, so the workers
+release their reorder buffers and fire every timer due by the last event:
+the proposals are then exactly those of `upsell simulate` on the same file.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from aiokafka import AIOKafkaProducer
+
+from rules.engine import INPUT_TOPICS
+from streams.backtest import end_of_stream
+from streams.kafka import ensure_topics
+from streams.recorded import load_sorted
+
+WATERMARK_HEADER = "upsell-watermark"
+
+
+async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed: float | None = None,
+                 marker_every: int = 2000, progress: bool = True, out=sys.stderr) -> dict:
+    events, bad = load_sorted(lines)
+    skipped = [e for e in events if e.topic not in INPUT_TOPICS]
+    events = [e for e in events if e.topic in INPUT_TOPICS]
+    await ensure_topics(bootstrap, [prefix + t for t in (*INPUT_TOPICS, "ticks", "proposals",
+                                                         "proposals.suppressed", "dead-letters")], partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=256 * 1024)
+    await producer.start()
+
+    async def markers(ts: int) -> None:
+        header = [(WATERMARK_HEADER, str(ts).encode())]
+        for topic in INPUT_TOPICS:
+            for p in range(partitions):
+                await producer.send(prefix + topic, value=b"", partition=p, timestamp_ms=ts, headers=header)
+
+    started, shown = time.monotonic(), 0.0
+    try:
+        first = events[0].ts if events else 0
+        for i, ev in enumerate(events, 1):
+            if speed:
+                delay = (ev.ts - first) / 1000 / speed - (time.monotonic() - started)
+                if delay > 0:
+                    await asyncio.sleep(delay)      # pacing to event time is the point here
+            await producer.send(prefix + ev.topic, value=ev.raw,
+                                key=ev.key.encode() if ev.key is not None else None, timestamp_ms=ev.ts)
+            if i % marker_every == 0:
+                await markers(ev.ts)
+            now = time.monotonic()
+            if progress and (now - shown > 0.2 or i == len(events)):
+                shown = now
+                done = int(30 * i / len(events))
+                out.write(f"\rreplay [{'#' * done}{'.' * (30 - done)}] {i}/{len(events)} "
+                          f"{i / max(now - started, 1e-9):,.0f} ev/s")
+                out.flush()
+        if events:
+            await markers(end_of_stream(events[-1].ts))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    if progress:
+        out.write("\n")
+    return {"sent": len(events), "unreadable": len(bad), "unknown_topic": len(skipped),
+            "seconds": time.monotonic() - started}

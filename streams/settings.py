@@ -1,0 +1,50 @@
+"""Every setting of the worker, read from the environment (documented in README.md)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value in (None, "") else value
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_id: str
+    broker: str
+    redis_url: str
+    partitions: int
+    store: str
+    rules: str | None
+    clock: str              # wall: a wall-clock ticker advances stream time; event: events alone
+    lateness_ms: int
+    tick_interval: float
+    web_port: int
+    web_host: str
+    topic_prefix: str
+    data_dir: str
+    session_timeout: float
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        clock = _env("UPSELL_CLOCK", "wall")
+        if clock not in ("wall", "event"):
+            raise ValueError(f"UPSELL_CLOCK must be 'wall' or 'event', got {clock!r}")
+        return cls(
+            app_id=_env("UPSELL_APP_ID", "upsell-engine"),
+            broker=_env("UPSELL_BROKER", "kafka://localhost:9092"),
+            redis_url=_env("UPSELL_REDIS_URL", "redis://localhost:6379/0"),
+            partitions=int(_env("UPSELL_PARTITIONS", "8")),
+            store=_env("UPSELL_STORE", "memory://"),
+            rules=os.environ.get("UPSELL_RULES") or None,
+            clock=clock,
+            lateness_ms=int(_env("UPSELL_LATENESS_MS", "2000")),
+            tick_interval=float(_env("UPSELL_TICK_INTERVAL", "1.0")),
+            web_port=int(_env("UPSELL_WEB_PORT", "6066")),
+            web_host=_env("UPSELL_WEB_HOST", "127.0.0.1"),
+            topic_prefix=_env("UPSELL_TOPIC_PREFIX", ""),
+            data_dir=_env("UPSELL_DATA_DIR", "upsell-data"),
+            session_timeout=float(_env("UPSELL_SESSION_TIMEOUT", "10")),
+        )
