@@ -13,7 +13,7 @@ import faust
 
 class CustomerProfile(faust.Record, serializer="json"):
     customer_id: str
-    segment: str
+    segment: Optional[str] = None
     plan: Optional[str] = None
     signup_at: Optional[str] = None
     fiscal_year_end_month: Optional[int] = None

@@ -1,0 +1,159 @@
+"""Event-time ordering, restore from persisted state, determinism, rules file, schemas."""
+import json
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from rules.config import RulesError, default_rules_text, load_rules, parse_rules
+from rules.engine import INPUT_TOPICS, PartitionEngine
+from schemas.export import all_schemas, render
+from schemas.records import INPUT_RECORDS
+from schemas.validate import SPECS, ValidationError, validate
+from streams.backtest import backtest_lines, end_of_stream
+from streams.generate import generate
+from streams.recorded import decode_event, load_sorted
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = load_rules()
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return list(generate(customers=60, days=100, seed=11, start="2025-01-10"))
+
+
+def _engine_run(events, order_seed=None, restore_every=None):
+    """Feed one partition like a live consumer: topics interleaved arbitrarily, then a final watermark."""
+    eng = PartitionEngine(RULES)
+    out = []
+    per_topic = {t: [e for e in events if e.topic == t] for t in INPUT_TOPICS}
+    rng = random.Random(order_seed)
+    n = 0
+    while any(per_topic.values()):
+        topic = rng.choice([t for t in INPUT_TOPICS if per_topic[t]]) if order_seed is not None else \
+            min((t for t in INPUT_TOPICS if per_topic[t]), key=lambda t: per_topic[t][0].ts)
+        e = per_topic[topic].pop(0)
+        out += eng.push(e.topic, e.key, e.ts, decode_event(e.topic, e.key, e.raw, RULES.plan_by_name))
+        n += 1
+        if not per_topic[topic]:
+            out += eng.mark(topic, end_of_stream(events[-1].ts))
+        if restore_every and n % restore_every == 0:
+            customers = [orjson.loads(orjson.dumps(c)) for c in eng.customers.values()]
+            eng.take_dirty()
+            eng = PartitionEngine.restore(RULES, 0, orjson.loads(orjson.dumps(eng.meta())), customers)
+    out += eng.tick(end_of_stream(events[-1].ts))
+    return [orjson.dumps(p) for _, p in out]
+
+
+def _valid(stream):
+    events, _ = load_sorted(stream)
+    ok = []
+    for e in events:
+        try:
+            decode_event(e.topic, e.key, e.raw, RULES.plan_by_name)
+            ok.append(e)
+        except ValidationError:
+            pass
+    return ok
+
+
+def test_output_does_not_depend_on_how_topics_interleave(stream):
+    events = _valid(stream)
+    in_order = _engine_run(events)
+    assert len(in_order) > 50
+    assert _engine_run(events, order_seed=1) == in_order
+    assert _engine_run(events, order_seed=2) == in_order
+
+
+def test_restore_from_persisted_state_continues_identically(stream):
+    events = _valid(stream)
+    assert _engine_run(events, order_seed=3, restore_every=97) == _engine_run(events)
+
+
+def test_backtest_matches_single_partition_engine(stream):
+    events = _valid(stream)
+    res = backtest_lines(stream, RULES, partitions=1)
+    expected = [orjson.loads(b) for b in _engine_run(events) if b"\"suppressed\"" not in b]
+    assert sorted(res.proposals, key=lambda p: p["proposal_id"]) == sorted(expected, key=lambda p: p["proposal_id"])
+
+
+def test_generate_is_seeded_and_backtest_is_deterministic():
+    a = b"".join(generate(customers=30, days=40, seed=5, start="2025-02-01"))
+    b = b"".join(generate(customers=30, days=40, seed=5, start="2025-02-01"))
+    c = b"".join(generate(customers=30, days=40, seed=6, start="2025-02-01"))
+    assert a == b and a != c
+    r1 = backtest_lines(a.splitlines(), RULES, 4).proposal_lines()
+    r2 = backtest_lines(a.splitlines(), RULES, 4).proposal_lines()
+    assert r1 == r2 and r1
+
+
+def test_proposal_ids_depend_on_customer_trigger_offer_period():
+    from rules.triggers import proposal_id
+    base = proposal_id("c-1", "usage_limit", {"plan": "pro"}, "seats|0.8|basic|2026-04")
+    assert base == proposal_id("c-1", "usage_limit", {"plan": "pro"}, "seats|0.8|basic|2026-04")
+    assert base != proposal_id("c-2", "usage_limit", {"plan": "pro"}, "seats|0.8|basic|2026-04")
+    assert base != proposal_id("c-1", "usage_limit", {"plan": "pro"}, "seats|0.8|basic|2026-05")
+    assert base != proposal_id("c-1", "usage_limit", {"plan": "enterprise"}, "seats|0.8|basic|2026-04")
+
+
+# ------------------------------------------------------------- rules file --
+@pytest.mark.parametrize("old,new,line_text,msg", [
+    ("min_gap_days = 7", "min_gap_days = -7", "min_gap_days", "expected a value >= 0"),
+    ("high = 0.7 ", "high = \"lots\" ", "high =", "expected a number"),
+    ("skus = [\"pc-laptop\", \"headset\", \"monitor\"]", "skus = [\"pc-laptop\", \"tablet\"]", "skus = [\"pc-laptop\", \"tablet\"]", "unknown SKU 'tablet'"),
+    ("[guardrails]", "[guardrails\n", None, "not valid TOML"),
+])
+def test_bad_rules_file_names_line_and_reason(old, new, line_text, msg):
+    text = default_rules_text().replace(old, new, 1)
+    assert text != default_rules_text()
+    with pytest.raises(RulesError) as err:
+        parse_rules(text, "mine.toml")
+    assert msg in str(err.value) and str(err.value).startswith("mine.toml:")
+    if line_text:
+        line = next(i for i, ln in enumerate(text.splitlines(), 1) if line_text in ln)
+        assert err.value.line == line
+
+
+def test_missing_rules_file_is_a_clear_error(tmp_path):
+    with pytest.raises(RulesError, match="cannot read rules file"):
+        load_rules(tmp_path / "nope.toml")
+
+
+# ---------------------------------------------------------------- schemas --
+def test_published_json_schemas_are_in_step_with_the_code():
+    for name, schema in all_schemas().items():
+        path = ROOT / "docs" / "schemas" / f"{name}.json"
+        assert path.read_text(encoding="utf-8") == render(schema), f"run: python -m schemas.export ({name})"
+
+
+def test_faust_records_mirror_the_specs():
+    for topic, record in INPUT_RECORDS.items():
+        fields = record._options.fields
+        assert list(fields) == [f.name for f in SPECS[topic]], topic
+        required = {f.name for f in SPECS[topic] if f.required}
+        assert required == set(fields) - set(record._options.defaults), topic
+
+
+@pytest.mark.parametrize("topic,value,field,text", [
+    ("usage", {"customer_id": "c", "metric": "seats", "value": True}, "value", "expected a number"),
+    ("usage", {"customer_id": "c", "metric": "seats", "value": 1, "limit": 0}, "limit", "> 0"),
+    ("purchases", {"customer_id": "c", "order_id": "o", "items": [{"sku": "a", "qty": 1.5}]}, "items[0].qty", "integer"),
+    ("purchases", {"customer_id": "c", "order_id": "o", "items": []}, "items", "at least 1"),
+    ("contracts", {"customer_id": "c", "plan": "pro", "term": "weekly", "renews_at": "2026-01-01T00:00:00Z"}, "term", "one of monthly, annual"),
+    ("contracts", {"customer_id": "c", "plan": "pro", "term": "annual", "renews_at": "2026-01-01"}, "renews_at", "no timezone"),
+    ("contracts", {"customer_id": "c", "plan": "gold", "term": "annual", "renews_at": "2026-01-01T00:00:00Z"}, "plan", "unknown plan 'gold'"),
+    ("feedback", {"customer_id": "c", "type": "nps"}, "score", "needs a score"),
+    ("feedback", {"customer_id": "c", "type": "nps", "score": 11}, "score", "<= 10"),
+    ("customers", {"customer_id": "x", "segment": "b2b"}, "customer_id", "must equal the record key"),
+])
+def test_validation_names_field_value_and_expectation(topic, value, field, text):
+    with pytest.raises(ValidationError) as err:
+        validate(topic, value, key="c", plans=RULES.plan_by_name)
+    assert err.value.field == field and text in str(err.value)
+
+
+def test_malformed_json_is_a_validation_error():
+    with pytest.raises(ValidationError, match="malformed JSON"):
+        decode_event("usage", "c", b'{"customer_id": "c", ', RULES.plan_by_name)
