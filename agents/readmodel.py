@@ -5,8 +5,10 @@ rebuilt by replaying `proposals` and `proposals.suppressed` from the start.
 Writes are idempotent by proposal_id: the first write of an id claims
 `upsell:proposal:<id>` with SET NX, and a redelivered record changes nothing.
 
-Keys (TTL policy in README.md):
-  upsell:proposal:<id>                  the proposal JSON; expires 30 days after valid_until
+Keys (TTL policy in README.md; TTLs run on the Redis clock from the write, because
+event time may be far in the past in a replay):
+  upsell:proposal:<id>                  the proposal JSON; 90 days after it was written
+  upsell:suppressed:<id>                the suppressed proposal JSON; 90 days after it was written
   upsell:customer:<cid>:proposals       sorted set of ids by created_at; latest 50; 180 days after the last write
   upsell:customer:<cid>:suppressed      sorted set of ids by created_at; latest 50; 180 days after the last write
   upsell:stats                          hash: proposals:<trigger>, suppressed:<trigger>:<reason>
@@ -22,7 +24,7 @@ from streams.app import app, settings
 
 KEEP = 50
 CUSTOMER_TTL_MS = 180 * DAY
-PROPOSAL_GRACE_MS = 30 * DAY
+PROPOSAL_TTL_MS = 90 * DAY
 _client: aioredis.Redis | None = None
 
 
@@ -38,9 +40,8 @@ async def record(r: aioredis.Redis, raw: bytes, kind: str) -> bool:
     p = orjson.loads(raw)
     pid, cid = p["proposal_id"], p["customer_id"]
     created = parse_ts(p["created_at"])
-    expire_at = parse_ts(p["valid_until"]) + PROPOSAL_GRACE_MS
     prefix = "proposal" if kind == "proposals" else "suppressed"
-    if not await r.set(f"upsell:{prefix}:{pid}", raw, nx=True, pxat=max(expire_at, created + DAY)):
+    if not await r.set(f"upsell:{prefix}:{pid}", raw, nx=True, px=PROPOSAL_TTL_MS):
         return False
     index = f"upsell:customer:{cid}:{kind}"
     stat = (f"proposals:{p['trigger']}" if kind == "proposals"
@@ -48,7 +49,7 @@ async def record(r: aioredis.Redis, raw: bytes, kind: str) -> bool:
     async with r.pipeline(transaction=True) as pipe:
         pipe.zadd(index, {pid: created})
         pipe.zremrangebyrank(index, 0, -KEEP - 1)
-        pipe.pexpireat(index, created + CUSTOMER_TTL_MS)
+        pipe.pexpire(index, CUSTOMER_TTL_MS)
         pipe.hincrby("upsell:stats", stat, 1)
         await pipe.execute()
     return True

@@ -1,0 +1,122 @@
+"""Real parts: the embedded tansu broker, a real redis-server and worker processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def broker(logs):
+    with EmbeddedBroker(log=logs / "broker.log") as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def redis_server(logs):
+    with EmbeddedRedis(log=logs / "redis.log") as r:
+        yield r
+
+
+class Worker:
+    def __init__(self, name: str, env: dict, logs: Path):
+        self.name, self.port = name, int(env["UPSELL_WEB_PORT"])
+        self.log = logs / f"{name}.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "info"],
+                                     env={**os.environ, **env}, stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def get(self, path: str, timeout: float = 2):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as r:
+            return r.status, r.read()
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"{self.name} exited: {self.log.read_text()[-3000:]}"
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)      # web server not listening yet
+        raise AssertionError(f"{self.name} not healthy: {self.log.read_text()[-3000:]}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_worker(broker, redis_server, logs, request):
+    """Start workers of one fresh app (own topics prefix and group) on the shared broker."""
+    workers = []
+    app_id = f"it-{request.node.name[:30].replace('[', '-').replace(']', '')}-{os.getpid()}"
+    prefix = app_id + "."
+
+    def start(name: str = "w1", **extra) -> Worker:
+        env = {"UPSELL_BROKER": broker.url, "UPSELL_REDIS_URL": redis_server.url, "UPSELL_CLOCK": "event",
+               "UPSELL_PARTITIONS": str(PARTITIONS), "UPSELL_WEB_PORT": str(free_port()),
+               "UPSELL_SESSION_TIMEOUT": "6", "UPSELL_APP_ID": app_id, "UPSELL_TOPIC_PREFIX": prefix,
+               "UPSELL_DATA_DIR": str(logs / f"{app_id}-{name}"), **extra}
+        w = Worker(f"{app_id}-{name}", env, logs)
+        workers.append(w)
+        return w
+
+    start.prefix = prefix
+    yield start
+    for w in workers:
+        w.stop()
+
+
+async def consume(bootstrap: str, topic: str, count: int, timeout: float = 90) -> list:
+    """Read `count` records from the start of `topic` (or fail after `timeout` seconds)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    got = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                got.extend(msgs)
+    finally:
+        await consumer.stop()
+    assert len(got) >= count, f"{topic}: {len(got)} of {count} records within {timeout} s"
+    return got
+
+
+async def produce(bootstrap: str, records) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for topic, key, value, ts in records:
+            await producer.send(topic, value=value, key=key, timestamp_ms=ts)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def loads(msgs) -> list[dict]:
+    return [orjson.loads(m.value) for m in msgs]

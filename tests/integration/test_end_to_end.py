@@ -1,0 +1,184 @@
+"""A recorded stream replayed into the real broker yields exactly the backtest's proposals,
+in Kafka and in Redis; bad records go to dead letters; two workers share and hand over."""
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from rules.config import load_rules
+from rules.engine import INPUT_TOPICS
+from rules.timeutil import parse_ts
+from streams.backtest import backtest_lines
+from streams.generate import generate
+from streams.kafka import ensure_topics
+from streams.replay import replay
+from tests.integration.conftest import PARTITIONS, consume, loads, produce
+
+pytestmark = pytest.mark.integration
+SCENARIO = Path(__file__).parent.parent / "scenarios" / "saas_and_shop.jsonl"
+
+
+def _key(p):
+    return p["proposal_id"]
+
+
+async def _redis_ids(url: str, customers) -> set:
+    r = aioredis.from_url(url)
+    try:
+        ids = set()
+        for cid in customers:
+            ids.update(i.decode() for i in await r.zrange(f"upsell:customer:{cid}:proposals", 0, -1))
+        return ids
+    finally:
+        await r.aclose()
+
+
+async def _replay_and_compare(broker, redis_server, start_worker, lines):
+    expected = backtest_lines(lines, load_rules(), PARTITIONS)
+    worker = start_worker()
+    await asyncio.to_thread(worker.wait_healthy)
+    await replay(lines, broker.bootstrap, PARTITIONS, prefix=start_worker.prefix, progress=False)
+    got = loads(await consume(broker.bootstrap, start_worker.prefix + "proposals", len(expected.proposals)))
+    assert sorted(got, key=_key) == sorted(expected.proposals, key=_key)
+    sup = loads(await consume(broker.bootstrap, start_worker.prefix + "proposals.suppressed",
+                              len(expected.suppressed)))
+    assert sorted(sup, key=_key) == sorted(expected.suppressed, key=_key)
+    return worker, expected, got
+
+
+async def test_golden_scenario_through_the_live_worker(broker, redis_server, start_worker):
+    lines = SCENARIO.read_bytes().splitlines()
+    worker, expected, got = await _replay_and_compare(broker, redis_server, start_worker, lines)
+    want = SCENARIO.with_name("saas_and_shop.expected.jsonl").read_bytes().splitlines()
+    assert sorted(orjson.dumps(p) for p in got) == sorted(want)
+    # dead letters: the three bad lines of the scenario, with reason and original bytes
+    dls = loads(await consume(broker.bootstrap, start_worker.prefix + "dead-letters", 3))
+    assert sorted(d["error"].split(":")[0] for d in dls) == sorted(
+        ["field 'value'", "malformed JSON", "field 'severity'"])
+    bad = next(d for d in dls if d["error"].startswith("malformed"))
+    assert base64.b64decode(bad["original_b64"]) == b'{"customer_id": "shop-1", "order_id": '
+    # the read model holds the same proposals, and the HTTP view shows them
+    customers = {p["customer_id"] for p in expected.proposals}
+    ids = {p["proposal_id"] for p in expected.proposals}
+    for _ in range(100):
+        if await _redis_ids(redis_server.url, customers) == ids:
+            break
+        await asyncio.sleep(0.1)    # the read model agent runs behind the proposals topic
+    assert await _redis_ids(redis_server.url, customers) == ids
+    status, body = await asyncio.to_thread(worker.get, "/customers/acme")
+    view = orjson.loads(body)
+    assert status == 200 and view["state"]["plan"] == "basic"
+    assert {p["proposal_id"] for p in view["proposals"]} == {p["proposal_id"] for p in expected.proposals
+                                                              if p["customer_id"] == "acme"}
+    assert any(s["suppressed"]["reason"] == "cooldown" for s in view["suppressed"])
+    status, metrics = await asyncio.to_thread(worker.get, "/metrics")
+    assert b'upsell_dead_letters_total{topic="purchases"} 1' in metrics
+    assert b'upsell_proposals_total{trigger="season"} 1' in metrics
+
+
+async def test_generated_stream_matches_backtest(broker, redis_server, start_worker):
+    lines = b"".join(generate(customers=60, days=90, seed=21, start="2025-01-01", bad_rate=0.002)).splitlines()
+    worker, expected, got = await _replay_and_compare(broker, redis_server, start_worker, lines)
+    assert len(got) > 50 and len({p["trigger"] for p in got}) >= 6
+
+
+async def test_bad_records_on_every_topic_go_to_dead_letters(broker, redis_server, start_worker):
+    worker = start_worker()
+    await asyncio.to_thread(worker.wait_healthy)
+    prefix = start_worker.prefix
+    await ensure_topics(broker.bootstrap, [prefix + t for t in INPUT_TOPICS], PARTITIONS)
+    ts = parse_ts("2026-06-01T09:00:00Z")
+    records, n_bad = [], 0
+    wrong_type = {"customers": {"segment": 5}, "purchases": {"order_id": 5, "items": []},
+                  "usage": {"metric": 5, "value": 1}, "contracts": {"plan": 5},
+                  "feedback": {"type": 5}, "proposal-outcomes": {"outcome": 5}}
+    unknown_enum = {"customers": {"segment": "b2x"}, "purchases": {"order_id": "o", "items": [{"sku": "a", "qty": 0}]},
+                    "usage": {"metric": "seats", "value": -1}, "feedback": {"type": "rant"},
+                    "contracts": {"plan": "pro", "term": "weekly", "renews_at": "2026-01-01T00:00:00Z"},
+                    "proposal-outcomes": {"proposal_id": "p", "trigger": "usage_limit", "offer": {},
+                                          "outcome": "maybe"}}
+    for i, topic in enumerate(INPUT_TOPICS):
+        cid = f"dl-{i}"
+        for bad in (b"{not json", orjson.dumps({"customer_id": cid, **wrong_type[topic]}),
+                    orjson.dumps({"customer_id": 7}), orjson.dumps({"customer_id": cid, **unknown_enum[topic]})):
+            records.append((prefix + topic, cid.encode(), bad, ts + n_bad))
+            n_bad += 1
+    # valid events around them: a customer reaching 90% of seats must still be proposed to
+    records.insert(0, (prefix + "customers", b"ok-1", orjson.dumps(
+        {"customer_id": "ok-1", "segment": "b2c", "plan": "basic", "signup_at": "2025-01-01T00:00:00Z"}), ts - 10))
+    records.append((prefix + "usage", b"ok-1", orjson.dumps(
+        {"customer_id": "ok-1", "metric": "seats", "value": 45}), ts + 100))
+    await produce(broker.bootstrap, records)
+    # stream time passes the last event on every topic: the valid ones are applied
+    await replay([], broker.bootstrap, PARTITIONS, prefix=prefix, progress=False)
+    from streams.replay import WATERMARK_HEADER
+    from aiokafka import AIOKafkaProducer
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    for t in INPUT_TOPICS:
+        for p in range(PARTITIONS):
+            await producer.send(prefix + t, value=b"", partition=p, timestamp_ms=ts + 200,
+                                headers=[(WATERMARK_HEADER, str(ts + 200).encode())])
+    await producer.stop()
+    dls = loads(await consume(broker.bootstrap, prefix + "dead-letters", n_bad))
+    assert len(dls) == n_bad
+    assert {d["topic"] for d in dls} == set(INPUT_TOPICS)
+    assert all(d["error"] and d["original_b64"] for d in dls)
+    assert sum("malformed JSON" in d["error"] for d in dls) == len(INPUT_TOPICS)
+    assert sum("expected a non-empty string, got 7" in d["error"] for d in dls) == len(INPUT_TOPICS)
+    got = loads(await consume(broker.bootstrap, prefix + "proposals", 1))
+    assert got[0]["customer_id"] == "ok-1" and got[0]["trigger"] == "usage_limit"
+    assert worker.proc.poll() is None and (await asyncio.to_thread(worker.get, "/health"))[0] == 200
+
+
+async def test_two_workers_share_partitions_and_take_over(broker, redis_server, start_worker):
+    lines = b"".join(generate(customers=80, days=90, seed=33, start="2025-01-01")).splitlines()
+    expected = backtest_lines(lines, load_rules(), PARTITIONS)
+    events = [ln for ln in lines]
+    half = len(events) // 2
+    w1, w2 = start_worker("w1"), start_worker("w2")
+    await asyncio.to_thread(w1.wait_healthy)
+    await asyncio.to_thread(w2.wait_healthy)
+    # both own partitions once the group has settled
+    for _ in range(150):
+        h1 = orjson.loads((await asyncio.to_thread(w1.get, "/health"))[1])
+        h2 = orjson.loads((await asyncio.to_thread(w2.get, "/health"))[1])
+        if h1["partitions"] and h2["partitions"]:
+            break
+        await replay([], broker.bootstrap, PARTITIONS, prefix=start_worker.prefix, progress=False)
+        await asyncio.sleep(0.2)   # partitions show up in /health once an event reaches them
+    # first half of the stream, then one worker dies; the other carries on with its state
+    first = sorted(events[:half], key=lambda ln: orjson.loads(ln)["timestamp"])
+    from streams.recorded import load_sorted
+    evs, _ = load_sorted(lines)
+    cut = evs[half].ts
+    first = [ln for ln in lines if parse_ts(orjson.loads(ln)["timestamp"]) < cut]
+    rest = [ln for ln in lines if parse_ts(orjson.loads(ln)["timestamp"]) >= cut]
+    early = [p for p in expected.proposals if parse_ts(p["created_at"]) < cut - 10 ** 7]
+    await _publish(broker, start_worker.prefix, first, final=False)
+    await consume(broker.bootstrap, start_worker.prefix + "proposals", len(early) // 2 or 1)
+    w2.stop(kill=True)
+    await _publish(broker, start_worker.prefix, rest, final=True)
+    got = loads(await consume(broker.bootstrap, start_worker.prefix + "proposals", len(expected.proposals),
+                              timeout=120))
+    assert {p["proposal_id"] for p in got} == {p["proposal_id"] for p in expected.proposals}
+    assert w1.proc.poll() is None
+
+
+async def _publish(broker, prefix, lines, final):
+    from aiokafka import AIOKafkaProducer
+    from streams.recorded import load_sorted
+    evs, _ = load_sorted(lines)
+    if final:
+        await replay(lines, broker.bootstrap, PARTITIONS, prefix=prefix, progress=False)
+        return
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    for e in evs:
+        await producer.send(prefix + e.topic, value=e.raw, key=e.key.encode(), timestamp_ms=e.ts)
+    await producer.stop()
