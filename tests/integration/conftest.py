@@ -89,15 +89,16 @@ def start_worker(broker, redis_server, logs, request):
         w.stop()
 
 
-async def consume(bootstrap: str, topic: str, count: int, timeout: float = 90) -> list:
-    """Read `count` records from the start of `topic` (or fail after `timeout` seconds)."""
+async def consume(bootstrap: str, topic: str, count: int, timeout: float = 90, until=None) -> list:
+    """Read `count` records (and until `until(records)` holds) from the start of `topic`,
+    or fail after `timeout` seconds."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     got = []
     try:
         deadline = time.monotonic() + timeout
-        while len(got) < count and time.monotonic() < deadline:
+        while (len(got) < count or (until is not None and not until(got))) and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for msgs in batch.values():
                 got.extend(msgs)
