@@ -103,7 +103,7 @@ async def handle(topic: str, event) -> None:
             await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, str(exc), field))
             return
         late = eng.stats["late_events"]
-        out = eng.push(topic, key, int(round(msg.timestamp * 1000)), value)
+        out = eng.push(topic, key, int(round(msg.timestamp * 1000)), value, msg.offset)
         if eng.stats["late_events"] != late:
             metrics.late_events[topic] += 1
     persist(eng)

@@ -44,9 +44,19 @@ async def customer(web, request, customer_id: str):
     return web.json({"state": summary(c, now), "stream_time": _ts(now), **view})
 
 
+def assigned_partitions() -> list[int]:
+    """Input partitions this worker owns now (empty before the first rebalance completes)."""
+    try:
+        tps = app.consumer.assignment()
+    except Exception:      # consumer not started yet
+        return []
+    names = {T.P + t for t in T.inputs}
+    return sorted({tp.partition for tp in tps if tp.topic in names})
+
+
 @app.page("/health")
 async def health(web, request):
-    return web.json({"status": "ok", "partitions": sorted(ENGINES),
+    return web.json({"status": "ok", "assigned": assigned_partitions(), "partitions": sorted(ENGINES),
                      "stream_time": {p: _ts(e.watermark) for p, e in sorted(ENGINES.items())}})
 
 

@@ -17,6 +17,11 @@ which events are applied is a function of the events alone:
   the proposal's created_at is the due moment, never the wall clock.
 * An event older than the watermark is late: it is applied at once and
   counted (`late_events`).
+* Redelivery is harmless. Live, every event carries its offset: the customer
+  records the last offset applied per topic, and the buffer knows which
+  offsets it holds, so an event delivered again after a crash or a take-over
+  (Kafka is at least once) is recognised and dropped (`duplicates`), however
+  far the persisted state had got.
 """
 from __future__ import annotations
 
@@ -80,26 +85,38 @@ class PartitionEngine:
         self.tick_ms: int | None = None
         self.watermark: int | None = None
         self.buffer: list = []
+        self.pending: set[tuple[str, int]] = set()   # (topic, offset) held in the buffer
         self.seq = 0
         self.timers: list = []
         self.co = CoPurchase()
         self.stats = {"events": defaultdict(int), "late_events": 0,
                       "proposed": defaultdict(int), "suppressed": defaultdict(int),
-                      "outcomes": defaultdict(int)}
+                      "outcomes": defaultdict(int), "duplicates": 0}
         self.dirty: set[str] = set()
         self._window = rules.t("co_purchase")["window_days"] * DAY
 
     # ------------------------------------------------------------ inputs --
-    def push(self, topic: str, key: str, ts: int, value: dict) -> list:
-        """A validated event from an input topic; returns [(PROPOSAL|SUPPRESSED, dict)]."""
+    def push(self, topic: str, key: str, ts: int, value: dict, offset: int | None = None) -> list:
+        """A validated event from an input topic; returns [(PROPOSAL|SUPPRESSED, dict)].
+
+        `offset` is the event's offset in its topic-partition (live) or None
+        (backtest); with it, an event seen before is dropped.
+        """
         out: list = []
+        if offset is not None and self._seen(topic, key, offset):
+            self.stats["duplicates"] += 1
+            return out
         self.stats["events"][topic] += 1
         if self.watermark is not None and ts < self.watermark:
             self.stats["late_events"] += 1
-            self._apply(topic, key, ts, value, out)
+            self._apply(topic, key, ts, value, out, offset)
         else:
             self.seq += 1
-            heapq.heappush(self.buffer, (ts, self.rank[topic], self.seq, topic, key, value))
+            # same timestamp and topic: arrival order, i.e. the offset when there is one
+            order = self.seq if offset is None else offset
+            heapq.heappush(self.buffer, (ts, self.rank[topic], order, topic, key, value, offset))
+            if offset is not None:
+                self.pending.add((topic, offset))
         hw = self.hw[topic]
         if hw is None or ts > hw:
             self.hw[topic] = ts
@@ -124,6 +141,12 @@ class PartitionEngine:
         return out
 
     # ---------------------------------------------------------- internals --
+    def _seen(self, topic: str, key: str, offset: int) -> bool:
+        if (topic, offset) in self.pending:
+            return True
+        c = self.customers.get(key)
+        return c is not None and c["off"].get(topic, -1) >= offset
+
     def _release(self, out: list) -> None:
         hws = self.hw.values()
         w = None if None in hws else min(hws)
@@ -133,9 +156,11 @@ class PartitionEngine:
             return
         buf = self.buffer
         while buf and buf[0][0] < w:
-            ts, _r, _s, topic, key, value = heapq.heappop(buf)
+            ts, _r, _o, topic, key, value, offset = heapq.heappop(buf)
+            if offset is not None:
+                self.pending.discard((topic, offset))
             self._fire_timers(ts, True, out)
-            self._apply(topic, key, ts, value, out)
+            self._apply(topic, key, ts, value, out, offset)
         self._fire_timers(w, False, out)
         self.watermark = w
 
@@ -152,11 +177,16 @@ class PartitionEngine:
             self._reschedule(c, due)
             self.dirty.add(cid)
 
-    def _apply(self, topic: str, key: str, ts: int, v: dict, out: list) -> None:
+    def _apply(self, topic: str, key: str, ts: int, v: dict, out: list, offset: int | None) -> None:
         rules = self.rules
         c = self.customers.get(key)
         if c is None:
             c = self.customers[key] = st.new_customer(key)
+        if offset is not None:
+            if c["off"].get(topic, -1) >= offset:
+                self.stats["duplicates"] += 1    # restored buffer older than the customer
+                return
+            c["off"][topic] = offset
         self._expire_basket(c, ts)
         cands: list = []
         # Time-based dues can only move on profile, contract, basket or underuse changes;
@@ -242,14 +272,16 @@ class PartitionEngine:
         if meta:
             eng.hw.update(meta["hw"])
             eng.tick_ms, eng.watermark, eng.seq = meta["tick"], meta["watermark"], meta["seq"]
-            eng.buffer = [tuple(e) for e in meta["buffer"]]
+            eng.buffer = [tuple(e) if len(e) == 7 else (*e, None) for e in meta["buffer"]]
             heapq.heapify(eng.buffer)
+            eng.pending = {(e[3], e[6]) for e in eng.buffer if e[6] is not None}
             for k, v in meta["stats"].items():
                 if isinstance(v, dict):
                     eng.stats[k].update(v)
                 else:
                     eng.stats[k] = v
         for c in customers:
+            c.setdefault("off", {})
             eng.customers[c["id"]] = c
             if c["due"] is not None:
                 eng.timers.append((c["due"], c["id"]))

@@ -26,6 +26,7 @@ def new_customer(customer_id: str) -> dict:
         "declined": {},       # offer_key -> ms of the decline
         "fired": {},          # once-per-period keys -> ms when the key may be dropped
         "due": None,          # next time-based evaluation (ms), derived
+        "off": {},            # input topic -> offset of the last event applied (redelivery guard)
     }
 
 

@@ -157,3 +157,51 @@ def test_validation_names_field_value_and_expectation(topic, value, field, text)
 def test_malformed_json_is_a_validation_error():
     with pytest.raises(ValidationError, match="malformed JSON"):
         decode_event("usage", "c", b'{"customer_id": "c", ', RULES.plan_by_name)
+
+
+def _crash_run(events, seed, stale_meta):
+    """A live partition that crashes now and then. Faust commits offsets periodically, after
+    flushing the changelogs; a crash restores the tables and re-reads every topic from its last
+    committed offset, so events processed since then are delivered again (at least once).
+    With `stale_meta` the tail of the partition document's changelog is lost as well: it is
+    restored from a write between the last commit and the crash, older than the customers, so
+    its buffer holds events already applied to them."""
+    rng = random.Random(seed)
+    per_topic = {t: [e for e in events if e.topic == t] for t in INPUT_TOPICS}
+    pos = dict.fromkeys(INPUT_TOPICS, 0)
+    committed, landed_meta = dict(pos), None
+    eng, out, crashes = PartitionEngine(RULES), [], 0
+    end = end_of_stream(events[-1].ts)
+    while any(pos[t] < len(per_topic[t]) for t in INPUT_TOPICS):
+        topic = rng.choice([t for t in INPUT_TOPICS if pos[t] < len(per_topic[t])])
+        e = per_topic[topic][pos[topic]]
+        out += eng.push(e.topic, e.key, e.ts, decode_event(e.topic, e.key, e.raw, RULES.plan_by_name),
+                        pos[topic])
+        pos[topic] += 1
+        if pos[topic] == len(per_topic[topic]):
+            out += eng.mark(topic, end)
+        if rng.random() < 0.05:                      # commit: changelogs flushed, offsets stored
+            committed, landed_meta = dict(pos), orjson.dumps(eng.meta())
+        elif rng.random() < 0.2:                     # a later partition write that did land
+            landed_meta = orjson.dumps(eng.meta())
+        if rng.random() < 0.008:
+            crashes += 1
+            meta = landed_meta if stale_meta else orjson.dumps(eng.meta())
+            customers = [orjson.loads(orjson.dumps(c)) for c in eng.customers.values()]
+            eng = PartitionEngine.restore(RULES, 0, orjson.loads(meta) if meta else None, customers)
+            pos = dict(committed)
+    out += eng.tick(end)
+    return out, crashes, eng.stats["duplicates"]
+
+
+@pytest.mark.parametrize("stale_meta", [False, True])
+def test_redelivery_after_a_crash_changes_nothing(stream, stale_meta):
+    events = _valid(stream)
+    straight = {orjson.dumps(p) for _, p in _engine_run_pairs(events)}
+    out, crashes, duplicates = _crash_run(events, seed=5, stale_meta=stale_meta)
+    assert crashes >= 3 and duplicates > 0
+    assert {orjson.dumps(p) for _, p in out} == straight
+
+
+def _engine_run_pairs(events):
+    return [(None, orjson.loads(b)) for b in _engine_run(events)]
