@@ -1,0 +1,158 @@
+"""The Faust agents through `agent.test_context()`: explicit partitions and timestamps,
+tables on the memory store, and the output topics replaced by in-memory Faust channels
+so what the agents send can be read back."""
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+
+import agents.engine as A
+from rules.timeutil import format_ts, parse_ts
+from streams import topics as T
+from streams.app import app, settings
+from streams.partitioning import partition_for
+
+T0 = parse_ts("2025-06-10T09:00:00Z")   # outside every seasonal campaign
+MIN = 60_000
+
+
+@pytest.fixture
+async def wired(monkeypatch):
+    """Fresh engines and tables; proposals, suppressions and dead letters into channels."""
+    out = {}
+    for name in ("proposals", "suppressed", "dead_letters"):
+        channel = app.channel(maxsize=1000)
+        monkeypatch.setattr(T, name, channel)
+        out[name] = channel.clone(is_iterator=True)    # a subscriber: it receives what is sent
+    A.ENGINES.clear()
+    for table in (T.customer_state, T.partition_state):
+        table.data.clear()
+    contexts = {topic: A.INGEST[topic].test_context() for topic in A.INPUT_TOPICS}
+    contexts["ticks"] = A.ticks.test_context()
+    agents = {name: await ctx.__aenter__() for name, ctx in contexts.items()}
+    yield agents, out
+    for ctx in contexts.values():
+        await ctx.__aexit__(None, None, None)
+    A.ENGINES.clear()
+
+
+async def _put(agents, topic, value: dict | bytes, ts_ms: int, partition=None, key=None):
+    if isinstance(value, dict):
+        key = key or value.get("customer_id")
+        value = orjson.dumps(value)
+    partition = partition_for(key, settings.partitions) if partition is None else partition
+    await agents[topic].put(value, key=key.encode() if key else None, partition=partition,
+                            timestamp=ts_ms / 1000)
+    return partition
+
+
+async def _tick(agents, partition: int, at_ms: int):
+    await agents["ticks"].put(orjson.dumps({"at": at_ms}), partition=partition, timestamp=at_ms / 1000)
+
+
+def _drain(channel) -> list[dict]:
+    got = []
+    while not channel.empty():
+        got.append(orjson.loads(channel.queue.get_nowait().value))   # already delivered: no waiting
+    return got
+
+
+def _seat_customer(cid="c-1", plan="basic"):
+    return {"customer_id": cid, "segment": "b2b", "plan": plan, "signup_at": "2024-01-01T00:00:00Z"}
+
+
+async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired):
+    agents, out = wired
+    p = await _put(agents, "customers", _seat_customer(), T0)
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
+    # buffered: stream time has not passed the events yet
+    assert _drain(out["proposals"]) == []
+    await _tick(agents, p, T0 + 2 * MIN)
+    got = _drain(out["proposals"])
+    assert [(g["customer_id"], g["trigger"], g["kind"]) for g in got] == [("c-1", "usage_limit", "upsell")]
+    assert got[0]["created_at"] == format_ts(T0 + MIN)
+    # state is in the table, keyed by customer, and the engine's partition is the event's
+    state = orjson.loads(T.customer_state[b"c-1"])
+    assert state["usage"]["seats"]["value"] == 46 and state["off"]["usage"] == 0
+    assert p in A.ENGINES and "c-1" in A.ENGINES[p].customers
+    meta = orjson.loads(T.partition_state[str(p).encode()])
+    assert meta["watermark"] == T0 + 2 * MIN and meta["buffer"] == []
+
+
+async def test_engines_are_per_partition(wired):
+    agents, out = wired
+    ids = [f"c-{i}" for i in range(40)]
+    by_p = {}
+    for cid in ids:
+        by_p.setdefault(partition_for(cid, settings.partitions), []).append(cid)
+    assert len(by_p) > 1
+    for cid in ids:
+        await _put(agents, "customers", _seat_customer(cid), T0)
+        await _put(agents, "usage", {"customer_id": cid, "metric": "seats", "value": 46}, T0 + MIN)
+    first = min(by_p)
+    await _tick(agents, first, T0 + 2 * MIN)
+    got = _drain(out["proposals"])
+    # only the ticked partition's customers: the others still wait for their stream time
+    assert sorted(g["customer_id"] for g in got) == sorted(by_p[first])
+    for p, cids in by_p.items():     # applied (ticked) or buffered, each on its own partition
+        eng = A.ENGINES[p]
+        assert set(eng.customers) | {e[4] for e in eng.buffer} == set(cids)
+        assert (p == first) == (not eng.buffer)
+
+
+async def test_late_event_and_unhappy_customer_are_suppressed_with_reason(wired):
+    agents, out = wired
+    p = await _put(agents, "customers", _seat_customer(), T0)
+    await _put(agents, "feedback", {"customer_id": "c-1", "type": "ticket", "severity": "high",
+                                     "ticket_id": "t-1", "status": "open"}, T0 + MIN)
+    await _tick(agents, p, T0 + 2 * MIN)
+    # an event older than stream time is applied at once (late), not lost
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 48}, T0 + MIN + 1)
+    assert _drain(out["proposals"]) == []
+    sup = _drain(out["suppressed"])
+    assert [(s["trigger"], s["suppressed"]["reason"]) for s in sup] == [("usage_limit", "unhappy_customer")]
+    assert A.ENGINES[p].stats["late_events"] == 1
+
+
+async def test_invalid_events_go_to_dead_letters_with_original_bytes(wired):
+    agents, out = wired
+    raw = b'{"customer_id": "c-9", "metric": "seats", "value": "many"}'
+    await _put(agents, "usage", raw, T0, partition=3, key="c-9")
+    await _put(agents, "purchases", b"{oops", T0, partition=5, key="c-9")
+    dl = _drain(out["dead_letters"])
+    assert [(d["topic"], d["partition"], d["field"]) for d in dl] == [("usage", 3, "value"), ("purchases", 5, None)]
+    assert base64.b64decode(dl[0]["original_b64"]) == raw and dl[0]["timestamp"] == format_ts(T0)
+    assert "malformed JSON" in dl[1]["error"]
+    # nothing reached the state, and the agents still process valid events
+    assert T.customer_state.get(b"c-9") is None
+    p = await _put(agents, "customers", _seat_customer("c-9"), T0 + 1)
+    await _tick(agents, p, T0 + 2)
+    assert orjson.loads(T.customer_state[b"c-9"])["plan"] == "basic"
+
+
+async def test_a_redelivered_event_changes_nothing(wired):
+    agents, out = wired
+    p = await _put(agents, "customers", _seat_customer(), T0)
+    usage = agents["usage"]
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
+    await _tick(agents, p, T0 + 2 * MIN)
+    assert len(_drain(out["proposals"])) == 1
+    before = T.customer_state[b"c-1"]
+    usage.sent_offset -= 1        # the same offset again, as after a take-over
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
+    assert T.customer_state[b"c-1"] == before
+    assert A.ENGINES[p].stats["duplicates"] == 1 and A.ENGINES[p].stats["late_events"] == 0
+
+
+async def test_engine_is_rebuilt_from_the_tables_after_a_rebalance(wired):
+    agents, out = wired
+    p = await _put(agents, "customers", _seat_customer(), T0)
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 30}, T0 + MIN)
+    A.ENGINES.clear()        # what on_partitions_revoked does: the tables stay
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + 2 * MIN)
+    await _tick(agents, p, T0 + 3 * MIN)
+    got = _drain(out["proposals"])
+    assert [g["trigger"] for g in got] == ["usage_limit"]
+    assert got[0]["evidence"]["value"] == 46
