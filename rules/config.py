@@ -69,6 +69,11 @@ class Rules:
 
     def __post_init__(self):
         self.plan_by_name.update({p.name: p for p in self.plans})
+        # derived numbers read on every usage event
+        t = self.triggers
+        object.__setattr__(self, "keep_usage_ms", max(
+            t["renewal"]["lookback_days"], t["usage_forecast"]["window_days"]) * 86_400_000)
+        object.__setattr__(self, "underuse_threshold", t["underuse"]["threshold"])
 
     def t(self, trigger: str) -> dict[str, Any]:
         return self.triggers[trigger]

@@ -68,28 +68,40 @@ def apply_usage(c: dict, v: dict, ts: int, rules: Rules) -> tuple[float, float] 
     if not limit:
         return None
     ratio = value / limit
-    samples = u["samples"]
+    samples = u["samples"]          # one per day, [last ms, last value, peak value, peak ratio], in time order
     day = ts - ts % DAY
-    if samples and samples[-1][0] - samples[-1][0] % DAY == day:
+    last_day = samples[-1][0] - samples[-1][0] % DAY if samples else None
+    if last_day is None or last_day < day:
+        samples.append([ts, value, value, ratio])
+    elif last_day == day:
         last = samples[-1]
         samples[-1] = [ts, value, max(last[2], value), max(last[3], ratio)]
-    else:
-        samples.append([ts, value, value, ratio])
-    horizon = ts - keep_usage_ms(rules)
-    while samples and samples[0][0] <= horizon:
-        samples.pop(0)
+    else:                           # a late sample from an earlier day: keep the order
+        j = len(samples) - 1
+        while j and samples[j - 1][0] >= day:
+            j -= 1
+        s = samples[j]
+        if s[0] - s[0] % DAY == day:
+            samples[j] = [max(ts, s[0]), value if ts >= s[0] else s[1], max(s[2], value), max(s[3], ratio)]
+        else:
+            samples.insert(j, [ts, value, value, ratio])
+    horizon = ts - rules.keep_usage_ms
+    if samples[0][0] <= horizon:
+        k = 0
+        while k < len(samples) and samples[k][0] <= horizon:
+            k += 1
+        del samples[:k]
     # underuse: every metric's latest utilisation below the threshold
-    threshold = rules.t("underuse")["threshold"]
-    latest = max((s["value"] / s["limit"] for s in c["usage"].values() if s["limit"]), default=None)
+    threshold = rules.underuse_threshold
+    if len(c["usage"]) == 1:
+        latest = ratio
+    else:
+        latest = max((s["value"] / s["limit"] for s in c["usage"].values() if s["limit"]), default=None)
     if latest is None or latest >= threshold:
         c["low_since"] = None
     elif c["low_since"] is None:
         c["low_since"] = ts
     return value, limit
-
-
-def keep_usage_ms(rules: Rules) -> int:
-    return max(rules.t("renewal")["lookback_days"], rules.t("usage_forecast")["window_days"]) * DAY
 
 
 def apply_feedback(c: dict, v: dict, ts: int, rules: Rules) -> None:

@@ -1,25 +1,31 @@
 """Event-time helpers. All times are integer epoch milliseconds (UTC)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
 SECOND = 1000
 DAY = 86_400_000
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+_HALF_MS = timedelta(microseconds=500)
+
+
 def parse_ts(value: str) -> int:
-    """Parse an ISO-8601 timestamp to epoch ms. A timezone is required."""
+    """Parse an ISO-8601 timestamp to epoch ms (sub-millisecond parts rounded half away
+    from zero). A timezone is required."""
     if not isinstance(value, str):
         raise ValueError(f"expected an ISO-8601 timestamp string, got {value!r}")
-    text = value[:-1] + "+00:00" if value.endswith("Z") else value
     try:
-        dt = datetime.fromisoformat(text)
+        dt = datetime.fromisoformat(value)      # 3.11+: accepts a trailing Z
     except ValueError:
         raise ValueError(f"expected an ISO-8601 timestamp like 2026-04-01T09:00:00Z, got {value!r}") from None
     if dt.tzinfo is None:
         raise ValueError(f"timestamp {value!r} has no timezone; add Z or an offset")
-    return int(dt.timestamp() * 1000 + (0.5 if dt.timestamp() >= 0 else -0.5))
+    delta = dt - _EPOCH
+    return (delta + _HALF_MS) // _MS if delta >= timedelta(0) else -((_HALF_MS - delta) // _MS)
 
 
 def format_ts(ms: int) -> str:

@@ -117,17 +117,24 @@ def usage_triggers(c: dict, metric: str, value: float, limit: float, now: int, r
 
 def forecast_days_to_limit(samples: list, value: float, limit: float, now: int,
                            window_ms: int, min_points: int) -> float | None:
-    """Least-squares trend of the daily samples in the window; days until `limit`."""
-    pts = [(ms, v) for ms, v, _pv, _pr in samples if ms > now - window_ms]
-    if len(pts) < max(min_points, 2):
+    """Least-squares trend of the daily samples in the window; days until `limit`.
+    `samples` are in time order (see `state.apply_usage`), so the window is a suffix."""
+    cut = now - window_ms
+    i = len(samples)
+    while i and samples[i - 1][0] > cut:
+        i -= 1
+    n = len(samples) - i
+    if n < max(min_points, 2):
         return None
-    n = len(pts)
-    mx = sum(p[0] for p in pts) / n
-    my = sum(p[1] for p in pts) / n
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    pts = samples[i:]
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    mx = sum(xs) / n
+    my = sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
     if sxx == 0:
         return None
-    slope_per_day = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx * DAY
+    slope_per_day = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx * DAY
     if slope_per_day <= 0:
         return None
     return (limit - value) / slope_per_day

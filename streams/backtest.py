@@ -51,6 +51,7 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     collect = result.proposals.append
     collect_s = result.suppressed.append
     input_topics = set(INPUT_TOPICS)
+    partition_of: dict[str, int] = {}
     last_ts = None
 
     def route(out):
@@ -63,11 +64,13 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
             result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, f"unknown topic {ev.topic!r}"))
             continue
         try:
-            value = decode_event(ev.topic, ev.key, ev.raw, plans)
+            value = decode_event(ev.topic, ev.key, ev.raw, plans, ev.obj)
         except ValidationError as exc:
             result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, str(exc)))
             continue
-        p = partition_for(ev.key, partitions)
+        p = partition_of.get(ev.key)
+        if p is None:
+            p = partition_of[ev.key] = partition_for(ev.key, partitions)
         eng = engines.get(p)
         if eng is None:
             eng = engines[p] = PartitionEngine(rules, p)

@@ -16,13 +16,14 @@ from rules.timeutil import parse_ts
 from schemas.validate import ValidationError, validate
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RecordedEvent:
     line: int
     topic: str
     key: str | None
     ts: int
     raw: bytes          # the payload as it goes on the wire
+    obj: object = None  # the payload already parsed (a JSON value), or None when it was given as text
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +54,12 @@ def read_recorded(lines: Iterable[bytes]) -> Iterator[RecordedEvent | BadLine]:
             yield BadLine(n, f"timestamp: {exc}")
             continue
         value = rec["value"]
-        raw = value.encode() if isinstance(value, str) else orjson.dumps(value)
         key = rec.get("key")
-        yield RecordedEvent(n, str(rec["topic"]), None if key is None else str(key), ts, raw)
+        if isinstance(value, str):       # raw bytes as text, e.g. deliberately malformed JSON
+            yield RecordedEvent(n, str(rec["topic"]), None if key is None else str(key), ts, value.encode())
+        else:
+            yield RecordedEvent(n, str(rec["topic"]), None if key is None else str(key), ts,
+                                orjson.dumps(value), value)
 
 
 def load_sorted(lines: Iterable[bytes]) -> tuple[list[RecordedEvent], list[BadLine]]:
@@ -67,12 +71,16 @@ def load_sorted(lines: Iterable[bytes]) -> tuple[list[RecordedEvent], list[BadLi
     return events, bad
 
 
-def decode_event(topic: str, key: str | None, raw: bytes, plans=None) -> dict:
-    """Bytes of an input record -> validated value; the worker and the backtest share it."""
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValidationError(None, f"malformed JSON: {exc}") from None
+def decode_event(topic: str, key: str | None, raw: bytes, plans=None, parsed=None) -> dict:
+    """Bytes of an input record -> validated value; the worker and the backtest share it.
+    `parsed` is the JSON value of `raw` when the caller already has it (a recording)."""
+    if parsed is not None:
+        value = parsed
+    else:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValidationError(None, f"malformed JSON: {exc}") from None
     if key is None:
         raise ValidationError(None, "record has no key; key every record by customer_id")
     return validate(topic, value, key=key, plans=plans)

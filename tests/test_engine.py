@@ -205,3 +205,25 @@ def test_redelivery_after_a_crash_changes_nothing(stream, stale_meta):
 
 def _engine_run_pairs(events):
     return [(None, orjson.loads(b)) for b in _engine_run(events)]
+
+
+def test_usage_samples_stay_in_time_order_when_a_sample_is_late():
+    from rules.state import apply_usage, new_customer, set_plan
+    from rules.timeutil import DAY
+    c = new_customer("c-1")
+    set_plan(c, "basic", 0)
+    d = 20_000 * DAY
+
+    def at(day, hour, value):
+        apply_usage(c, {"metric": "seats", "value": value}, d + day * DAY + hour * 3_600_000, RULES)
+
+    at(3, 9, 10)
+    at(5, 9, 20)
+    at(4, 9, 15)        # late, a day of its own: inserted between
+    at(3, 12, 30)       # late, same day as a sample: peak merged, later reading wins
+    at(3, 8, 5)         # late and earlier in that day: only the peak may change
+    days = [(s[0] - d) // DAY for s in c["usage"]["seats"]["samples"]]
+    assert days == [3, 4, 5]
+    s3 = c["usage"]["seats"]["samples"][0]
+    assert s3[0] == d + 3 * DAY + 12 * 3_600_000 and s3[1] == 30 and s3[2] == 30
+    assert c["usage"]["seats"]["samples"][2][1] == 20
