@@ -7,7 +7,13 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
   to `dead-letters` with the reason and the original bytes, and the stream
   moves on (its offset is committed like any other);
 * feed the partition's engine and persist what it changed to the tables;
-* send proposals and suppressions, keyed by customer_id.
+* send proposals and suppressions, keyed by customer_id;
+* acknowledge an input event only once the engine has applied it. Events
+  waiting for stream time stay unacknowledged, so Kafka's committed offset
+  never passes them (Faust commits the contiguous acknowledged prefix, after
+  flushing the changelogs and outputs): a worker that dies loses nothing, and
+  the next owner of the partition reads them again. Re-read events that were
+  already applied are recognised by offset and dropped by the engine.
 """
 from __future__ import annotations
 
@@ -28,6 +34,9 @@ from streams.recorded import decode_event
 
 log = logging.getLogger(__name__)
 ENGINES: dict[int, PartitionEngine] = {}
+HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, offset) -> unacked event
+META_EVERY = 500        # events between writes of the partition document (a stale one is safe)
+_since_meta: dict[int, int] = {}
 
 
 def engine_for(partition: int) -> PartitionEngine:
@@ -39,14 +48,29 @@ def engine_for(partition: int) -> PartitionEngine:
                      if partition_for(k.decode(), settings.partitions) == partition]
         eng = ENGINES[partition] = PartitionEngine.restore(
             rules, partition, orjson.loads(meta) if meta else None, customers)
+        HELD[partition] = {}
     return eng
 
 
-def persist(eng: PartitionEngine) -> None:
-    """Write what changed; inside stream iteration, so the changelog partition is the event's."""
+def persist(eng: PartitionEngine, watermark_before) -> list:
+    """Write what changed; returns the events whose effects are now written, to be
+    acknowledged once the outputs are sent. Synchronous, inside stream iteration, so the
+    changelog partition is the event's and no other agent takes these events meanwhile."""
     for cid, c in eng.take_dirty():
         T.customer_state[cid.encode()] = orjson.dumps(c)
-    T.partition_state[str(eng.partition).encode()] = orjson.dumps(eng.meta())
+    p = eng.partition
+    n = _since_meta[p] = _since_meta.get(p, 0) + 1
+    if n >= META_EVERY or (eng.watermark != watermark_before and not eng.buffered()):
+        T.partition_state[str(p).encode()] = orjson.dumps(eng.meta())
+        _since_meta[p] = 0
+    held = HELD[p]
+    return [e for e in (held.pop(done, None) for done in eng.take_applied()) if e is not None]
+
+
+async def emit_and_ack(out: list, done: list) -> None:
+    await emit(out)
+    for event in done:
+        event.ack()
 
 
 async def emit(out: list) -> None:
@@ -87,8 +111,10 @@ async def handle(topic: str, event) -> None:
     msg = event.message
     metrics.read_offsets[(topic, msg.partition)] = msg.offset
     eng = engine_for(msg.partition)
+    before = eng.watermark
     marker = _header(msg, T.WATERMARK_HEADER)
     if marker is not None:
+        event.ack()
         out = eng.mark(topic, int(marker))
     else:
         metrics.events_in[topic] += 1
@@ -101,18 +127,19 @@ async def handle(topic: str, event) -> None:
             metrics.dead_letters[topic] += 1
             field = getattr(exc, "field", None)
             await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, str(exc), field))
+            event.ack()
             return
         late = eng.stats["late_events"]
+        HELD[msg.partition][(topic, msg.offset)] = event
         out = eng.push(topic, key, int(round(msg.timestamp * 1000)), value, msg.offset)
         if eng.stats["late_events"] != late:
             metrics.late_events[topic] += 1
-    persist(eng)
-    await emit(out)
+    await emit_and_ack(out, persist(eng, before))
 
 
 def _ingest_agent(topic: str):
     async def ingest(stream):
-        async for event in stream.events():
+        async for event in stream.noack().events():    # acknowledged once applied
             await handle(topic, event)
     ingest.__name__ = ingest.__qualname__ = "ingest_" + topic.replace("-", "_")
     return app.agent(T.inputs[topic], name=f"ingest-{topic}")(ingest)
@@ -131,9 +158,9 @@ async def ticks(stream):
         except (orjson.JSONDecodeError, TypeError, KeyError):
             log.warning("ignoring a malformed tick at offset %s", event.message.offset)
             continue
+        before = eng.watermark
         out = eng.tick(int(at))
-        persist(eng)
-        await emit(out)
+        await emit_and_ack(out, persist(eng, before))
 
 
 if settings.clock == "wall":
@@ -148,5 +175,7 @@ if settings.clock == "wall":
 @app.on_partitions_revoked.connect
 async def _revoked(sender, revoked, **kwargs) -> None:
     # The tables stay the source of truth; an engine is rebuilt on its next event.
+    # Unacknowledged events of those partitions will be read again by their next owner.
     for tp in revoked:
         ENGINES.pop(tp.partition, None)
+        HELD.pop(tp.partition, None)

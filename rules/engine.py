@@ -6,27 +6,30 @@ decoded events and persist what it reports dirty; the offline backtest feeds
 it lines of a file. Both get byte-identical proposals because the order in
 which events are applied is a function of the events alone:
 
-* Each input topic-partition is read in order. An event is buffered until the
-  partition's watermark passes its timestamp; the watermark is the lowest
-  high-water timestamp over all input topics, raised by ticks (wall clock,
-  live) and watermark records (end of a replay). Released events are applied
-  in (timestamp, topic rank, arrival) order, whatever the interleaving of the
-  topics on the wire.
+* Each input topic-partition is applied in its own order (offsets), like Kafka
+  Streams' partition groups: every topic has a FIFO of pending events, and the
+  next event applied is the head with the lowest (timestamp, topic rank), once
+  the partition's watermark has passed it. The watermark is the lowest
+  high-water timestamp over all input topics, raised by ticks (wall clock, live)
+  and watermark records (end of a replay). So the order is a function of the
+  topics' contents alone, whatever the interleaving on the wire.
 * Timers (renewal, fiscal year end, underuse, season, co-purchase window)
   fire at their due moment, before any event with the same timestamp, and
   the proposal's created_at is the due moment, never the wall clock.
-* An event older than the watermark is late: it is applied at once and
-  counted (`late_events`).
-* Redelivery is harmless. Live, every event carries its offset: the customer
-  records the last offset applied per topic, and the buffer knows which
-  offsets it holds, so an event delivered again after a crash or a take-over
-  (Kafka is at least once) is recognised and dropped (`duplicates`), however
-  far the persisted state had got.
+* An event older than the watermark is late: it is counted (`late_events`) and
+  applied as soon as it is the head of its topic.
+* Pending events are not state: the worker acknowledges an event to Kafka only
+  once it is applied (`take_applied`), so the committed offset never passes a
+  pending event, and a restarted engine gets them again from the broker.
+* Redelivery is harmless. Live, every event carries its offset; a customer
+  records the last offset applied per topic (exact, since a topic is applied
+  in offset order), so an event delivered again after a crash or a take-over
+  (Kafka is at least once) is recognised and dropped (`duplicates`).
 """
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
+from collections import defaultdict, deque
 
 from . import state as st
 from .config import Rules
@@ -84,9 +87,9 @@ class PartitionEngine:
         self.hw: dict[str, int | None] = {t: None for t in topics}
         self.tick_ms: int | None = None
         self.watermark: int | None = None
-        self.buffer: list = []
-        self.pending: set[tuple[str, int]] = set()   # (topic, offset) held in the buffer
-        self.seq = 0
+        self.fifo: dict[str, deque] = {t: deque() for t in topics}   # (ts, key, value, offset)
+        self.pending: set[tuple[str, int]] = set()   # (topic, offset) waiting in a FIFO
+        self.applied: list[tuple[str, int]] = []      # (topic, offset) applied since take_applied()
         self.timers: list = []
         self.co = CoPurchase()
         self.stats = {"events": defaultdict(int), "late_events": 0,
@@ -105,18 +108,14 @@ class PartitionEngine:
         out: list = []
         if offset is not None and self._seen(topic, key, offset):
             self.stats["duplicates"] += 1
+            self.applied.append((topic, offset))      # nothing to wait for: acknowledge it
             return out
         self.stats["events"][topic] += 1
         if self.watermark is not None and ts < self.watermark:
             self.stats["late_events"] += 1
-            self._apply(topic, key, ts, value, out, offset)
-        else:
-            self.seq += 1
-            # same timestamp and topic: arrival order, i.e. the offset when there is one
-            order = self.seq if offset is None else offset
-            heapq.heappush(self.buffer, (ts, self.rank[topic], order, topic, key, value, offset))
-            if offset is not None:
-                self.pending.add((topic, offset))
+        self.fifo[topic].append((ts, key, value, offset))
+        if offset is not None:
+            self.pending.add((topic, offset))
         hw = self.hw[topic]
         if hw is None or ts > hw:
             self.hw[topic] = ts
@@ -147,22 +146,36 @@ class PartitionEngine:
         c = self.customers.get(key)
         return c is not None and c["off"].get(topic, -1) >= offset
 
+    def buffered(self) -> int:
+        return sum(len(q) for q in self.fifo.values())
+
     def _release(self, out: list) -> None:
         hws = self.hw.values()
         w = None if None in hws else min(hws)
         if self.tick_ms is not None and (w is None or self.tick_ms > w):
             w = self.tick_ms
-        if w is None or (self.watermark is not None and w <= self.watermark):
+        if self.watermark is not None and (w is None or w < self.watermark):
+            w = self.watermark
+        if w is None:
             return
-        buf = self.buffer
-        while buf and buf[0][0] < w:
-            ts, _r, _o, topic, key, value, offset = heapq.heappop(buf)
+        fifo, rank = self.fifo, self.rank
+        while True:
+            best = None
+            for topic, q in fifo.items():
+                if q and q[0][0] < w and (best is None or (q[0][0], rank[topic]) < best[0]):
+                    best = ((q[0][0], rank[topic]), topic)
+            if best is None:
+                break
+            topic = best[1]
+            ts, key, value, offset = fifo[topic].popleft()
             if offset is not None:
                 self.pending.discard((topic, offset))
+                self.applied.append((topic, offset))
             self._fire_timers(ts, True, out)
             self._apply(topic, key, ts, value, out, offset)
-        self._fire_timers(w, False, out)
-        self.watermark = w
+        if self.watermark is None or w > self.watermark:
+            self._fire_timers(w, False, out)
+            self.watermark = w
 
     def _fire_timers(self, limit: int, inclusive: bool, out: list) -> None:
         timers = self.timers
@@ -183,9 +196,6 @@ class PartitionEngine:
         if c is None:
             c = self.customers[key] = st.new_customer(key)
         if offset is not None:
-            if c["off"].get(topic, -1) >= offset:
-                self.stats["duplicates"] += 1    # restored buffer older than the customer
-                return
             c["off"][topic] = offset
         self._expire_basket(c, ts)
         cands: list = []
@@ -259,11 +269,16 @@ class PartitionEngine:
         self.dirty.clear()
         return items
 
+    def take_applied(self) -> list[tuple[str, int]]:
+        """(topic, offset) of the events applied (or dropped as duplicates) since the last call:
+        their effects are in the customers, so they may be acknowledged once those are persisted."""
+        done, self.applied = self.applied, []
+        return done
+
     def meta(self) -> dict:
-        """Partition-level state that cannot be derived from the customers."""
-        return {"hw": self.hw, "tick": self.tick_ms, "watermark": self.watermark,
-                "buffer": [list(e) for e in self.buffer], "seq": self.seq,
-                "stats": self.stats}
+        """Partition-level state that cannot be derived from the customers. Pending events are
+        not in it (they come again from the broker), and a stale copy is safe to restore."""
+        return {"hw": self.hw, "tick": self.tick_ms, "watermark": self.watermark, "stats": self.stats}
 
     @classmethod
     def restore(cls, rules: Rules, partition: int, meta: dict | None, customers, topics=INPUT_TOPICS):
@@ -271,10 +286,7 @@ class PartitionEngine:
         eng = cls(rules, partition, topics)
         if meta:
             eng.hw.update(meta["hw"])
-            eng.tick_ms, eng.watermark, eng.seq = meta["tick"], meta["watermark"], meta["seq"]
-            eng.buffer = [tuple(e) if len(e) == 7 else (*e, None) for e in meta["buffer"]]
-            heapq.heapify(eng.buffer)
-            eng.pending = {(e[3], e[6]) for e in eng.buffer if e[6] is not None}
+            eng.tick_ms, eng.watermark = meta["tick"], meta["watermark"]
             for k, v in meta["stats"].items():
                 if isinstance(v, dict):
                     eng.stats[k].update(v)

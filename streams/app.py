@@ -31,5 +31,8 @@ app = faust.App(
     broker_session_timeout=settings.session_timeout,
     broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
     topic_allow_declare=True,
+    # Events waiting for stream time stay unacknowledged (agents/engine.py); a rebalance
+    # must not wait for them: they are read again by the partition's next owner.
+    stream_wait_empty=False,
     producer_linger_ms=5,
 )

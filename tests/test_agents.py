@@ -78,7 +78,7 @@ async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired
     assert state["usage"]["seats"]["value"] == 46 and state["off"]["usage"] == 0
     assert p in A.ENGINES and "c-1" in A.ENGINES[p].customers
     meta = orjson.loads(T.partition_state[str(p).encode()])
-    assert meta["watermark"] == T0 + 2 * MIN and meta["buffer"] == []
+    assert meta["watermark"] == T0 + 2 * MIN and A.ENGINES[p].buffered() == 0
 
 
 async def test_engines_are_per_partition(wired):
@@ -98,8 +98,9 @@ async def test_engines_are_per_partition(wired):
     assert sorted(g["customer_id"] for g in got) == sorted(by_p[first])
     for p, cids in by_p.items():     # applied (ticked) or buffered, each on its own partition
         eng = A.ENGINES[p]
-        assert set(eng.customers) | {e[4] for e in eng.buffer} == set(cids)
-        assert (p == first) == (not eng.buffer)
+        waiting = {e[1] for q in eng.fifo.values() for e in q}
+        assert set(eng.customers) | waiting == set(cids)
+        assert (p == first) == (not waiting)
 
 
 async def test_late_event_and_unhappy_customer_are_suppressed_with_reason(wired):
@@ -146,13 +147,21 @@ async def test_a_redelivered_event_changes_nothing(wired):
     assert A.ENGINES[p].stats["duplicates"] == 1 and A.ENGINES[p].stats["late_events"] == 0
 
 
-async def test_engine_is_rebuilt_from_the_tables_after_a_rebalance(wired):
+async def test_engine_is_rebuilt_from_the_tables_and_pending_events_come_again(wired):
     agents, out = wired
+    usage = agents["usage"]
     p = await _put(agents, "customers", _seat_customer(), T0)
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 30}, T0 + MIN)   # offset 0
+    await _tick(agents, p, T0 + MIN + 1)                 # both applied, persisted and acknowledged
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + 2 * MIN)  # 1
+    assert A.ENGINES[p].buffered() == 1 and _drain(out["proposals"]) == []
+    A.ENGINES.clear()        # a rebalance (what on_partitions_revoked does): the tables stay
+    # the broker delivers again from the last committed offset: offset 0 (applied) and 1 (pending)
+    usage.sent_offset = 0
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 30}, T0 + MIN)
-    A.ENGINES.clear()        # what on_partitions_revoked does: the tables stay
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + 2 * MIN)
     await _tick(agents, p, T0 + 3 * MIN)
     got = _drain(out["proposals"])
-    assert [g["trigger"] for g in got] == ["usage_limit"]
-    assert got[0]["evidence"]["value"] == 46
+    assert [(g["trigger"], g["evidence"]["value"]) for g in got] == [("usage_limit", 46)]
+    assert A.ENGINES[p].stats["duplicates"] == 1
+    assert orjson.loads(T.customer_state[b"c-1"])["usage"]["seats"]["value"] == 46

@@ -1,0 +1,341 @@
+"""The benchmark: one run, one embedded broker, one generated stream, every number we report.
+
+    python bench/run.py [--quick] [--customers N --days D] [--json-only]
+
+Phases (all against the same tansu broker, same topics and partition count):
+
+  raw        raw aiokafka consumer + orjson decode of every value  -> raw_eps (the client's ceiling)
+  noop       bench/noop_app.py: Faust, one agent per topic, no work  -> noop_eps (the framework's ceiling)
+  worker     `upsell worker`: all rules, tables, outputs, Redis     -> worker_eps
+  latency    a fresh worker fed at half of worker_eps, events stamped with their produce time;
+             produce time -> decision (proposal or suppression) on its topic -> p50_ms, p99_ms
+  state      100k customers (a profile and a usage sample each) through a fresh worker -> rss_mb_100k
+  simulate   the offline backtest over the same file                 -> simulate_eps
+
+Throughput is measured on a backlog (everything produced first), from the first event a consumer
+sees to the last, so start-up and group joins are not counted. Absolute numbers on a shared
+machine are noisy: compare the ratios, which come from one run on one broker.
+The last line printed is one JSON object with every key.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+
+from rules.config import load_rules  # noqa: E402
+from rules.engine import INPUT_TOPICS  # noqa: E402
+from rules.timeutil import parse_ts  # noqa: E402
+from streams.backtest import run_backtest  # noqa: E402
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port  # noqa: E402
+from streams.generate import generate  # noqa: E402
+from streams.kafka import ensure_topics  # noqa: E402
+from streams.recorded import load_sorted  # noqa: E402
+from streams.replay import replay  # noqa: E402
+
+PARTITIONS = 8
+EVENT_DRIVEN = {"usage_limit", "usage_forecast", "purchase", "co_purchase", "volume"}
+OUTPUTS = ("ticks", "proposals", "proposals.suppressed", "dead-letters")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ processes --
+
+class Proc:
+    """A worker-like subprocess with a web port we can poll."""
+
+    def __init__(self, argv, env: dict, logfile: Path):
+        self.port = int(env["UPSELL_WEB_PORT"])
+        self.logfile = logfile
+        self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT, stdout=open(logfile, "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def get(self, path: str) -> bytes | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.read()
+        except OSError:
+            return None
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def env_for(broker, redis, prefix: str, tmp: Path, **extra) -> dict:
+    return {"UPSELL_BROKER": broker.url, "UPSELL_REDIS_URL": redis.url, "UPSELL_CLOCK": "event",
+            "UPSELL_PARTITIONS": str(PARTITIONS), "UPSELL_WEB_PORT": str(free_port()),
+            "UPSELL_APP_ID": prefix.rstrip("."), "UPSELL_TOPIC_PREFIX": prefix,
+            "UPSELL_DATA_DIR": str(tmp / prefix), **extra}
+
+
+def worker_events(p: Proc) -> int | None:
+    body = p.get("/metrics")
+    if body is None:
+        return None
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in body.decode().splitlines()
+               if line.startswith("upsell_events_in_total{"))
+
+
+def noop_events(p: Proc) -> int | None:
+    body = p.get("/count")
+    return None if body is None else orjson.loads(body)["events"]
+
+
+def consume_rate(p: Proc, counter, total: int, timeout: float) -> float:
+    """Events/s from the first event the process reports to the last; polled every 50 ms
+    (another process's progress: there is nothing to await)."""
+    deadline = time.monotonic() + timeout
+    first = None
+    while time.monotonic() < deadline:
+        assert p.proc.poll() is None, f"process exited, see {p.logfile}"
+        n = counter(p)
+        now = time.monotonic()
+        if n:
+            if first is None:
+                first = (now, n)
+            if n >= total:
+                return (n - first[1]) / max(now - first[0], 1e-9)
+        time.sleep(0.05)
+    raise RuntimeError(f"{total} events not consumed within {timeout:.0f} s (see {p.logfile})")
+
+
+# --------------------------------------------------------------------- phases --
+
+async def raw_rate(bootstrap: str, prefix: str, total: int) -> float:
+    consumer = AIOKafkaConsumer(*[prefix + t for t in INPUT_TOPICS], bootstrap_servers=bootstrap,
+                                group_id=prefix + "raw", auto_offset_reset="earliest",
+                                enable_auto_commit=False, max_poll_records=5000)
+    await consumer.start()
+    n, bad, first = 0, 0, None
+    try:
+        while n < total:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            if first is None and batch:
+                first = time.monotonic()
+            for msgs in batch.values():
+                for m in msgs:
+                    try:
+                        orjson.loads(m.value)
+                    except orjson.JSONDecodeError:
+                        bad += 1
+                    n += 1
+        return n / (time.monotonic() - first)
+    finally:
+        await consumer.stop()
+
+
+async def latency(broker, redis, tmp: Path, events, rate: float, seconds: float) -> dict:
+    """A live worker (wall clock) fed at `rate` events/s; each event is stamped with its
+    produce time, so a decision's created_at is its input's produce time."""
+    prefix = "bench-lat."
+    await ensure_topics(broker.bootstrap, [prefix + t for t in (*INPUT_TOPICS, *OUTPUTS)], PARTITIONS)
+    lateness, tick = 20, 0.02
+    w = Proc([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"],
+             env_for(broker, redis, prefix, tmp, UPSELL_CLOCK="wall", UPSELL_LATENESS_MS=str(lateness),
+                     UPSELL_TICK_INTERVAL=str(tick)), tmp / "latency-worker.log")
+    lat: list[float] = []
+    consumer = AIOKafkaConsumer(prefix + "proposals", prefix + "proposals.suppressed",
+                                bootstrap_servers=broker.bootstrap, auto_offset_reset="latest")
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    try:
+        while not (w.get("/health") and orjson.loads(w.get("/health"))["assigned"]):
+            assert w.proc.poll() is None, f"worker exited, see {w.logfile}"
+            await asyncio.sleep(0.1)     # another process's start-up: polled
+        stop = asyncio.Event()
+
+        async def collect():
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                now = time.time() * 1000
+                for msgs in batch.values():
+                    for m in msgs:
+                        p = orjson.loads(m.value)
+                        if p["trigger"] in EVENT_DRIVEN:
+                            lat.append(now - parse_ts(p["created_at"]))
+
+        task = asyncio.create_task(collect())
+        n, start = 0, time.monotonic()
+        while time.monotonic() - start < seconds and n < len(events):
+            due = min(len(events), int((time.monotonic() - start) * rate))
+            while n < due:
+                e = events[n]
+                await producer.send(prefix + e.topic, value=e.raw, key=e.key.encode() if e.key else None,
+                                    timestamp_ms=int(time.time() * 1000))
+                n += 1
+            await asyncio.sleep(0.005)   # pacing the producer is the point here
+        await producer.flush()
+        await asyncio.sleep(2)           # let the last decisions arrive
+        stop.set()
+        await task
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        w.stop()
+    lat.sort()
+    q = (lambda f: lat[min(len(lat) - 1, int(f * len(lat)))]) if lat else (lambda f: float("nan"))
+    return {"p50_ms": round(q(0.50), 1), "p99_ms": round(q(0.99), 1), "latency_samples": len(lat),
+            "latency_rate_eps": round(rate), "latency_sent": n, "lateness_ms": lateness, "tick_s": tick}
+
+
+def state_lines(customers: int) -> list[bytes]:
+    """Every customer once: a profile and a usage sample (the state a worker must hold)."""
+    t0 = parse_ts("2025-06-01T00:00:00Z")
+    out = []
+    for i in range(customers):
+        cid = f"s-{i:06d}"
+        ts = t0 + i
+        out.append(orjson.dumps({"topic": "customers", "key": cid, "timestamp": f"2025-06-01T00:00:00Z",
+                                 "value": {"customer_id": cid, "segment": "b2b" if i % 2 else "b2c",
+                                           "plan": "basic", "signup_at": "2024-01-01T00:00:00Z"}}))
+        out.append(orjson.dumps({"topic": "usage", "key": cid, "timestamp": "2025-06-01T00:01:00Z",
+                                 "value": {"customer_id": cid, "metric": "seats", "value": 10 + ts % 30}}))
+    return out
+
+
+# ----------------------------------------------------------------------- main --
+
+async def main(a) -> dict:
+    rules = load_rules()
+    tmp = Path(tempfile.mkdtemp(prefix="upsell-bench-"))
+    log(f"generating {a.customers} customers x {a.days} days (seed 7) ...")
+    lines = b"".join(generate(a.customers, a.days, 7, "2025-01-01", rules)).splitlines()
+    stream = tmp / "stream.jsonl"
+    stream.write_bytes(b"\n".join(lines) + b"\n")
+    events, _ = load_sorted(lines)
+    events = [e for e in events if e.topic in INPUT_TOPICS]
+    total = len(events)
+    res: dict = {"events": total, "customers": a.customers, "days": a.days, "partitions": PARTITIONS}
+
+    t = time.perf_counter()
+    ev2, bad = load_sorted(stream.read_bytes().splitlines())
+    result = run_backtest(ev2, rules, PARTITIONS, bad)
+    res["simulate_eps"] = round(len(ev2) / (time.perf_counter() - t))
+    log(f"simulate: {res['simulate_eps']:,} events/s, {len(result.proposals)} proposals")
+
+    with EmbeddedBroker(log=tmp / "broker.log") as broker, EmbeddedRedis(log=tmp / "redis.log") as redis:
+        prefix = "bench."
+        log(f"producing {total:,} events to the embedded broker ...")
+        await replay(lines, broker.bootstrap, PARTITIONS, prefix=prefix, progress=False)
+        markers = len(INPUT_TOPICS) * PARTITIONS * (1 + total // 2000)
+
+        res["raw_eps"] = round(await raw_rate(broker.bootstrap, prefix, total))
+        log(f"raw aiokafka + orjson: {res['raw_eps']:,} events/s")
+
+        noop = Proc([sys.executable, str(ROOT / "bench" / "noop_app.py"), "worker", "-l", "warn"],
+                    env_for(broker, redis, prefix, tmp), tmp / "noop.log")
+        try:
+            res["noop_eps"] = round(consume_rate(noop, noop_events, total + markers, a.timeout))
+        finally:
+            noop.stop()
+        log(f"no-op Faust agents: {res['noop_eps']:,} events/s")
+
+        w = Proc([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"], env_for(broker, redis, prefix, tmp),
+                 tmp / "worker.log")
+        try:
+            res["worker_eps"] = round(consume_rate(w, worker_events, total, a.timeout))
+        finally:
+            w.stop()
+        log(f"upsell worker: {res['worker_eps']:,} events/s")
+        res["ratio_noop"] = round(res["worker_eps"] / res["noop_eps"], 3)
+        res["ratio_raw"] = round(res["worker_eps"] / res["raw_eps"], 4)
+
+        res.update(await latency(broker, redis, tmp, events, res["worker_eps"] / 2, a.latency_seconds))
+        log(f"latency at {res['latency_rate_eps']:,} events/s: p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms "
+            f"({res['latency_samples']} decisions)")
+
+        sizes = [len(orjson.dumps(c)) for eng in _engines_of(ev2, rules) for c in eng.customers.values()]
+        res["state_bytes_per_customer"] = round(statistics.mean(sizes))
+        res["state_bytes_p99"] = sorted(sizes)[int(0.99 * len(sizes))]
+
+        prefix = "bench-state."
+        slines = state_lines(a.state_customers)
+        await replay(slines, broker.bootstrap, PARTITIONS, prefix=prefix, progress=False)
+        w = Proc([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"], env_for(broker, redis, prefix, tmp),
+                 tmp / "state-worker.log")
+        try:
+            consume_rate(w, worker_events, len(slines), a.timeout)
+            res["rss_mb_100k"] = round(w.rss_mb(), 1)
+            res["state_customers"] = a.state_customers
+        finally:
+            w.stop()
+        log(f"worker RSS with {a.state_customers:,} customers: {res['rss_mb_100k']} MB")
+    res["logs"] = str(tmp)
+    return res
+
+
+def _engines_of(events, rules):
+    from streams.partitioning import partition_for
+    from rules.engine import PartitionEngine
+    from streams.recorded import decode_event
+    from schemas.validate import ValidationError
+    engines = {}
+    for e in events:
+        try:
+            v = decode_event(e.topic, e.key, e.raw, rules.plan_by_name, e.obj)
+        except ValidationError:
+            continue
+        p = partition_for(e.key, PARTITIONS)
+        eng = engines.setdefault(p, PartitionEngine(rules, p))
+        eng.tick(e.ts)
+        eng.push(e.topic, e.key, e.ts, v)
+    return list(engines.values())
+
+
+def table(res: dict) -> str:
+    rows = [("raw_eps", "raw aiokafka + orjson, events/s"), ("noop_eps", "no-op Faust agents, events/s"),
+            ("worker_eps", "upsell worker, events/s"), ("ratio_noop", "worker / no-op  (goal >= 0.8)"),
+            ("ratio_raw", "worker / raw"), ("p50_ms", "latency p50, ms (half load)"),
+            ("p99_ms", "latency p99, ms (goal <= 100)"), ("simulate_eps", "backtest, events/s (goal >= 50k)"),
+            ("state_bytes_per_customer", "state per customer, bytes (mean)"),
+            ("rss_mb_100k", "worker RSS with 100k customers, MB")]
+    w = max(len(label) for _, label in rows)
+    return "\n".join(f"{label:<{w}}  {res.get(key)!s:>12}" for key, label in rows)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a smaller stream: under 10 minutes on 2 cores")
+    ap.add_argument("--customers", type=int)
+    ap.add_argument("--days", type=int)
+    ap.add_argument("--state-customers", type=int, default=100_000)
+    ap.add_argument("--latency-seconds", type=float)
+    ap.add_argument("--timeout", type=float, default=900)
+    a = ap.parse_args()
+    a.customers = a.customers or (1000 if a.quick else 2000)
+    a.days = a.days or (30 if a.quick else 90)
+    a.latency_seconds = a.latency_seconds or (15 if a.quick else 60)
+    started = time.monotonic()
+    res = asyncio.run(main(a))
+    res["bench_seconds"] = round(time.monotonic() - started)
+    print(table(res))
+    print(orjson.dumps(res).decode())
