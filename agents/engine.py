@@ -35,7 +35,8 @@ from streams.recorded import decode_event
 log = logging.getLogger(__name__)
 ENGINES: dict[int, PartitionEngine] = {}
 HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, offset) -> unacked event
-META_EVERY = 500        # events between writes of the partition document (a stale one is safe)
+META_EVERY = 500        # records (events, ticks) between writes of the partition document: a stale
+                        # one is safe to restore (see rules/engine.py), it only holds watermarks and counters
 _since_meta: dict[int, int] = {}
 
 
@@ -52,7 +53,7 @@ def engine_for(partition: int) -> PartitionEngine:
     return eng
 
 
-def persist(eng: PartitionEngine, watermark_before) -> list:
+def persist(eng: PartitionEngine) -> list:
     """Write what changed; returns the events whose effects are now written, to be
     acknowledged once the outputs are sent. Synchronous, inside stream iteration, so the
     changelog partition is the event's and no other agent takes these events meanwhile."""
@@ -60,7 +61,7 @@ def persist(eng: PartitionEngine, watermark_before) -> list:
         T.customer_state[cid.encode()] = orjson.dumps(c)
     p = eng.partition
     n = _since_meta[p] = _since_meta.get(p, 0) + 1
-    if n >= META_EVERY or (eng.watermark != watermark_before and not eng.buffered()):
+    if n >= META_EVERY:
         T.partition_state[str(p).encode()] = orjson.dumps(eng.meta())
         _since_meta[p] = 0
     held = HELD[p]
@@ -111,7 +112,6 @@ async def handle(topic: str, event) -> None:
     msg = event.message
     metrics.read_offsets[(topic, msg.partition)] = msg.offset
     eng = engine_for(msg.partition)
-    before = eng.watermark
     marker = _header(msg, T.WATERMARK_HEADER)
     if marker is not None:
         event.ack()
@@ -134,7 +134,7 @@ async def handle(topic: str, event) -> None:
         out = eng.push(topic, key, int(round(msg.timestamp * 1000)), value, msg.offset)
         if eng.stats["late_events"] != late:
             metrics.late_events[topic] += 1
-    await emit_and_ack(out, persist(eng, before))
+    await emit_and_ack(out, persist(eng))
 
 
 def _ingest_agent(topic: str):
@@ -158,9 +158,8 @@ async def ticks(stream):
         except (orjson.JSONDecodeError, TypeError, KeyError):
             log.warning("ignoring a malformed tick at offset %s", event.message.offset)
             continue
-        before = eng.watermark
         out = eng.tick(int(at))
-        await emit_and_ack(out, persist(eng, before))
+        await emit_and_ack(out, persist(eng))
 
 
 if settings.clock == "wall":

@@ -27,6 +27,7 @@ async def wired(monkeypatch):
         monkeypatch.setattr(T, name, channel)
         out[name] = channel.clone(is_iterator=True)    # a subscriber: it receives what is sent
     A.ENGINES.clear()
+    A._since_meta.clear()
     for table in (T.customer_state, T.partition_state):
         table.data.clear()
     contexts = {topic: A.INGEST[topic].test_context() for topic in A.INPUT_TOPICS}
@@ -63,8 +64,9 @@ def _seat_customer(cid="c-1", plan="basic"):
     return {"customer_id": cid, "segment": "b2b", "plan": plan, "signup_at": "2024-01-01T00:00:00Z"}
 
 
-async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired):
+async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired, monkeypatch):
     agents, out = wired
+    monkeypatch.setattr(A, "META_EVERY", 3)      # the partition document every 3rd record here
     p = await _put(agents, "customers", _seat_customer(), T0)
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
     # buffered: stream time has not passed the events yet
@@ -77,7 +79,7 @@ async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired
     state = orjson.loads(T.customer_state[b"c-1"])
     assert state["usage"]["seats"]["value"] == 46 and state["off"]["usage"] == 0
     assert p in A.ENGINES and "c-1" in A.ENGINES[p].customers
-    meta = orjson.loads(T.partition_state[str(p).encode()])
+    meta = orjson.loads(T.partition_state[str(p).encode()])       # written at the tick, the 3rd
     assert meta["watermark"] == T0 + 2 * MIN and A.ENGINES[p].buffered() == 0
 
 
