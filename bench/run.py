@@ -157,7 +157,7 @@ async def latency(broker, redis, tmp: Path, events, rate: float, seconds: float)
     produce time, so a decision's created_at is its input's produce time."""
     prefix = "bench-lat."
     await ensure_topics(broker.bootstrap, [prefix + t for t in (*INPUT_TOPICS, *OUTPUTS)], PARTITIONS)
-    lateness, tick = 20, 0.02
+    lateness, tick = 50, 0.05   # 20 ms ticks (8 partitions: 400 ticks/s) took half the worker at half load
     w = Proc([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"],
              env_for(broker, redis, prefix, tmp, UPSELL_CLOCK="wall", UPSELL_LATENESS_MS=str(lateness),
                      UPSELL_TICK_INTERVAL=str(tick)), tmp / "latency-worker.log")

@@ -36,7 +36,7 @@ def redis_server(logs):
 
 class Worker:
     def __init__(self, name: str, env: dict, logs: Path):
-        self.name, self.port = name, int(env["UPSELL_WEB_PORT"])
+        self.name, self.port, self.env = name, int(env["UPSELL_WEB_PORT"]), env
         self.log = logs / f"{name}.log"
         self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "info"],
                                      env={**os.environ, **env}, stdout=open(self.log, "ab"),
@@ -56,6 +56,19 @@ class Worker:
             except OSError:
                 time.sleep(0.2)      # web server not listening yet
         raise AssertionError(f"{self.name} not healthy: {self.log.read_text()[-3000:]}")
+
+    def events_in(self) -> int:
+        """Input events this worker has read (valid or not), from /metrics."""
+        body = self.get("/metrics")[1].decode()
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in body.splitlines()
+                   if line.startswith("upsell_events_in_total{"))
+
+    def wait_events_in(self, n: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while self.events_in() < n:
+            assert self.proc.poll() is None and time.monotonic() < deadline, \
+                f"{self.name}: {self.events_in()} of {n} events read: {self.log.read_text()[-3000:]}"
+            time.sleep(0.1)     # another process's progress: polled
 
     def stop(self, kill: bool = False) -> None:
         if self.proc.poll() is None:
