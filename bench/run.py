@@ -214,7 +214,7 @@ def state_lines(customers: int) -> list[bytes]:
     for i in range(customers):
         cid = f"s-{i:06d}"
         ts = t0 + i
-        out.append(orjson.dumps({"topic": "customers", "key": cid, "timestamp": f"2025-06-01T00:00:00Z",
+        out.append(orjson.dumps({"topic": "customers", "key": cid, "timestamp": "2025-06-01T00:00:00Z",
                                  "value": {"customer_id": cid, "segment": "b2b" if i % 2 else "b2c",
                                            "plan": "basic", "signup_at": "2024-01-01T00:00:00Z"}}))
         out.append(orjson.dumps({"topic": "usage", "key": cid, "timestamp": "2025-06-01T00:01:00Z",
