@@ -31,6 +31,7 @@ from streams.app import app, rules, settings
 from streams.clock import WALL
 from streams.partitioning import partition_for
 from streams.recorded import decode_event
+from streams.replay import WATERMARK_HEADER
 
 log = logging.getLogger(__name__)
 ENGINES: dict[int, PartitionEngine] = {}
@@ -112,7 +113,7 @@ async def handle(topic: str, event) -> None:
     msg = event.message
     metrics.read_offsets[(topic, msg.partition)] = msg.offset
     eng = engine_for(msg.partition)
-    marker = _header(msg, T.WATERMARK_HEADER)
+    marker = _header(msg, WATERMARK_HEADER)
     if marker is not None:
         event.ack()
         out = eng.mark(topic, int(marker))

@@ -40,7 +40,7 @@ from rules.config import load_rules  # noqa: E402
 from rules.engine import INPUT_TOPICS  # noqa: E402
 from rules.timeutil import parse_ts  # noqa: E402
 from streams.backtest import run_backtest  # noqa: E402
-from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port  # noqa: E402
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port, stop_process  # noqa: E402
 from streams.generate import generate  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
 from streams.recorded import load_sorted  # noqa: E402
@@ -80,13 +80,7 @@ class Proc:
         return float("nan")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20)
 
 
 def env_for(broker, redis, prefix: str, tmp: Path, **extra) -> dict:
@@ -273,7 +267,7 @@ async def main(a) -> dict:
         log(f"latency at {res['latency_rate_eps']:,} events/s: p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms "
             f"({res['latency_samples']} decisions)")
 
-        sizes = [len(orjson.dumps(c)) for eng in _engines_of(ev2, rules) for c in eng.customers.values()]
+        sizes = [len(orjson.dumps(c)) for eng in result.engines.values() for c in eng.customers.values()]
         res["state_bytes_per_customer"] = round(statistics.mean(sizes))
         res["state_bytes_p99"] = sorted(sizes)[int(0.99 * len(sizes))]
 
@@ -293,31 +287,13 @@ async def main(a) -> dict:
     return res
 
 
-def _engines_of(events, rules):
-    from streams.partitioning import partition_for
-    from rules.engine import PartitionEngine
-    from streams.recorded import decode_event
-    from schemas.validate import ValidationError
-    engines = {}
-    for e in events:
-        try:
-            v = decode_event(e.topic, e.key, e.raw, rules.plan_by_name, e.obj)
-        except ValidationError:
-            continue
-        p = partition_for(e.key, PARTITIONS)
-        eng = engines.setdefault(p, PartitionEngine(rules, p))
-        eng.tick(e.ts)
-        eng.push(e.topic, e.key, e.ts, v)
-    return list(engines.values())
-
-
 def table(res: dict) -> str:
     rows = [("raw_eps", "raw aiokafka + orjson, events/s"), ("noop_eps", "no-op Faust agents, events/s"),
             ("worker_eps", "upsell worker, events/s"), ("ratio_noop", "worker / no-op  (goal >= 0.8)"),
             ("ratio_raw", "worker / raw"), ("p50_ms", "latency p50, ms (half load)"),
             ("p99_ms", "latency p99, ms (goal <= 100)"), ("simulate_eps", "backtest, events/s (goal >= 50k)"),
             ("state_bytes_per_customer", "state per customer, bytes (mean)"),
-            ("rss_mb_100k", "worker RSS with 100k customers, MB")]
+            ("rss_mb_100k", f"worker RSS with {res.get('state_customers', 0):,} customers, MB")]
     w = max(len(label) for _, label in rows)
     return "\n".join(f"{label:<{w}}  {res.get(key)!s:>12}" for key, label in rows)
 

@@ -37,6 +37,7 @@ class BacktestResult:
     events: int = 0
     late_events: int = 0
     outcomes: Counter = field(default_factory=Counter)
+    engines: dict = field(default_factory=dict)      # partition -> PartitionEngine, at the end
 
     def proposal_lines(self) -> bytes:
         return b"".join(orjson.dumps(p) + b"\n" for p in self.proposals)
@@ -83,6 +84,7 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     for eng in engines.values():
         result.late_events += eng.stats["late_events"]
         result.outcomes.update(eng.stats["outcomes"])
+    result.engines = engines
     result.proposals.sort(key=_order)
     result.suppressed.sort(key=_order)
     return result

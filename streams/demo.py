@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from streams.backtest import backtest_lines
-from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port, stop_process
 from streams.kafka import bootstrap_of
 from streams.replay import replay
 from streams.tail import pretty
@@ -88,7 +88,7 @@ def demo(file: Path, keep: bool = False, partitions: int = 4) -> None:
                "UPSELL_APP_ID": f"upsell-demo-{os.getpid()}"}
         expected = backtest_lines(file.read_bytes().splitlines(), rules, partitions)
         worker = start_worker(env, tmp / "worker.log")
-        stack.callback(_stop, worker)
+        stack.callback(stop_process, worker, 15)
         print(f"worker starting (log: {tmp / 'worker.log'}) ...")
         wait_healthy(web_port, worker)
         print(f"replaying {file.name}: proposals as they arrive\n")
@@ -112,12 +112,3 @@ def demo(file: Path, keep: bool = False, partitions: int = 4) -> None:
                 worker.wait()
             except KeyboardInterrupt:
                 pass
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -12,7 +12,6 @@ from streams.app import app, settings
 
 P = settings.topic_prefix
 N = settings.partitions
-from streams.replay import WATERMARK_HEADER  # noqa: E402,F401
 
 
 def _topic(name: str):
@@ -27,6 +26,6 @@ dead_letters = _topic("dead-letters")
 
 # Per-customer state, one orjson document per customer.
 customer_state = app.Table("customer-state", partitions=N, key_type=bytes, value_type=bytes)
-# Per-partition state that cannot be derived from the customers: watermarks,
-# the reorder buffer and counters.
+# Per-partition state that cannot be derived from the customers: watermarks and
+# counters (events waiting for stream time are not state: they are not acknowledged).
 partition_state = app.Table("partition-state", partitions=N, key_type=bytes, value_type=bytes)

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port, stop_process
 
 PARTITIONS = 4
 
@@ -71,13 +71,7 @@ class Worker:
             time.sleep(0.1)     # another process's progress: polled
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc.poll() is None:
-            (self.proc.kill if kill else self.proc.terminate)()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20, kill=kill)
 
 
 @pytest.fixture
