@@ -4,15 +4,14 @@ Run it with `upsell worker` (or `faust -A streams.app worker`).
 """
 from __future__ import annotations
 
-import faust
-
 from rules.config import load_rules
 from streams.settings import Settings
+from streams.transport import App
 
 settings = Settings.from_env()
 rules = load_rules(settings.rules)   # a bad rules file fails here, at start
 
-app = faust.App(
+app = App(
     settings.app_id,
     broker=settings.broker,
     store=settings.store,
@@ -35,6 +34,7 @@ app = faust.App(
     # must not wait for them: they are read again by the partition's next owner.
     stream_wait_empty=False,
     producer_linger_ms=5,
+    fetch_max_wait_ms=settings.fetch_max_wait_ms,
 )
 
 

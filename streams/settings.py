@@ -26,6 +26,7 @@ class Settings:
     topic_prefix: str
     data_dir: str
     session_timeout: float
+    fetch_max_wait_ms: int
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -47,4 +48,5 @@ class Settings:
             topic_prefix=_env("UPSELL_TOPIC_PREFIX", ""),
             data_dir=_env("UPSELL_DATA_DIR", "upsell-data"),
             session_timeout=float(_env("UPSELL_SESSION_TIMEOUT", "10")),
+            fetch_max_wait_ms=int(_env("UPSELL_FETCH_MAX_WAIT_MS", "100")),
         )
