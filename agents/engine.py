@@ -6,14 +6,21 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
 * decode and validate (`streams.recorded.decode_event`); anything invalid goes
   to `dead-letters` with the reason and the original bytes, and the stream
   moves on (its offset is committed like any other);
-* feed the partition's engine and persist what it changed to the tables;
-* send proposals and suppressions, keyed by customer_id;
-* acknowledge an input event only once the engine has applied it. Events
-  waiting for stream time stay unacknowledged, so Kafka's committed offset
-  never passes them (Faust commits the contiguous acknowledged prefix, after
-  flushing the changelogs and outputs): a worker that dies loses nothing, and
-  the next owner of the partition reads them again. Re-read events that were
-  already applied are recognised by offset and dropped by the engine.
+* feed the partition's engine; send its proposals and suppressions at once,
+  keyed by customer_id;
+* write behind: the tables are written once per batch of records on a
+  partition, not once per event, so a customer with several events in a batch
+  is written once. A batch ends when the consumer knows of no later record on
+  the event's topic-partition (caught up: live, that is nearly every event),
+  after PERSIST_EVERY records, and at every tick;
+* acknowledge an input event only once the engine has applied it, its
+  decisions are sent and its batch is written. Events waiting for stream time
+  stay unacknowledged, so Kafka's committed offset never passes them (Faust
+  commits the contiguous acknowledged prefix, after flushing the changelogs and
+  outputs): a worker that dies loses nothing, and the next owner of the
+  partition reads them again. Re-read events whose effects were written are
+  recognised by offset and dropped by the engine; the others are applied again
+  and their decisions sent again, with the same proposal_id (at least once).
 """
 from __future__ import annotations
 
@@ -36,9 +43,11 @@ from streams.replay import WATERMARK_HEADER
 log = logging.getLogger(__name__)
 ENGINES: dict[int, PartitionEngine] = {}
 HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, offset) -> unacked event
-META_EVERY = 500        # records (events, ticks) between writes of the partition document: a stale
-                        # one is safe to restore (see rules/engine.py), it only holds watermarks and counters
-_since_meta: dict[int, int] = {}
+PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
+META_EVERY = 1000       # records between writes of the partition document (at the end of a batch): a
+                        # stale one is safe to restore (rules/engine.py), it holds watermarks and counters
+_unwritten: dict[int, int] = {}   # partition -> records since its last table write
+_since_meta: dict[int, int] = {}  # partition -> records since its last partition document
 
 
 def engine_for(partition: int) -> PartitionEngine:
@@ -54,14 +63,14 @@ def engine_for(partition: int) -> PartitionEngine:
     return eng
 
 
-def persist(eng: PartitionEngine) -> list:
-    """Write what changed; returns the events whose effects are now written, to be
-    acknowledged once the outputs are sent. Synchronous, inside stream iteration, so the
+def persist(eng: PartitionEngine, records: int) -> list:
+    """Write what changed over the last `records` records; returns the events whose effects
+    are now written, to be acknowledged. Synchronous, inside stream iteration, so the
     changelog partition is the event's and no other agent takes these events meanwhile."""
     for cid, c in eng.take_dirty():
         T.customer_state[cid.encode()] = orjson.dumps(c)
     p = eng.partition
-    n = _since_meta[p] = _since_meta.get(p, 0) + 1
+    n = _since_meta[p] = _since_meta.get(p, 0) + records
     if n >= META_EVERY:
         T.partition_state[str(p).encode()] = orjson.dumps(eng.meta())
         _since_meta[p] = 0
@@ -69,10 +78,16 @@ def persist(eng: PartitionEngine) -> list:
     return [e for e in (held.pop(done, None) for done in eng.take_applied()) if e is not None]
 
 
-async def emit_and_ack(out: list, done: list) -> None:
+async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
+    """Send the decisions; end the partition's batch if it is time (see the module doc):
+    write what changed and acknowledge the events now written."""
     await emit(out)
-    for event in done:
-        event.ack()
+    p = eng.partition
+    n = _unwritten[p] = _unwritten.get(p, 0) + 1
+    if idle or n >= PERSIST_EVERY:
+        _unwritten[p] = 0
+        for event in persist(eng, n):
+            event.ack()
 
 
 async def emit(out: list) -> None:
@@ -109,6 +124,16 @@ def _header(msg, name: str) -> bytes | None:
     return None
 
 
+def caught_up(msg) -> bool:
+    """No later record of the message's topic-partition is known to the consumer (or it
+    cannot tell: no consumer running, as under the test driver)."""
+    try:
+        hw = app.consumer.highwater(msg.tp)
+    except Exception:       # ConsumerNotStarted and the like
+        return True
+    return hw is None or msg.offset + 1 >= hw
+
+
 async def handle(topic: str, event) -> None:
     msg = event.message
     metrics.read_offsets[(topic, msg.partition)] = msg.offset
@@ -135,12 +160,12 @@ async def handle(topic: str, event) -> None:
         out = eng.push(topic, key, int(round(msg.timestamp * 1000)), value, msg.offset)
         if eng.stats["late_events"] != late:
             metrics.late_events[topic] += 1
-    await emit_and_ack(out, persist(eng))
+    await settle(eng, out, caught_up(msg))
 
 
 def _ingest_agent(topic: str):
     async def ingest(stream):
-        async for event in stream.noack().events():    # acknowledged once applied
+        async for event in stream.noack().events():    # acknowledged once applied and written
             await handle(topic, event)
     ingest.__name__ = ingest.__qualname__ = "ingest_" + topic.replace("-", "_")
     return app.agent(T.inputs[topic], name=f"ingest-{topic}")(ingest)
@@ -160,7 +185,7 @@ async def ticks(stream):
             log.warning("ignoring a malformed tick at offset %s", event.message.offset)
             continue
         out = eng.tick(int(at))
-        await emit_and_ack(out, persist(eng))
+        await settle(eng, out, True)
 
 
 if settings.clock == "wall":
@@ -179,3 +204,5 @@ async def _revoked(sender, revoked, **kwargs) -> None:
     for tp in revoked:
         ENGINES.pop(tp.partition, None)
         HELD.pop(tp.partition, None)
+        _unwritten.pop(tp.partition, None)
+        _since_meta.pop(tp.partition, None)

@@ -28,6 +28,7 @@ async def wired(monkeypatch):
         out[name] = channel.clone(is_iterator=True)    # a subscriber: it receives what is sent
     A.ENGINES.clear()
     A._since_meta.clear()
+    A._unwritten.clear()
     for table in (T.customer_state, T.partition_state):
         table.data.clear()
     contexts = {topic: A.INGEST[topic].test_context() for topic in A.INPUT_TOPICS}
@@ -167,3 +168,52 @@ async def test_engine_is_rebuilt_from_the_tables_and_pending_events_come_again(w
     assert [(g["trigger"], g["evidence"]["value"]) for g in got] == [("usage_limit", 46)]
     assert A.ENGINES[p].stats["duplicates"] == 1
     assert orjson.loads(T.customer_state[b"c-1"])["usage"]["seats"]["value"] == 46
+
+
+@pytest.fixture
+def backlog(monkeypatch):
+    """As while reading a backlog: the consumer knows of later records on every partition,
+    so only PERSIST_EVERY (4 here) and ticks end a batch."""
+    monkeypatch.setattr(A, "caught_up", lambda msg: False)
+    monkeypatch.setattr(A, "PERSIST_EVERY", 4)
+
+
+async def test_a_backlog_is_written_behind_and_decisions_are_not_held(wired, backlog):
+    agents, out = wired
+    p = partition_for("c-1", settings.partitions)
+    await _tick(agents, p, T0 + 10 * MIN)            # later events are late: each is applied at once
+    await _put(agents, "customers", _seat_customer(), T0)
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
+    # the proposal is sent at once, but the batch is not written nor acknowledged yet
+    assert [g["trigger"] for g in _drain(out["proposals"])] == ["usage_limit"]
+    assert T.customer_state.get(b"c-1") is None and len(A.HELD[p]) == 2
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 30}, T0 + 2 * MIN)
+    assert T.customer_state.get(b"c-1") is None and len(A.HELD[p]) == 3
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 31}, T0 + 3 * MIN)
+    # the 4th record ends the batch: the customer is written once, with all three usage samples
+    state = orjson.loads(T.customer_state[b"c-1"])
+    assert state["usage"]["seats"]["value"] == 31 and state["off"] == {"customers": 0, "usage": 2}
+    assert A.HELD[p] == {}
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 32}, T0 + 4 * MIN)
+    assert len(A.HELD[p]) == 1
+    await _tick(agents, p, T0 + 11 * MIN)            # a tick ends the batch too
+    assert orjson.loads(T.customer_state[b"c-1"])["usage"]["seats"]["value"] == 32 and A.HELD[p] == {}
+
+
+async def test_a_batch_lost_before_its_write_is_applied_again_with_the_same_decisions(wired, backlog):
+    agents, out = wired
+    p = partition_for("c-1", settings.partitions)
+    await _tick(agents, p, T0 + 10 * MIN)
+    await _put(agents, "customers", _seat_customer(), T0)
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
+    first = _drain(out["proposals"])
+    assert len(first) == 1 and T.customer_state.get(b"c-1") is None
+    await A._revoked(None, [type("TP", (), {"partition": p})()])    # the worker loses the partition
+    # nothing was acknowledged: the next owner reads both events again, from offset 0
+    agents["customers"].sent_offset = agents["usage"].sent_offset = 0
+    await _put(agents, "customers", _seat_customer(), T0)
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
+    await _tick(agents, p, T0 + 11 * MIN)            # its stream time (the old tick was committed)
+    again = _drain(out["proposals"])
+    assert again == first          # at least once: the same proposal_id and content
+    assert A.ENGINES[p].stats["duplicates"] == 0
