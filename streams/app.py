@@ -37,14 +37,3 @@ app = App(
     fetch_max_wait_ms=settings.fetch_max_wait_ms,
 )
 
-
-@app.task
-async def _root_log_level() -> None:
-    """The worker's `-l` level is set on its log handler, but the root logger stays at DEBUG
-    (Faust's start-up spinner handler listens at DEBUG), so every debug call in aiokafka and
-    Faust, several per event, builds a record that is then dropped: measured at about 7% of
-    the worker's time. Raise the root logger to the level asked for."""
-    import logging
-    levels = [h.level for h in logging.root.handlers if type(h).__name__ != "SpinnerHandler"]
-    if levels and min(levels) > logging.root.level:
-        logging.root.setLevel(min(levels))
