@@ -10,9 +10,9 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
   keyed by customer_id;
 * write behind: the tables are written once per batch of records on a
   partition, not once per event, so a customer with several events in a batch
-  is written once. A batch ends when the consumer knows of no later record on
-  the event's topic-partition (caught up: live, that is nearly every event),
-  after PERSIST_EVERY records, and at every tick;
+  is written once. A batch ends at every tick (live: each tick interval), after
+  PERSIST_EVERY records, and, with the event clock (no ticks), when the consumer
+  knows of no later record on the event's topic-partition (caught up);
 * acknowledge an input event only once the engine has applied it, its
   decisions are sent and its batch is written. Events waiting for stream time
   stay unacknowledged, so Kafka's committed offset never passes them (Faust
@@ -125,8 +125,11 @@ def _header(msg, name: str) -> bytes | None:
 
 
 def caught_up(msg) -> bool:
-    """No later record of the message's topic-partition is known to the consumer (or it
-    cannot tell: no consumer running, as under the test driver)."""
+    """With the event clock: no later record of the message's topic-partition is known to the
+    consumer (or it cannot tell: no consumer running, as under the test driver). Live, the
+    ticks end the batches instead: this is False."""
+    if settings.clock == "wall":
+        return False
     try:
         hw = app.consumer.highwater(msg.tp)
     except Exception:       # ConsumerNotStarted and the like

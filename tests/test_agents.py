@@ -217,3 +217,18 @@ async def test_a_batch_lost_before_its_write_is_applied_again_with_the_same_deci
     again = _drain(out["proposals"])
     assert again == first          # at least once: the same proposal_id and content
     assert A.ENGINES[p].stats["duplicates"] == 0
+
+
+def test_with_the_event_clock_a_batch_ends_once_the_consumer_is_caught_up(monkeypatch):
+    from dataclasses import replace
+    from types import SimpleNamespace
+    highwater = {"usage": 5}          # the consumer knows of offsets 0..4
+    monkeypatch.setattr(A, "app", SimpleNamespace(consumer=SimpleNamespace(highwater=lambda tp: highwater[tp])))
+    msg = lambda offset: SimpleNamespace(tp="usage", offset=offset)   # noqa: E731
+    monkeypatch.setattr(A, "settings", replace(settings, clock="event"))
+    assert [A.caught_up(msg(o)) for o in (3, 4)] == [False, True]
+    highwater["usage"] = None         # not fetched yet: cannot tell, so write
+    assert A.caught_up(msg(3))
+    monkeypatch.setattr(A, "settings", replace(settings, clock="wall"))
+    highwater["usage"] = 5
+    assert not A.caught_up(msg(4))    # live, the ticks end the batches
