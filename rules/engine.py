@@ -82,12 +82,12 @@ class PartitionEngine:
     def __init__(self, rules: Rules, partition: int = 0, topics=INPUT_TOPICS):
         self.rules = rules
         self.partition = partition
-        self.rank = {t: i for i, t in enumerate(topics)}
         self.customers: dict[str, dict] = {}
         self.hw: dict[str, int | None] = {t: None for t in topics}
         self.tick_ms: int | None = None
         self.watermark: int | None = None
         self.fifo: dict[str, deque] = {t: deque() for t in topics}   # (ts, key, value, offset)
+        self._fifos = list(self.fifo.items())                         # in rank order
         self.pending: set[tuple[str, int]] = set()   # (topic, offset) waiting in a FIFO
         self.applied: list[tuple[str, int]] = []      # (topic, offset) applied since take_applied()
         self.timers: list = []
@@ -158,16 +158,16 @@ class PartitionEngine:
             w = self.watermark
         if w is None:
             return
-        fifo, rank = self.fifo, self.rank
+        fifos = self._fifos
         while True:
-            best = None
-            for topic, q in fifo.items():
-                if q and q[0][0] < w and (best is None or (q[0][0], rank[topic]) < best[0]):
-                    best = ((q[0][0], rank[topic]), topic)
+            best, best_ts = None, w     # the lowest (ts, rank) head below w: fifos are in rank order
+            for topic, q in fifos:
+                if q and q[0][0] < best_ts:
+                    best, best_ts = topic, q[0][0]
             if best is None:
                 break
-            topic = best[1]
-            ts, key, value, offset = fifo[topic].popleft()
+            topic = best
+            ts, key, value, offset = self.fifo[topic].popleft()
             if offset is not None:
                 self.pending.discard((topic, offset))
                 self.applied.append((topic, offset))
