@@ -38,6 +38,15 @@ def propose(c: dict, trigger: str, kind: str, offer: dict, period: str, now: int
     }
 
 
+def seq_sum(values: list) -> float:
+    """Left-to-right addition. Python 3.12's sum() compensates float rounding (Neumaier), so it
+    gives other floats than 3.11's: a decision must not depend on the interpreter's version."""
+    total = 0
+    for v in values:
+        total += v
+    return total
+
+
 # ------------------------------------------------------------ plan helpers --
 
 def plan_of(c: dict, rules: Rules) -> Plan | None:
@@ -127,14 +136,16 @@ def forecast_days_to_limit(samples: list, value: float, limit: float, now: int,
     if n < max(min_points, 2):
         return None
     pts = samples[i:]
-    xs = [p[0] for p in pts]
-    ys = [p[1] for p in pts]
-    mx = sum(xs) / n
-    my = sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
+    mx = seq_sum([p[0] for p in pts]) / n
+    my = seq_sum([p[1] for p in pts]) / n
+    sxx = sxy = 0
+    for p in pts:                   # left to right, as seq_sum
+        dx = p[0] - mx
+        sxx += dx ** 2
+        sxy += dx * (p[1] - my)
     if sxx == 0:
         return None
-    slope_per_day = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx * DAY
+    slope_per_day = sxy / sxx * DAY
     if slope_per_day <= 0:
         return None
     return (limit - value) / slope_per_day
@@ -192,7 +203,7 @@ def purchase_triggers(c: dict, order: dict, now: int, rules: Rules, owned_before
     vc = rules.t("volume")
     total = order.get("total")
     if total is None:
-        total = sum(it["qty"] * it.get("price", 0) for it in order["items"])
+        total = seq_sum([it["qty"] * it.get("price", 0) for it in order["items"]])
     for line in rules.volume_lines:
         if line.min_total is not None and line.min_total * line.near_ratio <= total < line.min_total:
             gap = line.min_total - total

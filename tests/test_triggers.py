@@ -70,6 +70,13 @@ def test_usage_forecast_horizon(days, fires):
         assert d.proposals[0]["evidence"]["days_to_limit"] == pytest.approx(days)
 
 
+def test_sums_add_left_to_right_on_every_python():
+    from rules.triggers import seq_sum
+    # 3.12's sum() compensates and gives 1.0 here; decisions must not change with the interpreter
+    assert seq_sum([1e16, 1.0, -1e16]) == 0.0
+    assert seq_sum([1, 2, 3]) == 6 and isinstance(seq_sum([1, 2, 3]), int)
+
+
 def test_usage_forecast_needs_three_days():
     d = Driver().saas(T0, fiscal_year_end_month=12)
     usage(d, T0 + D, 10)
