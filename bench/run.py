@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +37,7 @@ from rules.config import load_rules  # noqa: E402
 from rules.engine import INPUT_TOPICS  # noqa: E402
 from rules.timeutil import parse_ts  # noqa: E402
 from streams.backtest import run_backtest  # noqa: E402
-from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port, stop_process  # noqa: E402
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, WorkerProcess, free_port  # noqa: E402
 from streams.generate import generate  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
 from streams.recorded import load_sorted  # noqa: E402
@@ -57,32 +54,6 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------ processes --
 
-class Proc:
-    """A worker-like subprocess with a web port we can poll."""
-
-    def __init__(self, argv, env: dict, logfile: Path):
-        self.port = int(env["UPSELL_WEB_PORT"])
-        self.logfile = logfile
-        self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT, stdout=open(logfile, "ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def get(self, path: str) -> bytes | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return r.read()
-        except OSError:
-            return None
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        stop_process(self.proc, 20)
-
-
 def env_for(broker, redis, prefix: str, tmp: Path, **extra) -> dict:
     return {"UPSELL_BROKER": broker.url, "UPSELL_REDIS_URL": redis.url, "UPSELL_CLOCK": "event",
             "UPSELL_PARTITIONS": str(PARTITIONS), "UPSELL_WEB_PORT": str(free_port()),
@@ -90,27 +61,28 @@ def env_for(broker, redis, prefix: str, tmp: Path, **extra) -> dict:
             "UPSELL_DATA_DIR": str(tmp / prefix), **extra}
 
 
-def worker_events(p: Proc) -> int | None:
-    body = p.get("/metrics")
-    if body is None:
+def worker_events(p: WorkerProcess) -> int | None:
+    try:
+        return p.events_in()
+    except OSError:          # not listening yet
         return None
-    return sum(int(float(line.rsplit(" ", 1)[1])) for line in body.decode().splitlines()
-               if line.startswith("upsell_events_in_total{"))
 
 
-def noop_events(p: Proc) -> int | None:
-    body = p.get("/count")
-    return None if body is None else orjson.loads(body)["events"]
+def noop_events(p: WorkerProcess) -> int | None:
+    try:
+        return orjson.loads(p.get("/count")[1])["events"]
+    except OSError:
+        return None
 
 
-def consume_rate(p: Proc, counter, total: int, timeout: float) -> float:
+def consume_rate(p: WorkerProcess, counter, total: int, timeout: float) -> float:
     """Events/s from the first event the process reports to the last; polled every 200 ms
     (another process's progress: there is nothing to await; each poll costs the worker a
     /metrics page, which at 50 ms was about 4% of its time in a profile)."""
     deadline = time.monotonic() + timeout
     first = None
     while time.monotonic() < deadline:
-        assert p.proc.poll() is None, f"process exited, see {p.logfile}"
+        p.alive()
         n = counter(p)
         now = time.monotonic()
         if n:
@@ -119,7 +91,7 @@ def consume_rate(p: Proc, counter, total: int, timeout: float) -> float:
             if n >= total:
                 return (n - first[1]) / max(now - first[0], 1e-9)
         time.sleep(0.2)
-    raise RuntimeError(f"{total} events not consumed within {timeout:.0f} s (see {p.logfile})")
+    raise RuntimeError(f"{total} events not consumed within {timeout:.0f} s (see {p.log})")
 
 
 # --------------------------------------------------------------------- phases --
@@ -147,12 +119,13 @@ async def raw_rate(bootstrap: str, prefix: str, total: int) -> float:
         await consumer.stop()
 
 
-def steady(health: bytes | None) -> bool:
+def steady(w: WorkerProcess) -> bool:
     """The worker is past its start-up: it owns every partition and its stream time follows the
     wall clock (the ticks it reads are fresh), so it is not still reading a backlog."""
-    if not health:
+    try:
+        h = orjson.loads(w.get("/health")[1])
+    except OSError:
         return False
-    h = orjson.loads(health)
     times = h["stream_time"].values()
     now = time.time() * 1000
     return (len(h["assigned"]) == PARTITIONS and len(times) == PARTITIONS
@@ -165,10 +138,9 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a) -> dict:
     prefix = "bench-lat."
     await ensure_topics(broker.bootstrap, [prefix + t for t in (*INPUT_TOPICS, *OUTPUTS)], PARTITIONS)
     lateness, tick, fetch_wait = a.lateness_ms, a.tick, a.fetch_max_wait_ms
-    w = Proc([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"],
-             env_for(broker, redis, prefix, tmp, UPSELL_CLOCK="wall", UPSELL_LATENESS_MS=str(lateness),
-                     UPSELL_TICK_INTERVAL=str(tick), UPSELL_FETCH_MAX_WAIT_MS=str(fetch_wait)),
-             tmp / "latency-worker.log")
+    w = WorkerProcess(env_for(broker, redis, prefix, tmp, UPSELL_CLOCK="wall", UPSELL_LATENESS_MS=str(lateness),
+                              UPSELL_TICK_INTERVAL=str(tick), UPSELL_FETCH_MAX_WAIT_MS=str(fetch_wait)),
+                      tmp / "latency-worker.log")
     lat: list[float] = []
     consumer = AIOKafkaConsumer(prefix + "proposals", prefix + "proposals.suppressed",
                                 bootstrap_servers=broker.bootstrap, auto_offset_reset="latest",
@@ -177,8 +149,8 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a) -> dict:
     await consumer.start()
     await producer.start()
     try:
-        while not steady(w.get("/health")):
-            assert w.proc.poll() is None, f"worker exited, see {w.logfile}"
+        while not steady(w):
+            w.alive()
             await asyncio.sleep(0.1)     # another process's start-up: polled
         stop = asyncio.Event()
 
@@ -261,16 +233,15 @@ async def main(a) -> dict:
         res["raw_eps"] = round(await raw_rate(broker.bootstrap, prefix, total))
         log(f"raw aiokafka + orjson: {res['raw_eps']:,} events/s")
 
-        noop = Proc([sys.executable, str(ROOT / "bench" / "noop_app.py"), "worker", "-l", "warn"],
-                    env_for(broker, redis, prefix, tmp), tmp / "noop.log")
+        noop = WorkerProcess(env_for(broker, redis, prefix, tmp), tmp / "noop.log",
+                             argv=[sys.executable, str(ROOT / "bench" / "noop_app.py"), "worker"])
         try:
             res["noop_eps"] = round(consume_rate(noop, noop_events, total + markers, a.timeout))
         finally:
             noop.stop()
         log(f"no-op Faust agents: {res['noop_eps']:,} events/s")
 
-        w = Proc([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"], env_for(broker, redis, prefix, tmp),
-                 tmp / "worker.log")
+        w = WorkerProcess(env_for(broker, redis, prefix, tmp), tmp / "worker.log")
         try:
             res["worker_eps"] = round(consume_rate(w, worker_events, total, a.timeout))
         finally:
@@ -290,8 +261,7 @@ async def main(a) -> dict:
         prefix = "bench-state."
         slines = state_lines(a.state_customers)
         await replay(slines, broker.bootstrap, PARTITIONS, prefix=prefix, progress=False)
-        w = Proc([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"], env_for(broker, redis, prefix, tmp),
-                 tmp / "state-worker.log")
+        w = WorkerProcess(env_for(broker, redis, prefix, tmp), tmp / "state-worker.log")
         try:
             consume_rate(w, worker_events, len(slines), a.timeout)
             res["rss_mb_100k"] = round(w.rss_mb(), 1)

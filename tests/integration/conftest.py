@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port, stop_process
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, WorkerProcess, free_port
 
 PARTITIONS = 4
 
@@ -34,44 +31,17 @@ def redis_server(logs):
         yield r
 
 
-class Worker:
+class Worker(WorkerProcess):
     def __init__(self, name: str, env: dict, logs: Path):
-        self.name, self.port, self.env = name, int(env["UPSELL_WEB_PORT"]), env
-        self.log = logs / f"{name}.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-l", "info"],
-                                     env={**os.environ, **env}, stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def get(self, path: str, timeout: float = 2):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as r:
-            return r.status, r.read()
-
-    def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"{self.name} exited: {self.log.read_text()[-3000:]}"
-            try:
-                if self.get("/health")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)      # web server not listening yet
-        raise AssertionError(f"{self.name} not healthy: {self.log.read_text()[-3000:]}")
-
-    def events_in(self) -> int:
-        """Input events this worker has read (valid or not), from /metrics."""
-        body = self.get("/metrics")[1].decode()
-        return sum(int(float(line.rsplit(" ", 1)[1])) for line in body.splitlines()
-                   if line.startswith("upsell_events_in_total{"))
+        self.name = name
+        super().__init__(env, logs / f"{name}.log", level="info")
 
     def wait_events_in(self, n: int, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while self.events_in() < n:
             assert self.proc.poll() is None and time.monotonic() < deadline, \
-                f"{self.name}: {self.events_in()} of {n} events read: {self.log.read_text()[-3000:]}"
+                f"{self.name}: {self.events_in()} of {n} events read: {self.tail()}"
             time.sleep(0.1)     # another process's progress: polled
-
-    def stop(self, kill: bool = False) -> None:
-        stop_process(self.proc, 20, kill=kill)
 
 
 @pytest.fixture
