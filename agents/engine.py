@@ -10,9 +10,11 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
   keyed by customer_id;
 * write behind: the tables are written once per batch of records on a
   partition, not once per event, so a customer with several events in a batch
-  is written once. A batch ends at every tick (live: each tick interval), after
-  PERSIST_EVERY records, and, with the event clock (no ticks), when the consumer
-  knows of no later record on the event's topic-partition (caught up);
+  is written once. A batch ends at every tick record (live: each commit
+  interval), after PERSIST_EVERY records, and, with the event clock (no ticks),
+  when the consumer knows of no later record on the event's topic-partition;
+* live, stream time moves on a local clock (`advance`), without a broker hop:
+  released events are applied and decided at once, and written at the batch end;
 * acknowledge an input event only once the engine has applied it, its
   decisions are sent and its batch is written. Events waiting for stream time
   stay unacknowledged, so Kafka's committed offset never passes them (Faust
@@ -179,7 +181,8 @@ INGEST = {topic: _ingest_agent(topic) for topic in INPUT_TOPICS}
 
 @app.agent(T.ticks, name="ticks")
 async def ticks(stream):
-    """Stream time from the wall-clock ticker, per partition (ticks are keyless)."""
+    """Tick records from the leader's ticker, one per partition (keyless): stream time, and the
+    end of the partition's write-behind batch."""
     async for event in stream.events():
         eng = engine_for(event.message.partition)
         try:
@@ -191,10 +194,27 @@ async def ticks(stream):
         await settle(eng, out, True)
 
 
+async def advance(now_ms: int) -> None:
+    """Live stream time on this worker: each partition engine it holds moves to the wall clock
+    minus the allowed lateness. The events this releases are applied and their decisions sent at
+    once; their state is written, and they are acknowledged, at the partition's next tick record
+    or batch end (a table is written only inside stream iteration). No record, no broker hop."""
+    at = now_ms - settings.lateness_ms
+    for eng in list(ENGINES.values()):
+        await emit(eng.tick(at))
+
+
 if settings.clock == "wall":
-    @app.timer(interval=settings.tick_interval, on_leader=True, name="ticker")
+    @app.timer(interval=settings.tick_interval, name="clock")
+    async def clock():
+        """Every worker, each UPSELL_TICK_INTERVAL: see `advance`."""
+        await advance(WALL.now_ms())
+
+    @app.timer(interval=settings.commit_interval, on_leader=True, name="ticker")
     async def ticker():
-        """Live: stream time follows the wall clock, minus the allowed lateness."""
+        """The leader, each UPSELL_COMMIT_INTERVAL: a tick record to every partition. Its owner
+        advances stream time (partitions with no engine yet too), writes the partition's batch
+        and acknowledges its applied events."""
         value = orjson.dumps({"at": WALL.now_ms() - settings.lateness_ms})
         for p in range(settings.partitions):
             await T.ticks.send(partition=p, value=value)

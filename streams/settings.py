@@ -21,6 +21,7 @@ class Settings:
     clock: str              # wall: a wall-clock ticker advances stream time; event: events alone
     lateness_ms: int
     tick_interval: float
+    commit_interval: float
     web_port: int
     web_host: str
     topic_prefix: str
@@ -43,6 +44,7 @@ class Settings:
             clock=clock,
             lateness_ms=int(_env("UPSELL_LATENESS_MS", "2000")),
             tick_interval=float(_env("UPSELL_TICK_INTERVAL", "1.0")),
+            commit_interval=float(_env("UPSELL_COMMIT_INTERVAL", "1.0")),
             web_port=int(_env("UPSELL_WEB_PORT", "6066")),
             web_host=_env("UPSELL_WEB_HOST", "127.0.0.1"),
             topic_prefix=_env("UPSELL_TOPIC_PREFIX", ""),

@@ -232,3 +232,20 @@ def test_with_the_event_clock_a_batch_ends_once_the_consumer_is_caught_up(monkey
     monkeypatch.setattr(A, "settings", replace(settings, clock="wall"))
     highwater["usage"] = 5
     assert not A.caught_up(msg(4))    # live, the ticks end the batches
+
+
+async def test_live_clock_decides_at_once_and_the_tick_record_writes(wired):
+    agents, out = wired
+    p = await _put(agents, "customers", _seat_customer(), T0)
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
+    await A.advance(T0 + MIN + settings.lateness_ms)       # stream time reaches the usage event, not past it
+    assert _drain(out["proposals"]) == []
+    await A.advance(T0 + MIN + 1 + settings.lateness_ms)   # ... and now past it: decided at once
+    got = _drain(out["proposals"])
+    assert [(g["trigger"], g["created_at"]) for g in got] == [("usage_limit", format_ts(T0 + MIN))]
+    # applied but neither written nor acknowledged until the partition's tick record
+    assert A.ENGINES[p].buffered() == 0 and len(A.HELD[p]) == 2
+    assert T.customer_state.get(b"c-1") is None
+    await _tick(agents, p, T0 + MIN + 1)
+    assert orjson.loads(T.customer_state[b"c-1"])["off"] == {"customers": 0, "usage": 0}
+    assert A.HELD[p] == {} and _drain(out["proposals"]) == []

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from pathlib import Path
+from urllib.error import HTTPError
 
 import orjson
 import pytest
@@ -12,7 +14,7 @@ import redis.asyncio as aioredis
 
 from rules.config import load_rules
 from rules.engine import INPUT_TOPICS
-from rules.timeutil import parse_ts
+from rules.timeutil import format_ts, parse_ts
 from streams.backtest import backtest_lines
 from streams.generate import generate
 from streams.recorded import load_sorted
@@ -135,6 +137,40 @@ async def test_bad_records_on_every_topic_go_to_dead_letters(broker, redis_serve
     got = loads(await consume(broker.bootstrap, prefix + "proposals", 1))
     assert got[0]["customer_id"] == "ok-1" and got[0]["trigger"] == "usage_limit"
     assert worker.proc.poll() is None and (await asyncio.to_thread(worker.get, "/health"))[0] == 200
+
+
+async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker):
+    """UPSELL_CLOCK=wall: events stamped now are decided once the worker's local clock passes them
+    (lateness 200 ms), and their state is written at the next tick record (every 0.5 s)."""
+    worker = start_worker(UPSELL_CLOCK="wall", UPSELL_LATENESS_MS="200", UPSELL_TICK_INTERVAL="0.05",
+                          UPSELL_COMMIT_INTERVAL="0.5")
+    await asyncio.to_thread(worker.wait_healthy)
+    prefix = start_worker.prefix
+    await ensure_topics(broker.bootstrap, [prefix + t for t in INPUT_TOPICS], PARTITIONS)
+    now, ids = int(time.time() * 1000), [f"live-{i}" for i in range(6)]
+    records = []
+    for cid in ids:
+        records.append((prefix + "customers", cid.encode(), orjson.dumps(
+            {"customer_id": cid, "segment": "b2b", "plan": "basic", "signup_at": "2024-01-01T00:00:00Z"}), now))
+        records.append((prefix + "usage", cid.encode(), orjson.dumps(
+            {"customer_id": cid, "metric": "seats", "value": 46}), now + 1))
+    await produce(broker.bootstrap, records)
+    usage_limit = lambda msgs: [p for p in loads(msgs) if p["trigger"] == "usage_limit"]   # noqa: E731
+    got = usage_limit(await consume(broker.bootstrap, prefix + "proposals", 1,
+                                    until=lambda msgs: len(usage_limit(msgs)) >= len(ids)))
+    assert sorted(p["customer_id"] for p in got) == ids
+    assert {p["created_at"] for p in got} == {format_ts(now + 1)}
+    # the state reaches the table at a tick record; /customers reads the table (polled: another process)
+    deadline, state = time.monotonic() + 30, None
+    while state is None and time.monotonic() < deadline:
+        try:
+            state = orjson.loads((await asyncio.to_thread(worker.get, f"/customers/{ids[-1]}"))[1])["state"]
+        except HTTPError as exc:     # 404 until the tick record writes it
+            assert exc.code == 404
+            await asyncio.sleep(0.1)
+    assert state is not None and state["usage"]["seats"]["value"] == 46
+    health = orjson.loads((await asyncio.to_thread(worker.get, "/health"))[1])
+    assert all(parse_ts(t) > now for t in health["stream_time"].values())
 
 
 async def test_two_workers_share_partitions_and_take_over(broker, redis_server, start_worker):
