@@ -27,6 +27,7 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 
 import orjson
@@ -210,14 +211,17 @@ if settings.clock == "wall":
         """Every worker, each UPSELL_TICK_INTERVAL: see `advance`."""
         await advance(WALL.now_ms())
 
-    @app.timer(interval=settings.commit_interval, on_leader=True, name="ticker")
+    _next_tick = itertools.cycle(range(settings.partitions))
+
+    @app.timer(interval=settings.commit_interval / settings.partitions, on_leader=True, name="ticker")
     async def ticker():
-        """The leader, each UPSELL_COMMIT_INTERVAL: a tick record to every partition. Its owner
-        advances stream time (partitions with no engine yet too), writes the partition's batch
-        and acknowledges its applied events."""
+        """The leader: a tick record to every partition each UPSELL_COMMIT_INTERVAL, one partition
+        at a time so the writes they cause are spread over the interval (all at once, they stalled
+        the worker for 150-300 ms each second at 1,100 events/s). Its owner advances stream time
+        (partitions with no engine yet too), writes the partition's batch and acknowledges its
+        applied events."""
         value = orjson.dumps({"at": WALL.now_ms() - settings.lateness_ms})
-        for p in range(settings.partitions):
-            await T.ticks.send(partition=p, value=value)
+        await T.ticks.send(partition=next(_next_tick), value=value)
 
 
 @app.on_partitions_revoked.connect
