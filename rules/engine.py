@@ -99,11 +99,13 @@ class PartitionEngine:
         self._window = rules.t("co_purchase")["window_days"] * DAY
 
     # ------------------------------------------------------------ inputs --
-    def push(self, topic: str, key: str, ts: int, value: dict, offset: int | None = None) -> list:
+    def push(self, topic: str, key: str, ts: int, value: dict, offset: int | None = None,
+             release: bool = True) -> list:
         """A validated event from an input topic; returns [(PROPOSAL|SUPPRESSED, dict)].
 
         `offset` is the event's offset in its topic-partition (live) or None
-        (backtest); with it, an event seen before is dropped.
+        (backtest); with it, an event seen before is dropped. `release=False` only
+        buffers it, for a caller that calls `tick` next (the backtest).
         """
         out: list = []
         if offset is not None and self._seen(topic, key, offset):
@@ -119,7 +121,8 @@ class PartitionEngine:
         hw = self.hw[topic]
         if hw is None or ts > hw:
             self.hw[topic] = ts
-        self._release(out)
+        if release:
+            self._release(out)
         return out
 
     def mark(self, topic: str, ts: int) -> list:
