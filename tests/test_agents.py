@@ -249,3 +249,18 @@ async def test_live_clock_decides_at_once_and_the_tick_record_writes(wired):
     await _tick(agents, p, T0 + MIN + 1)
     assert orjson.loads(T.customer_state[b"c-1"])["off"] == {"customers": 0, "usage": 0}
     assert A.HELD[p] == {} and _drain(out["proposals"]) == []
+
+
+async def test_table_values_are_exact_size_copies(wired):
+    import tracemalloc
+    agents, _ = wired
+    p = await _put(agents, "customers", _seat_customer(), T0)
+    await _tick(agents, p, T0 + 1)
+    stored = T.customer_state[b"c-1"]
+    assert stored == orjson.dumps(A.ENGINES[p].customers["c-1"])
+    # orjson's own bytes carry its write buffer (kilobytes); what the table keeps must not
+    tracemalloc.start()
+    kept = [A.exact(orjson.dumps(A.ENGINES[p].customers["c-1"])) for _ in range(100)]
+    per_value = tracemalloc.get_traced_memory()[0] / len(kept)
+    tracemalloc.stop()
+    assert per_value < 2 * len(stored) + 100
