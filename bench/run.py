@@ -40,7 +40,7 @@ from streams.backtest import run_backtest  # noqa: E402
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, WorkerProcess, free_port  # noqa: E402
 from streams.generate import generate  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
-from streams.recorded import load_sorted  # noqa: E402
+from streams.recorded import dumps, load_sorted  # noqa: E402
 from streams.replay import replay  # noqa: E402
 
 PARTITIONS = 8
@@ -196,10 +196,10 @@ def state_lines(customers: int) -> list[bytes]:
     for i in range(customers):
         cid = f"s-{i:06d}"
         ts = t0 + i
-        out.append(orjson.dumps({"topic": "customers", "key": cid, "timestamp": "2025-06-01T00:00:00Z",
+        out.append(dumps({"topic": "customers", "key": cid, "timestamp": "2025-06-01T00:00:00Z",
                                  "value": {"customer_id": cid, "segment": "b2b" if i % 2 else "b2c",
                                            "plan": "basic", "signup_at": "2024-01-01T00:00:00Z"}}))
-        out.append(orjson.dumps({"topic": "usage", "key": cid, "timestamp": "2025-06-01T00:01:00Z",
+        out.append(dumps({"topic": "usage", "key": cid, "timestamp": "2025-06-01T00:01:00Z",
                                  "value": {"customer_id": cid, "metric": "seats", "value": 10 + ts % 30}}))
     return out
 

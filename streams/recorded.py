@@ -36,6 +36,14 @@ def open_stream(path: str) -> IO[bytes]:
     return sys.stdin.buffer if path == "-" else open(path, "rb")
 
 
+def dumps(obj) -> bytes:
+    """orjson.dumps as an exact-size copy, for bytes that are kept. orjson's own bytes keep its
+    whole write buffer behind them (measured with tracemalloc: a 154-byte document held 4,098
+    bytes, a 351-byte one 8,153): a worker's memory table of 100k customers took 1.15 GB, and a
+    loaded recording about 4 kB per event."""
+    return bytes(memoryview(orjson.dumps(obj)))
+
+
 def read_recorded(lines: Iterable[bytes]) -> Iterator[RecordedEvent | BadLine]:
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -59,7 +67,7 @@ def read_recorded(lines: Iterable[bytes]) -> Iterator[RecordedEvent | BadLine]:
             yield RecordedEvent(n, str(rec["topic"]), None if key is None else str(key), ts, value.encode())
         else:
             yield RecordedEvent(n, str(rec["topic"]), None if key is None else str(key), ts,
-                                orjson.dumps(value), value)
+                                dumps(value), value)
 
 
 def load_sorted(lines: Iterable[bytes]) -> tuple[list[RecordedEvent], list[BadLine]]:
