@@ -32,8 +32,16 @@ def summary(c: dict, now: int | None) -> dict:
 
 
 @app.page("/customers/{customer_id}")
-@app.table_route(table=T.customer_state, match_info="customer_id")
 async def customer(web, request, customer_id: str):
+    # Faust routes a key to its owner with the producer's metadata for the changelog topic, which
+    # the producer only fetches when it first writes there: before this worker's first customer
+    # write, every request failed with 500. Fetch it first (a no-op once known).
+    await app.producer._ensure_producer().partitions_for(T.customer_state.changelog_topic.get_topic_name())
+    return await _customer_routed(web, request, customer_id=customer_id)
+
+
+@app.table_route(table=T.customer_state, match_info="customer_id")
+async def _customer_routed(web, request, customer_id: str):
     raw = T.customer_state.get(customer_id.encode())
     if raw is None:
         return web.json({"error": f"unknown customer {customer_id!r}"}, status=404)

@@ -147,6 +147,15 @@ async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker)
     await asyncio.to_thread(worker.wait_healthy)
     prefix = start_worker.prefix
     await ensure_topics(broker.bootstrap, [prefix + t for t in INPUT_TOPICS], PARTITIONS)
+    # once it owns its partitions, before it has written any state, an unknown customer is a 404
+    # (it was a 500); the assignment is another process's progress: polled
+    deadline = time.monotonic() + 30
+    while len(orjson.loads((await asyncio.to_thread(worker.get, "/health"))[1])["assigned"]) < PARTITIONS:
+        assert time.monotonic() < deadline, "no assignment"
+        await asyncio.sleep(0.1)
+    with pytest.raises(HTTPError) as unknown:
+        await asyncio.to_thread(worker.get, "/customers/nobody")
+    assert unknown.value.code == 404
     now, ids = int(time.time() * 1000), [f"live-{i}" for i in range(6)]
     records = []
     for cid in ids:
