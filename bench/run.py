@@ -78,7 +78,7 @@ def noop_events(p: WorkerProcess) -> int | None:
 def consume_rate(p: WorkerProcess, counter, total: int, timeout: float) -> float:
     """Events/s from the first event the process reports to the last; polled every 200 ms
     (another process's progress: there is nothing to await; each poll costs the worker a
-    /metrics page, which at 50 ms was about 4% of its time in a profile)."""
+    /metrics page, which at 50 ms was about 5% of its time in a profile)."""
     deadline = time.monotonic() + timeout
     first = None
     while time.monotonic() < deadline:
