@@ -16,7 +16,8 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
 * live, stream time moves on a local clock (`advance`), without a broker hop:
   released events are applied and decided at once, and written at the batch end;
 * acknowledge an input event only once the engine has applied it, its
-  decisions are sent and its batch is written. Events waiting for stream time
+  decisions are sent and its batch is written (a watermark record: once its
+  batch has written the partition document). Events waiting for stream time
   stay unacknowledged, so Kafka's committed offset never passes them (Faust
   commits the contiguous acknowledged prefix, after flushing the changelogs and
   outputs): a worker that dies loses nothing, and the next owner of the
@@ -46,11 +47,9 @@ from streams.replay import WATERMARK_HEADER
 log = logging.getLogger(__name__)
 ENGINES: dict[int, PartitionEngine] = {}
 HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, offset) -> unacked event
+MARKS: dict[int, list] = {}   # partition -> watermark records read since its last table write
 PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
-META_EVERY = 1000       # records between writes of the partition document (at the end of a batch): a
-                        # stale one is safe to restore (rules/engine.py), it holds watermarks and counters
 _unwritten: dict[int, int] = {}   # partition -> records since its last table write
-_since_meta: dict[int, int] = {}  # partition -> records since its last partition document
 
 
 def engine_for(partition: int) -> PartitionEngine:
@@ -66,19 +65,19 @@ def engine_for(partition: int) -> PartitionEngine:
     return eng
 
 
-def persist(eng: PartitionEngine, records: int) -> list:
-    """Write what changed over the last `records` records; returns the events whose effects
-    are now written, to be acknowledged. Synchronous, inside stream iteration, so the
-    changelog partition is the event's and no other agent takes these events meanwhile."""
+def persist(eng: PartitionEngine) -> list:
+    """End the partition's batch: write the customers that changed and the partition document
+    (watermarks and counters), so the tables match every record acknowledged so far; returns the
+    records to acknowledge now: the events applied and the watermark records read. Synchronous,
+    inside stream iteration, so the changelog partition is the event's and no other agent takes
+    these records meanwhile."""
     for cid, c in eng.take_dirty():
         T.customer_state[cid.encode()] = dumps(c)
     p = eng.partition
-    n = _since_meta[p] = _since_meta.get(p, 0) + records
-    if n >= META_EVERY:
-        T.partition_state[str(p).encode()] = dumps(eng.meta())
-        _since_meta[p] = 0
+    T.partition_state[str(p).encode()] = dumps(eng.meta())
     held = HELD[p]
-    return [e for e in (held.pop(done, None) for done in eng.take_applied()) if e is not None]
+    done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]
+    return done + MARKS.pop(p, [])
 
 
 async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
@@ -89,7 +88,7 @@ async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
     n = _unwritten[p] = _unwritten.get(p, 0) + 1
     if idle or n >= PERSIST_EVERY:
         _unwritten[p] = 0
-        for event in persist(eng, n):
+        for event in persist(eng):
             event.ack()
 
 
@@ -146,7 +145,9 @@ async def handle(topic: str, event) -> None:
     eng = engine_for(msg.partition)
     marker = _header(msg, WATERMARK_HEADER)
     if marker is not None:
-        event.ack()
+        # acknowledged with the batch that writes the watermark it raised: acknowledged before,
+        # a worker that died before the write would leave its successor waiting for it forever
+        MARKS.setdefault(msg.partition, []).append(event)
         out = eng.mark(topic, int(marker))
     else:
         metrics.events_in[topic] += 1
@@ -232,4 +233,4 @@ async def _revoked(sender, revoked, **kwargs) -> None:
         ENGINES.pop(tp.partition, None)
         HELD.pop(tp.partition, None)
         _unwritten.pop(tp.partition, None)
-        _since_meta.pop(tp.partition, None)
+        MARKS.pop(tp.partition, None)

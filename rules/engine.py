@@ -280,7 +280,9 @@ class PartitionEngine:
 
     def meta(self) -> dict:
         """Partition-level state that cannot be derived from the customers. Pending events are
-        not in it (they come again from the broker), and a stale copy is safe to restore."""
+        not in it (they come again from the broker). It must be written with the customers
+        before the records that raised its high-water marks are acknowledged: restored stale,
+        a topic with no later record would hold the partition's stream time back for good."""
         return {"hw": self.hw, "tick": self.tick_ms, "watermark": self.watermark, "stats": self.stats}
 
     @classmethod
