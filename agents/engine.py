@@ -16,8 +16,8 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
 * live, stream time moves on a local clock (`advance`), without a broker hop:
   released events are applied and decided at once, and written at the batch end;
 * acknowledge an input event only once the engine has applied it, its
-  decisions are sent and its batch is written (a watermark record: once its
-  batch has written the partition document). Events waiting for stream time
+  decisions are sent and its batch is written (a watermark record: once a
+  partition document holding it is written). Events waiting for stream time
   stay unacknowledged, so Kafka's committed offset never passes them (Faust
   commits the contiguous acknowledged prefix, after flushing the changelogs and
   outputs): a worker that dies loses nothing, and the next owner of the
@@ -49,7 +49,9 @@ ENGINES: dict[int, PartitionEngine] = {}
 HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, offset) -> unacked event
 MARKS: dict[int, list] = {}   # partition -> watermark records read since its last table write
 PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
+META_EVERY = 1000       # records between writes of the partition document (at a batch end)
 _unwritten: dict[int, int] = {}   # partition -> records since its last table write
+_since_meta: dict[int, int] = {}  # partition -> records since its last partition document
 
 
 def engine_for(partition: int) -> PartitionEngine:
@@ -65,31 +67,52 @@ def engine_for(partition: int) -> PartitionEngine:
     return eng
 
 
-def persist(eng: PartitionEngine) -> list:
-    """End the partition's batch: write the customers that changed and the partition document
-    (watermarks and counters), so the tables match every record acknowledged so far; returns the
-    records to acknowledge now: the events applied and the watermark records read. Synchronous,
-    inside stream iteration, so the changelog partition is the event's and no other agent takes
-    these records meanwhile."""
+def persist(eng: PartitionEngine, records: int) -> list:
+    """End the partition's batch: write the customers that changed, and every META_EVERY records
+    the partition document (watermarks and counters); returns the records to acknowledge now: the
+    events applied, and the watermark records read once a partition document holds them.
+    Synchronous, inside stream iteration, so the changelog partition is the event's and no other
+    agent takes these records meanwhile."""
     for cid, c in eng.take_dirty():
         T.customer_state[cid.encode()] = dumps(c)
     p = eng.partition
-    T.partition_state[str(p).encode()] = dumps(eng.meta())
     held = HELD[p]
     done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]
-    return done + MARKS.pop(p, [])
+    n = _since_meta[p] = _since_meta.get(p, 0) + records
+    if n >= META_EVERY:
+        T.partition_state[str(p).encode()] = dumps(eng.meta())
+        _since_meta[p] = 0
+        done += MARKS.pop(p, [])
+    return done
 
 
 async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
-    """Send the decisions; end the partition's batch if it is time (see the module doc):
-    write what changed and acknowledge the events now written."""
-    await emit(out)
+    """End the partition's batch if it is time (see the module doc) by writing what changed,
+    send the decisions, then acknowledge the records written. The write comes first, in the
+    same step as the engine's change: after the send's await the partition may have been
+    revoked (Faust does not wait for agents, `stream_wait_empty=False`), and a write then would
+    put a dropped engine's state in the table under its successor."""
     p = eng.partition
     n = _unwritten[p] = _unwritten.get(p, 0) + 1
+    done = []
     if idle or n >= PERSIST_EVERY:
         _unwritten[p] = 0
-        for event in persist(eng):
+        done = persist(eng, n)
+    await emit(out)
+    if done:
+        await handed_over()
+        for event in done:
             event.ack()
+
+
+async def handed_over() -> None:
+    """Wait until the table writes have left Faust's producer buffer for the Kafka producer.
+    Faust's commit flushes the Kafka producer, but gives up on its own buffer after 0.1 s
+    without a message sent, and commits anyway: an event acknowledged while its state was still
+    in that buffer could be committed without it (a batch is many writes at once)."""
+    buffer = app.producer.buffer
+    while buffer.size and buffer.state == "running":     # not running: no producer (test driver)
+        await buffer.flush()
 
 
 async def emit(out: list) -> None:
@@ -145,8 +168,8 @@ async def handle(topic: str, event) -> None:
     eng = engine_for(msg.partition)
     marker = _header(msg, WATERMARK_HEADER)
     if marker is not None:
-        # acknowledged with the batch that writes the watermark it raised: acknowledged before,
-        # a worker that died before the write would leave its successor waiting for it forever
+        # acknowledged once a partition document holds the watermark it raised: acknowledged
+        # before, a worker that died first would leave its successor waiting for it for good
         MARKS.setdefault(msg.partition, []).append(event)
         out = eng.mark(topic, int(marker))
     else:
@@ -233,4 +256,5 @@ async def _revoked(sender, revoked, **kwargs) -> None:
         ENGINES.pop(tp.partition, None)
         HELD.pop(tp.partition, None)
         _unwritten.pop(tp.partition, None)
+        _since_meta.pop(tp.partition, None)
         MARKS.pop(tp.partition, None)

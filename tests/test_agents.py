@@ -28,6 +28,7 @@ async def wired(monkeypatch):
         out[name] = channel.clone(is_iterator=True)    # a subscriber: it receives what is sent
     A.ENGINES.clear()
     A._unwritten.clear()
+    A._since_meta.clear()
     A.MARKS.clear()
     for table in (T.customer_state, T.partition_state):
         table.data.clear()
@@ -65,8 +66,9 @@ def _seat_customer(cid="c-1", plan="basic"):
     return {"customer_id": cid, "segment": "b2b", "plan": plan, "signup_at": "2024-01-01T00:00:00Z"}
 
 
-async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired):
+async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired, monkeypatch):
     agents, out = wired
+    monkeypatch.setattr(A, "META_EVERY", 3)      # the partition document every 3rd record here
     p = await _put(agents, "customers", _seat_customer(), T0)
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
     # buffered: stream time has not passed the events yet
@@ -79,7 +81,7 @@ async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired
     state = orjson.loads(T.customer_state[b"c-1"])
     assert state["usage"]["seats"]["value"] == 46 and state["off"]["usage"] == 0
     assert p in A.ENGINES and "c-1" in A.ENGINES[p].customers
-    meta = orjson.loads(T.partition_state[str(p).encode()])       # written with the tick's batch
+    meta = orjson.loads(T.partition_state[str(p).encode()])       # written at the tick, the 3rd record
     assert meta["watermark"] == T0 + 2 * MIN and A.ENGINES[p].buffered() == 0
 
 
@@ -265,9 +267,10 @@ async def test_table_values_are_exact_size_copies(wired):
     assert per_value < 2 * len(stored) + 100
 
 
-async def test_a_watermark_record_is_acknowledged_with_the_batch_that_writes_it(wired, backlog):
+async def test_a_watermark_record_is_acknowledged_with_the_batch_that_writes_it(wired, backlog, monkeypatch):
     from streams.replay import WATERMARK_HEADER
     agents, _ = wired
+    monkeypatch.setattr(A, "META_EVERY", 2)      # the partition document with the batch of 2 records
     p = partition_for("c-1", settings.partitions)
     acked = []
     await agents["usage"].put(b"", partition=p, timestamp=(T0 + MIN) / 1000,
@@ -276,6 +279,6 @@ async def test_a_watermark_record_is_acknowledged_with_the_batch_that_writes_it(
     marker.ack = lambda: acked.append(marker) or True
     # not written yet: acknowledged, a successor restoring the tables would not know this watermark
     assert acked == [] and T.partition_state.get(str(p).encode()) is None
-    await _tick(agents, p, T0)                     # the batch ends
+    await _tick(agents, p, T0)                     # the batch ends, the partition document is written
     assert acked == [marker] and A.MARKS.get(p) is None
     assert orjson.loads(T.partition_state[str(p).encode()])["hw"]["usage"] == T0 + MIN
