@@ -47,7 +47,7 @@ from streams.replay import WATERMARK_HEADER
 log = logging.getLogger(__name__)
 ENGINES: dict[int, PartitionEngine] = {}
 HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, offset) -> unacked event
-MARKS: dict[int, list] = {}   # partition -> watermark records read since its last table write
+MARKS: dict[int, list] = {}   # partition -> watermark records read since its last partition document
 PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
 META_EVERY = 1000       # records between writes of the partition document (at a batch end)
 _unwritten: dict[int, int] = {}   # partition -> records since its last table write
