@@ -280,10 +280,19 @@ class PartitionEngine:
 
     def meta(self) -> dict:
         """Partition-level state that cannot be derived from the customers. Pending events are
-        not in it (they come again from the broker). It must be written with the customers
-        before the records that raised its high-water marks are acknowledged: restored stale,
-        a topic with no later record would hold the partition's stream time back for good."""
-        return {"hw": self.hw, "tick": self.tick_ms, "watermark": self.watermark, "stats": self.stats}
+        not in it: they come again from the broker, so each topic's high-water mark is stored as
+        it was before its first pending event. Stored as is, a restored engine would believe
+        those events were read and could apply a re-read event before a pending event of another
+        topic that is older but not yet re-read. The document must be written with the customers
+        before the watermark records that raised its high-water marks are acknowledged: restored
+        stale, a topic with no later record would hold the partition's stream time back for good."""
+        hw = dict(self.hw)
+        for topic, q in self._fifos:
+            if q:
+                first = min(item[0] for item in q)
+                if hw[topic] is None or first < hw[topic]:
+                    hw[topic] = first
+        return {"hw": hw, "tick": self.tick_ms, "watermark": self.watermark, "stats": self.stats}
 
     @classmethod
     def restore(cls, rules: Rules, partition: int, meta: dict | None, customers, topics=INPUT_TOPICS):
