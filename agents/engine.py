@@ -54,13 +54,25 @@ _unwritten: dict[int, int] = {}   # partition -> records since its last table wr
 _since_meta: dict[int, int] = {}  # partition -> records since its last partition document
 
 
+def meta_key(partition: int) -> bytes:
+    """The key of a partition's document (watermarks, counters) in the customer-state table.
+    It is not UTF-8, so no customer id has it. Kept with the customers, the document goes to
+    their changelog partition, after the customers of its batch: Kafka keeps one partition's
+    writes in order, so a worker that dies mid-batch leaves its successor a prefix of them, and
+    the restored document is never ahead of the restored customers. (In a table of its own, the
+    document could land while customers written before it were lost; re-read events would then
+    count as late and be applied out of time order.)"""
+    return b"\xffpartition:%d" % partition
+
+
 def engine_for(partition: int) -> PartitionEngine:
     """The partition's engine, rebuilt from the tables after an assignment."""
     eng = ENGINES.get(partition)
     if eng is None:
-        meta = T.partition_state.get(str(partition).encode())
+        # partition-state: where earlier versions kept the document (read until it is rewritten)
+        meta = T.customer_state.get(meta_key(partition)) or T.partition_state.get(str(partition).encode())
         customers = [orjson.loads(v) for k, v in T.customer_state.items()
-                     if partition_for(k.decode(), settings.partitions) == partition]
+                     if k[:1] != b"\xff" and partition_for(k.decode(), settings.partitions) == partition]
         eng = ENGINES[partition] = PartitionEngine.restore(
             rules, partition, orjson.loads(meta) if meta else None, customers)
         HELD[partition] = {}
@@ -80,7 +92,7 @@ def persist(eng: PartitionEngine, records: int) -> list:
     done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]
     n = _since_meta[p] = _since_meta.get(p, 0) + records
     if n >= META_EVERY:
-        T.partition_state[str(p).encode()] = dumps(eng.meta())
+        T.customer_state[meta_key(p)] = dumps(eng.meta())
         _since_meta[p] = 0
         done += MARKS.pop(p, [])
     return done

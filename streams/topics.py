@@ -24,8 +24,9 @@ proposals = _topic("proposals")
 suppressed = _topic("proposals.suppressed")
 dead_letters = _topic("dead-letters")
 
-# Per-customer state, one orjson document per customer.
+# Per-customer state, one orjson document per customer, and per partition a document of what
+# cannot be derived from the customers (watermarks, counters) under a key that is not UTF-8
+# (`agents.engine.meta_key`), so that it shares the customers' changelog partition and order.
 customer_state = app.Table("customer-state", partitions=N, key_type=bytes, value_type=bytes)
-# Per-partition state that cannot be derived from the customers: watermarks and
-# counters (events waiting for stream time are not state: they are not acknowledged).
+# Where earlier versions kept the partition documents: read, never written.
 partition_state = app.Table("partition-state", partitions=N, key_type=bytes, value_type=bytes)

@@ -81,7 +81,7 @@ async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired
     state = orjson.loads(T.customer_state[b"c-1"])
     assert state["usage"]["seats"]["value"] == 46 and state["off"]["usage"] == 0
     assert p in A.ENGINES and "c-1" in A.ENGINES[p].customers
-    meta = orjson.loads(T.partition_state[str(p).encode()])       # written at the tick, the 3rd record
+    meta = orjson.loads(T.customer_state[A.meta_key(p)])       # written at the tick, the 3rd record
     assert meta["watermark"] == T0 + 2 * MIN and A.ENGINES[p].buffered() == 0
 
 
@@ -169,6 +169,24 @@ async def test_engine_is_rebuilt_from_the_tables_and_pending_events_come_again(w
     assert [(g["trigger"], g["evidence"]["value"]) for g in got] == [("usage_limit", 46)]
     assert A.ENGINES[p].stats["duplicates"] == 1
     assert orjson.loads(T.customer_state[b"c-1"])["usage"]["seats"]["value"] == 46
+
+
+async def test_the_partition_document_is_kept_with_the_customers(wired, monkeypatch):
+    agents, _ = wired
+    monkeypatch.setattr(A, "META_EVERY", 1)          # a partition document with every batch
+    p = await _put(agents, "customers", _seat_customer(), T0)
+    await _tick(agents, p, T0 + MIN)
+    # in customer-state, under a key no customer id has, so in the customers' changelog partition
+    assert orjson.loads(T.customer_state[A.meta_key(p)])["watermark"] == T0 + MIN
+    assert A.meta_key(p).decode("utf-8", "replace") != A.meta_key(p).decode("latin-1")
+    assert len(T.partition_state.data) == 0
+    A.ENGINES.clear()                                 # restored: the document is not a customer
+    eng = A.engine_for(p)
+    assert eng.watermark == T0 + MIN and list(eng.customers) == ["c-1"]
+    # a document where earlier versions kept it is still read
+    T.partition_state.data[str(p).encode()] = T.customer_state.data.pop(A.meta_key(p))
+    A.ENGINES.clear()
+    assert A.engine_for(p).watermark == T0 + MIN
 
 
 @pytest.fixture
@@ -278,7 +296,7 @@ async def test_a_watermark_record_is_acknowledged_with_the_batch_that_writes_it(
     marker = A.MARKS[p][0]
     marker.ack = lambda: acked.append(marker) or True
     # not written yet: acknowledged, a successor restoring the tables would not know this watermark
-    assert acked == [] and T.partition_state.get(str(p).encode()) is None
+    assert acked == [] and T.customer_state.get(A.meta_key(p)) is None
     await _tick(agents, p, T0)                     # the batch ends, the partition document is written
     assert acked == [marker] and A.MARKS.get(p) is None
-    assert orjson.loads(T.partition_state[str(p).encode()])["hw"]["usage"] == T0 + MIN
+    assert orjson.loads(T.customer_state[A.meta_key(p)])["hw"]["usage"] == T0 + MIN
