@@ -16,8 +16,8 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
 * live, stream time moves on a local clock (`advance`), without a broker hop:
   released events are applied and decided at once, and written at the batch end;
 * acknowledge an input event only once the engine has applied it, its
-  decisions are sent and its batch is written (a watermark record: once a
-  partition document holding it is written). Events waiting for stream time
+  decisions are sent and the broker has its batch's writes (a watermark record:
+  once it has a partition document holding it). Events waiting for stream time
   stay unacknowledged, so Kafka's committed offset never passes them (Faust
   commits the contiguous acknowledged prefix, after flushing the changelogs and
   outputs): a worker that dies loses nothing, and the next owner of the
@@ -27,6 +27,7 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import logging
@@ -100,31 +101,47 @@ def persist(eng: PartitionEngine, records: int) -> list:
 
 async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
     """End the partition's batch if it is time (see the module doc) by writing what changed,
-    send the decisions, then acknowledge the records written. The write comes first, in the
-    same step as the engine's change: after the send's await the partition may have been
-    revoked (Faust does not wait for agents, `stream_wait_empty=False`), and a write then would
-    put a dropped engine's state in the table under its successor."""
+    send the decisions, then acknowledge the records written once the broker has the writes.
+    The write comes first, in the same step as the engine's change: after the send's await the
+    partition may have been revoked (Faust does not wait for agents, `stream_wait_empty=False`),
+    and a write then would put a dropped engine's state in the table under its successor."""
     p = eng.partition
     n = _unwritten[p] = _unwritten.get(p, 0) + 1
-    done = []
+    done, written = [], None
     if idle or n >= PERSIST_EVERY:
         _unwritten[p] = 0
         done = persist(eng, n)
+        written = T.customer_state.last_write.get(p)
     await emit(out)
     if done:
-        await handed_over()
-        for event in done:
+        ack_when_written(done, written)
+
+
+def ack_when_written(events: list, written) -> None:
+    """Acknowledge the events once `written`, the batch's last changelog write, is in the broker
+    (a changelog partition's writes land in order, so the batch's others are too). Earlier is
+    not safe: Faust's commit flushes its own producer buffer for at most 0.1 s, then aiokafka's
+    producer, which does not hold the write the buffer is handing over (aiokafka takes one batch
+    per partition and makes the next wait for it), and commits anyway. A worker that died then
+    would leave its successor committed offsets past events whose state it never gets."""
+    if written is None or written.done() or app.producer.buffer.state != "running":
+        # nothing written, already there, or no producer running (the test driver)
+        if written is None or not written.done() or written.exception() is None:
+            for event in events:
+                event.ack()
+        return
+
+    def delivered(fut) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            # left unacknowledged: Kafka's committed offset stops before them, and a restart
+            # reads them again; a worker whose state cannot be written should stop
+            log.error("a state write failed (%s): stopping; its events are not acknowledged",
+                      "cancelled" if fut.cancelled() else fut.exception())
+            asyncio.ensure_future(app.crash(fut.exception() or RuntimeError("state write cancelled")))
+            return
+        for event in events:
             event.ack()
-
-
-async def handed_over() -> None:
-    """Wait until the table writes have left Faust's producer buffer for the Kafka producer.
-    Faust's commit flushes the Kafka producer, but gives up on its own buffer after 0.1 s
-    without a message sent, and commits anyway: an event acknowledged while its state was still
-    in that buffer could be committed without it (a batch is many writes at once)."""
-    buffer = app.producer.buffer
-    while buffer.size and buffer.state == "running":     # not running: no producer (test driver)
-        await buffer.flush()
+    written.add_done_callback(delivered)
 
 
 async def emit(out: list) -> None:

@@ -108,10 +108,15 @@ class PartitionEngine:
         buffers it, for a caller that calls `tick` next (the backtest).
         """
         out: list = []
-        if offset is not None and self._seen(topic, key, offset):
-            self.stats["duplicates"] += 1
-            self.applied.append((topic, offset))      # nothing to wait for: acknowledge it
-            return out
+        if offset is not None:
+            if (topic, offset) in self.pending:       # its first copy is acknowledged when applied
+                self.stats["duplicates"] += 1
+                return out
+            c = self.customers.get(key)
+            if c is not None and c["off"].get(topic, -1) >= offset:
+                self.stats["duplicates"] += 1
+                self.applied.append((topic, offset))  # applied before: acknowledged with this batch
+                return out
         self.stats["events"][topic] += 1
         if self.watermark is not None and ts < self.watermark:
             self.stats["late_events"] += 1
@@ -143,12 +148,6 @@ class PartitionEngine:
         return out
 
     # ---------------------------------------------------------- internals --
-    def _seen(self, topic: str, key: str, offset: int) -> bool:
-        if (topic, offset) in self.pending:
-            return True
-        c = self.customers.get(key)
-        return c is not None and c["off"].get(topic, -1) >= offset
-
     def buffered(self) -> int:
         return sum(len(q) for q in self.fifo.values())
 

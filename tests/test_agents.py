@@ -3,7 +3,9 @@ tables on the memory store, and the output topics replaced by in-memory Faust ch
 so what the agents send can be read back."""
 from __future__ import annotations
 
+import asyncio
 import base64
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -187,6 +189,30 @@ async def test_the_partition_document_is_kept_with_the_customers(wired, monkeypa
     T.partition_state.data[str(p).encode()] = T.customer_state.data.pop(A.meta_key(p))
     A.ENGINES.clear()
     assert A.engine_for(p).watermark == T0 + MIN
+
+
+async def test_events_are_acknowledged_once_the_broker_has_their_batch(monkeypatch):
+    monkeypatch.setattr(type(app.producer.buffer), "state", property(lambda self: "running"))
+    loop = asyncio.get_running_loop()
+    acked, all_acked, crashed = [], loop.create_future(), loop.create_future()
+
+    def ack(i):
+        acked.append(i)
+        if len(acked) == 3:
+            all_acked.set_result(None)
+    monkeypatch.setattr(app, "crash", lambda exc: crashed.set_result(exc) or crashed)
+    written = loop.create_future()
+    A.ack_when_written([SimpleNamespace(ack=lambda i=i: ack(i)) for i in range(3)], written)
+    assert acked == []                               # on its way: a commit now must not pass them
+    written.set_result(None)
+    await asyncio.wait_for(all_acked, 5)
+    assert acked == [0, 1, 2]
+    # a write that failed: not acknowledged, and the worker stops
+    failed = loop.create_future()
+    A.ack_when_written([SimpleNamespace(ack=lambda: ack("x"))], failed)
+    failed.set_exception(OSError("broker gone"))
+    assert str(await asyncio.wait_for(crashed, 5)) == "broker gone"
+    assert acked == [0, 1, 2]
 
 
 @pytest.fixture
