@@ -19,9 +19,9 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
   decisions are sent and the broker has its batch's writes (a watermark record:
   once it has a partition document holding it). Events waiting for stream time
   stay unacknowledged, so Kafka's committed offset never passes them (Faust
-  commits the contiguous acknowledged prefix, after flushing the changelogs and
-  outputs): a worker that dies loses nothing, and the next owner of the
-  partition reads them again. Re-read events whose effects were written are
+  commits up to the first unacknowledged record, as `InOrder` hands it the
+  acknowledgements in offset order): a worker that dies loses nothing, and the
+  next owner of the partition reads them again. Re-read events whose effects were written are
   recognised by offset and dropped by the engine; the others are applied again
   and their decisions sent again, with the same proposal_id (at least once).
 """
@@ -31,6 +31,7 @@ import asyncio
 import base64
 import itertools
 import logging
+from collections import deque
 
 import orjson
 
@@ -53,6 +54,44 @@ PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table w
 META_EVERY = 1000       # records between writes of the partition document (at a batch end)
 _unwritten: dict[int, int] = {}   # partition -> records since its last table write
 _since_meta: dict[int, int] = {}  # partition -> records since its last partition document
+
+
+class InOrder:
+    """Acknowledges one topic-partition's records to Faust in offset order, each once it and
+    every record read before it are done. Faust commits the end of the first run of consecutive
+    acknowledged offsets, and checks that the run starts at the committed offset only loosely
+    (not at all before a first commit or after a commit of 0, and it lets one offset pass):
+    acknowledged out of order, a dead letter read after an event still waiting for stream time
+    could commit past that event, and a worker that died then would never see it again."""
+
+    __slots__ = ("generation", "queue", "done")
+
+    def __init__(self, generation):
+        self.generation = generation      # the consumer generation of its records
+        self.queue: deque = deque()       # records read, in offset order, not yet acknowledged
+        self.done: set[int] = set()       # offsets done, waiting for an earlier record
+
+    def read(self, event) -> None:
+        self.queue.append(event)
+
+    def ack(self, event) -> None:
+        queue, done = self.queue, self.done
+        done.add(event.message.offset)
+        while queue and queue[0].message.offset in done:
+            first = queue.popleft()
+            if not queue or queue[0].message.offset != first.message.offset:   # read once more
+                done.discard(first.message.offset)
+            first.ack()
+
+
+ACKS: dict = {}   # topic-partition -> InOrder of its current assignment
+
+
+def acks_for(msg) -> InOrder:
+    order = ACKS.get(msg.tp)
+    if order is None or order.generation != msg.generation_id:
+        order = ACKS[msg.tp] = InOrder(msg.generation_id)
+    return order
 
 
 def meta_key(partition: int) -> bytes:
@@ -110,7 +149,7 @@ async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
     done, written = [], None
     if idle or n >= PERSIST_EVERY:
         _unwritten[p] = 0
-        done = persist(eng, n)
+        done = [(ACKS.get(e.message.tp), e) for e in persist(eng, n)]
         written = T.customer_state.last_write.get(p)
     await emit(out)
     if done:
@@ -118,7 +157,7 @@ async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
 
 
 def ack_when_written(events: list, written) -> None:
-    """Acknowledge the events once `written`, the batch's last changelog write, is in the broker
+    """Acknowledge the events ((InOrder, event) pairs) once `written`, the batch's last changelog write, is in the broker
     (a changelog partition's writes land in order, so the batch's others are too). Earlier is
     not safe: Faust's commit flushes its own producer buffer for at most 0.1 s, then aiokafka's
     producer, which does not hold the write the buffer is handing over (aiokafka takes one batch
@@ -127,8 +166,7 @@ def ack_when_written(events: list, written) -> None:
     if written is None or written.done() or app.producer.buffer.state != "running":
         # nothing written, already there, or no producer running (the test driver)
         if written is None or not written.done() or written.exception() is None:
-            for event in events:
-                event.ack()
+            _ack(events)
         return
 
     def delivered(fut) -> None:
@@ -139,9 +177,14 @@ def ack_when_written(events: list, written) -> None:
                       "cancelled" if fut.cancelled() else fut.exception())
             asyncio.ensure_future(app.crash(fut.exception() or RuntimeError("state write cancelled")))
             return
-        for event in events:
-            event.ack()
+        _ack(events)
     written.add_done_callback(delivered)
+
+
+def _ack(events: list) -> None:
+    for order, event in events:
+        if order is not None and ACKS.get(event.message.tp) is order:   # else revoked: read again
+            order.ack(event)
 
 
 async def emit(out: list) -> None:
@@ -194,6 +237,8 @@ def caught_up(msg) -> bool:
 async def handle(topic: str, event) -> None:
     msg = event.message
     metrics.read_offsets[(topic, msg.partition)] = msg.offset
+    order = acks_for(msg)
+    order.read(event)
     eng = engine_for(msg.partition)
     marker = _header(msg, WATERMARK_HEADER)
     if marker is not None:
@@ -212,7 +257,7 @@ async def handle(topic: str, event) -> None:
             metrics.dead_letters[topic] += 1
             field = getattr(exc, "field", None)
             await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, str(exc), field))
-            event.ack()
+            _ack([(order, event)])
             return
         late = eng.stats["late_events"]
         HELD[msg.partition][(topic, msg.offset)] = event
@@ -282,6 +327,7 @@ async def _revoked(sender, revoked, **kwargs) -> None:
     # The tables stay the source of truth; an engine is rebuilt on its next event.
     # Unacknowledged events of those partitions will be read again by their next owner.
     for tp in revoked:
+        ACKS.pop(tp, None)
         ENGINES.pop(tp.partition, None)
         HELD.pop(tp.partition, None)
         _unwritten.pop(tp.partition, None)

@@ -32,6 +32,7 @@ async def wired(monkeypatch):
     A._unwritten.clear()
     A._since_meta.clear()
     A.MARKS.clear()
+    A.ACKS.clear()
     for table in (T.customer_state, T.partition_state):
         table.data.clear()
     contexts = {topic: A.INGEST[topic].test_context() for topic in A.INPUT_TOPICS}
@@ -139,6 +140,17 @@ async def test_invalid_events_go_to_dead_letters_with_original_bytes(wired):
     assert orjson.loads(T.customer_state[b"c-9"])["plan"] == "basic"
 
 
+async def test_a_dead_letter_is_not_acknowledged_before_an_earlier_event_that_waits(wired):
+    agents, out = wired
+    p = await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 3}, T0)
+    await _put(agents, "usage", b"{oops", T0 + 1, partition=p, key="c-1")
+    assert len(_drain(out["dead_letters"])) == 1
+    read = list(A.ACKS[(T.inputs["usage"].get_topic_name(), p)].queue)
+    assert [e.message.offset for e in read] == [0, 1] and not any(e.message.acked for e in read)
+    await _tick(agents, p, T0 + MIN)                # the event is applied and written: both go
+    assert all(e.message.acked for e in read) and not A.ACKS[read[0].message.tp].queue
+
+
 async def test_a_redelivered_event_changes_nothing(wired):
     agents, out = wired
     p = await _put(agents, "customers", _seat_customer(), T0)
@@ -191,25 +203,53 @@ async def test_the_partition_document_is_kept_with_the_customers(wired, monkeypa
     assert A.engine_for(p).watermark == T0 + MIN
 
 
+def _records(acked: list, offsets, tp=("usage", 0)):
+    """Records of one topic-partition whose acknowledgement to Faust appends their offset to `acked`."""
+    return [SimpleNamespace(message=SimpleNamespace(tp=tp, offset=o, generation_id=1),
+                            ack=lambda o=o: acked.append(o)) for o in offsets]
+
+
+def test_records_are_acknowledged_to_faust_in_offset_order(monkeypatch):
+    monkeypatch.setattr(A, "ACKS", {})
+    acked = []
+    records = _records(acked, [0, 1, 2, 3, 3, 4])        # offset 3 read twice
+    order = A.acks_for(records[0].message)
+    for r in records:
+        order.read(r)
+    order.ack(records[2])          # a dead letter read after two events still waiting: held
+    order.ack(records[1])
+    assert acked == []
+    order.ack(records[0])
+    assert acked == [0, 1, 2]
+    order.ack(records[4])          # the second copy of offset 3 done: both copies go
+    assert acked == [0, 1, 2, 3, 3]
+    order.ack(records[5])
+    assert acked == [0, 1, 2, 3, 3, 4] and not order.queue and not order.done
+    # after a rebalance (a new consumer generation) the old order is left behind
+    newer = SimpleNamespace(tp=("usage", 0), offset=5, generation_id=2)
+    assert A.acks_for(newer) is not order and A.acks_for(newer) is A.acks_for(newer)
+
+
 async def test_events_are_acknowledged_once_the_broker_has_their_batch(monkeypatch):
     monkeypatch.setattr(type(app.producer.buffer), "state", property(lambda self: "running"))
+    monkeypatch.setattr(A, "ACKS", {})
     loop = asyncio.get_running_loop()
     acked, all_acked, crashed = [], loop.create_future(), loop.create_future()
-
-    def ack(i):
-        acked.append(i)
-        if len(acked) == 3:
-            all_acked.set_result(None)
+    records = _records(acked, range(4))
+    order = A.acks_for(records[0].message)
+    for r in records:
+        order.read(r)
+    records[2].ack = lambda: acked.append(2) or all_acked.set_result(None)
     monkeypatch.setattr(app, "crash", lambda exc: crashed.set_result(exc) or crashed)
     written = loop.create_future()
-    A.ack_when_written([SimpleNamespace(ack=lambda i=i: ack(i)) for i in range(3)], written)
+    A.ack_when_written([(order, r) for r in records[:3]], written)
     assert acked == []                               # on its way: a commit now must not pass them
     written.set_result(None)
     await asyncio.wait_for(all_acked, 5)
     assert acked == [0, 1, 2]
     # a write that failed: not acknowledged, and the worker stops
     failed = loop.create_future()
-    A.ack_when_written([SimpleNamespace(ack=lambda: ack("x"))], failed)
+    A.ack_when_written([(order, records[3])], failed)
     failed.set_exception(OSError("broker gone"))
     assert str(await asyncio.wait_for(crashed, 5)) == "broker gone"
     assert acked == [0, 1, 2]

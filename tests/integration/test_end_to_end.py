@@ -256,11 +256,6 @@ def _rocksdb(start_worker):
     return start
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "KNOWN BUG, open: on tansu the restarted RocksDB worker does not send the rest of the proposals. "
-    "It used to stop with ConsistencyError (tansu reports a partition's end offset as the last "
-    "batch's base offset + 1); streams/transport.py now corrects those end offsets and recovery "
-    "completes, but the cause of the missing proposals is not found"))
 async def test_restart_on_rocksdb_store_resumes_from_local_state(broker, redis_server, start_worker):
     """The production store: a worker on RocksDB stops mid-stream; a new process with the same
     data directory resumes from its local tables and the committed offsets, and the whole run
