@@ -21,14 +21,16 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
   stay unacknowledged, so Kafka's committed offset never passes them (Faust
   commits up to the first unacknowledged record, as `InOrder` hands it the
   acknowledgements in offset order): a worker that dies loses nothing, and the
-  next owner of the partition reads them again. Re-read events whose effects were written are
-  recognised by offset and dropped by the engine; the others are applied again
-  and their decisions sent again, with the same proposal_id (at least once).
+  next owner of the partition reads them again. Re-read events whose effects
+  were written are recognised by offset and dropped by the engine; the others
+  are applied again and their decisions sent again, with the same proposal_id
+  (at least once).
 """
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import itertools
 import logging
 from collections import deque
@@ -157,28 +159,30 @@ async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
 
 
 def ack_when_written(events: list, written) -> None:
-    """Acknowledge the events ((InOrder, event) pairs) once `written`, the batch's last changelog write, is in the broker
-    (a changelog partition's writes land in order, so the batch's others are too). Earlier is
-    not safe: Faust's commit flushes its own producer buffer for at most 0.1 s, then aiokafka's
-    producer, which does not hold the write the buffer is handing over (aiokafka takes one batch
-    per partition and makes the next wait for it), and commits anyway. A worker that died then
-    would leave its successor committed offsets past events whose state it never gets."""
-    if written is None or written.done() or app.producer.buffer.state != "running":
-        # nothing written, already there, or no producer running (the test driver)
-        if written is None or not written.done() or written.exception() is None:
-            _ack(events)
-        return
-
-    def delivered(fut) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            # left unacknowledged: Kafka's committed offset stops before them, and a restart
-            # reads them again; a worker whose state cannot be written should stop
-            log.error("a state write failed (%s): stopping; its events are not acknowledged",
-                      "cancelled" if fut.cancelled() else fut.exception())
-            asyncio.ensure_future(app.crash(fut.exception() or RuntimeError("state write cancelled")))
-            return
+    """Acknowledge the events ((InOrder, event) pairs) once `written`, the latest write to the
+    partition's changelog, is in the broker (a changelog partition's writes land in order, so
+    the batch's others are too). Earlier is not safe: Faust's commit flushes its own producer
+    buffer for at most 0.1 s, then aiokafka's producer, which does not hold the write the buffer
+    is handing over (aiokafka takes one batch per partition and makes the next wait for it), and
+    commits anyway. A worker that died then would leave its successor committed offsets past
+    events whose state it never gets."""
+    if written is None or app.producer.buffer.state != "running":   # no producer: the test driver
         _ack(events)
-    written.add_done_callback(delivered)
+    elif written.done():
+        _delivered(events, written)
+    else:
+        written.add_done_callback(functools.partial(_delivered, events))
+
+
+def _delivered(events: list, written) -> None:
+    if written.cancelled() or written.exception() is not None:
+        # left unacknowledged: Kafka's committed offset stops before them, and a restart reads
+        # them again; a worker whose state cannot be written should stop
+        exc = RuntimeError("state write cancelled") if written.cancelled() else written.exception()
+        log.error("a state write failed (%s): stopping; its events are not acknowledged", exc)
+        asyncio.ensure_future(app.crash(exc))
+        return
+    _ack(events)
 
 
 def _ack(events: list) -> None:

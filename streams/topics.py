@@ -26,9 +26,7 @@ proposals = _topic("proposals")
 suppressed = _topic("proposals.suppressed")
 dead_letters = _topic("dead-letters")
 
-# Per-customer state, one orjson document per customer, and per partition a document of what
-# cannot be derived from the customers (watermarks, counters) under a key that is not UTF-8
-# (`agents.engine.meta_key`), so that it shares the customers' changelog partition and order.
+
 class Table(faust.Table):
     """A table that keeps, per changelog partition, the future of its latest write. Faust
     resolves it once the broker has the write, and a partition's writes land in order: so once
@@ -44,6 +42,9 @@ class Table(faust.Table):
         return fut
 
 
+# Per-customer state, one orjson document per customer, and per partition a document of what
+# cannot be derived from the customers (watermarks, counters) under a key that is not UTF-8
+# (`agents.engine.meta_key`), so that it shares the customers' changelog partition and order.
 customer_state = app.tables.add(Table(app, name="customer-state", partitions=N, key_type=bytes,
                                       value_type=bytes, beacon=app.tables.beacon))
 # Where earlier versions kept the partition documents: read, never written.
