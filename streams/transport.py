@@ -56,10 +56,9 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
                                            timeout_ms=1000)
                 if not got:
                     break           # nothing at end - 1 (compacted away): the reported end stands
-                for tp, records in got.items():
-                    key = next(t for t in left if (t.topic, t.partition) == (tp.topic, tp.partition))
-                    ends[key] = max(ends[key], records[-1].offset + 1)
-                    left.discard(key)
+                for tp, records in got.items():     # aiokafka's TopicPartition equals Faust's TP
+                    ends[tp] = max(ends[tp], records[-1].offset + 1)
+                    left.discard(tp)
         finally:
             await reader.stop()
         return ends
