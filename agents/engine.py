@@ -64,7 +64,8 @@ class InOrder:
     acknowledged offsets, and checks that the run starts at the committed offset only loosely
     (not at all before a first commit or after a commit of 0, and it lets one offset pass):
     acknowledged out of order, a dead letter read after an event still waiting for stream time
-    could commit past that event, and a worker that died then would never see it again."""
+    could commit past that event, and a worker that died then would never see it again.
+    Upstream: faust-streaming issue #606 and pull request #707 (open), `Consumer._new_offset`."""
 
     __slots__ = ("generation", "queue", "done")
 
