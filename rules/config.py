@@ -74,6 +74,15 @@ class Rules:
         object.__setattr__(self, "keep_usage_ms", max(
             t["renewal"]["lookback_days"], t["usage_forecast"]["window_days"]) * 86_400_000)
         object.__setattr__(self, "underuse_threshold", t["underuse"]["threshold"])
+        object.__setattr__(self, "_tiers_above", {})
+
+    def tiers_above(self, plan: Plan, metric: str) -> tuple[tuple[float, Plan], ...]:
+        """(limit for `metric`, plan) of every tier above `plan`, lowest first; no limit is inf."""
+        got = self._tiers_above.get((plan.name, metric))
+        if got is None:
+            got = self._tiers_above[(plan.name, metric)] = tuple(
+                (p.limits.get(metric, float("inf")), p) for p in self.plans if p.tier > plan.tier)
+        return got
 
     def t(self, trigger: str) -> dict[str, Any]:
         return self.triggers[trigger]

@@ -60,22 +60,27 @@ def apply_usage(c: dict, v: dict, ts: int, rules: Rules) -> tuple[float, float] 
     """Record a usage sample; returns (value, limit) or None when no limit is known."""
     metric, value = v["metric"], v["value"]
     limit = v.get("limit")
-    plan = rules.plan_by_name.get(c["plan"]) if c["plan"] else None
-    if limit is None and plan is not None:
-        limit = plan.limits.get(metric)
-    u = c["usage"].setdefault(metric, {"value": 0, "limit": None, "samples": []})
+    if limit is None and c["plan"]:
+        plan = rules.plan_by_name.get(c["plan"])
+        if plan is not None:
+            limit = plan.limits.get(metric)
+    usage = c["usage"]
+    u = usage.get(metric)
+    if u is None:
+        u = usage[metric] = {"value": 0, "limit": None, "samples": []}
     u["value"], u["limit"] = value, limit
     if not limit:
         return None
     ratio = value / limit
     samples = u["samples"]          # one per day, [last ms, last value, peak value, peak ratio], in time order
     day = ts - ts % DAY
-    last_day = samples[-1][0] - samples[-1][0] % DAY if samples else None
-    if last_day is None or last_day < day:
+    if not samples:
         samples.append([ts, value, value, ratio])
-    elif last_day == day:
-        last = samples[-1]
-        samples[-1] = [ts, value, max(last[2], value), max(last[3], ratio)]
+    elif (last := samples[-1])[0] < day:                        # the first sample of a later day
+        samples.append([ts, value, value, ratio])
+    elif last[0] - last[0] % DAY == day:
+        samples[-1] = [ts, value, last[2] if last[2] >= value else value,
+                       last[3] if last[3] >= ratio else ratio]
     else:                           # a late sample from an earlier day: keep the order
         j = len(samples) - 1
         while j and samples[j - 1][0] >= day:
@@ -93,10 +98,11 @@ def apply_usage(c: dict, v: dict, ts: int, rules: Rules) -> tuple[float, float] 
         del samples[:k]
     # underuse: every metric's latest utilisation below the threshold
     threshold = rules.underuse_threshold
-    if len(c["usage"]) == 1:
-        latest = ratio
-    else:
-        latest = max((s["value"] / s["limit"] for s in c["usage"].values() if s["limit"]), default=None)
+    latest = ratio
+    if len(usage) > 1:
+        for s in usage.values():
+            if s["limit"] and s["value"] / s["limit"] > latest:
+                latest = s["value"] / s["limit"]
     if latest is None or latest >= threshold:
         c["low_since"] = None
     elif c["low_since"] is None:

@@ -30,10 +30,18 @@ def parse_ts(value: str) -> int:
 
 def format_ts(ms: int) -> str:
     """Canonical UTC text: seconds precision, milliseconds only when non-zero."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    if ms % 1000:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    day, rest = divmod(ms, DAY)
+    seconds, milli = divmod(rest, 1000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    if milli:
+        return f"{_date_text(day)}T{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}Z"
+    return f"{_date_text(day)}T{hours:02d}:{minutes:02d}:{seconds:02d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _date_text(day: int) -> str:
+    return to_dt(day * DAY).strftime("%Y-%m-%d")
 
 
 def to_dt(ms: int) -> datetime:

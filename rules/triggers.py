@@ -7,12 +7,14 @@ period) and `fire_until` (when that period ends and the level re-arms).
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from datetime import datetime, timezone
 from functools import lru_cache
+from operator import itemgetter
 
 from .config import Plan, Rules
 from .state import month_end, offer_key, peak_utilisation, period_month
-from .timeutil import DAY, format_ts, from_dt, month_start, to_dt
+from .timeutil import DAY, _month_of_day, format_ts, from_dt, month_start, to_dt
 
 UPSELL, CROSS_SELL, DOWNSELL = "upsell", "cross_sell", "downsell"
 SCHEMA_VERSION = 1
@@ -55,8 +57,8 @@ def plan_of(c: dict, rules: Rules) -> Plan | None:
 
 def tier_lifting(rules: Rules, plan: Plan, metric: str, need: float) -> Plan | None:
     """The lowest tier above `plan` whose limit for `metric` exceeds `need` (no limit = unlimited)."""
-    for p in rules.plans:
-        if p.tier > plan.tier and p.limits.get(metric, float("inf")) > need:
+    for limit, p in rules.tiers_above(plan, metric):
+        if limit > need:
             return p
     return None
 
@@ -82,34 +84,38 @@ def _num(x: float) -> str:
 # ------------------------------------------------------------- event-driven --
 
 def usage_triggers(c: dict, metric: str, value: float, limit: float, now: int, rules: Rules) -> list[dict]:
-    plan = plan_of(c, rules)
+    """`usage_limit` and `usage_forecast` for one sample (the hot path: most events are usage)."""
+    plan = rules.plan_by_name.get(c["plan"]) if c["plan"] else None
     if plan is None:
+        return []
+    target = tier_lifting(rules, plan, metric, value if value > limit else limit)
+    if target is None:              # both triggers offer the tier that lifts the limit
         return []
     out = []
     ratio = value / limit
-    month = period_month(now)
+    month = _month_of_day(now // DAY)
     fired = c["fired"]
-    cfg = rules.t("usage_limit")
-    reached = [(lv, pr) for lv, pr in zip(cfg["levels"], cfg["priorities"]) if ratio >= lv]
-    target = tier_lifting(rules, plan, metric, max(value, limit))
-    if (reached and target is not None
-            and f"usage_limit|{metric}|{reached[-1][0]}|{plan.name}|{month}" not in fired):
+    cfg = rules.triggers["usage_limit"]
+    levels = cfg["levels"]          # ascending (checked when the rules are loaded)
+    if ratio >= levels[0]:
+        reached = [(lv, pr) for lv, pr in zip(levels, cfg["priorities"]) if ratio >= lv]
         level, priority = reached[-1]
-        offer = {"plan": target.name}
-        evidence = {"metric": metric, "value": value, "limit": limit, "level": level}
-        target_limit = target.limits.get(metric)
-        allows = f"{target.name} allows {_num(target_limit)}" if target_limit else f"{target.name} has no limit"
-        cand = propose(
-            c, "usage_limit", UPSELL, offer, f"{metric}|{level}|{plan.name}|{month}", now,
-            priority=priority, audience="admin",
-            reason=f"{metric} {_num(value)}/{_num(limit)} ({ratio:.0%}) on {plan.name}; {allows}",
-            evidence=evidence, valid_until=now + cfg["valid_days"] * DAY, fire_until=month_end(now),
-            quiet_exempt=(level >= 1.0 and not plan.paid))
-        # the lower levels of this period are covered by the higher one
-        cand["_also_fire"] = [f"usage_limit|{metric}|{lv}|{plan.name}|{month}" for lv, _ in reached[:-1]]
-        out.append(cand)
-    fc = rules.t("usage_forecast")
-    if ratio < 1.0 and target is not None and f"usage_forecast|{metric}|{plan.name}|{month}" not in fired:
+        if f"usage_limit|{metric}|{level}|{plan.name}|{month}" not in fired:
+            offer = {"plan": target.name}
+            evidence = {"metric": metric, "value": value, "limit": limit, "level": level}
+            target_limit = target.limits.get(metric)
+            allows = f"{target.name} allows {_num(target_limit)}" if target_limit else f"{target.name} has no limit"
+            cand = propose(
+                c, "usage_limit", UPSELL, offer, f"{metric}|{level}|{plan.name}|{month}", now,
+                priority=priority, audience="admin",
+                reason=f"{metric} {_num(value)}/{_num(limit)} ({ratio:.0%}) on {plan.name}; {allows}",
+                evidence=evidence, valid_until=now + cfg["valid_days"] * DAY, fire_until=month_end(now),
+                quiet_exempt=(level >= 1.0 and not plan.paid))
+            # the lower levels of this period are covered by the higher one
+            cand["_also_fire"] = [f"usage_limit|{metric}|{lv}|{plan.name}|{month}" for lv, _ in reached[:-1]]
+            out.append(cand)
+    if ratio < 1.0 and f"usage_forecast|{metric}|{plan.name}|{month}" not in fired:
+        fc = rules.triggers["usage_forecast"]
         days = forecast_days_to_limit(c["usage"][metric]["samples"], value, limit, now,
                                       fc["window_days"] * DAY, fc["min_points"])
         if days is not None and days <= fc["horizon_days"]:
@@ -124,25 +130,30 @@ def usage_triggers(c: dict, metric: str, value: float, limit: float, now: int, r
     return out
 
 
+_SAMPLE_MS = itemgetter(0)
+
+
 def forecast_days_to_limit(samples: list, value: float, limit: float, now: int,
                            window_ms: int, min_points: int) -> float | None:
     """Least-squares trend of the daily samples in the window; days until `limit`.
-    `samples` are in time order (see `state.apply_usage`), so the window is a suffix."""
-    cut = now - window_ms
-    i = len(samples)
-    while i and samples[i - 1][0] > cut:
-        i -= 1
+    `samples` are in time order (see `state.apply_usage`), so the window is a suffix.
+    Sums add left to right, as `seq_sum` (one pass for both means, one for the moments)."""
+    i = bisect_right(samples, now - window_ms, key=_SAMPLE_MS)
     n = len(samples) - i
-    if n < max(min_points, 2):
+    if n < min_points or n < 2:
         return None
-    pts = samples[i:]
-    mx = seq_sum([p[0] for p in pts]) / n
-    my = seq_sum([p[1] for p in pts]) / n
+    pts = samples[i:] if i else samples
+    sx = sy = 0
+    for x, y, _, _ in pts:
+        sx += x
+        sy += y
+    mx = sx / n
+    my = sy / n
     sxx = sxy = 0
-    for p in pts:                   # left to right, as seq_sum
-        dx = p[0] - mx
+    for x, y, _, _ in pts:
+        dx = x - mx
         sxx += dx ** 2
-        sxy += dx * (p[1] - my)
+        sxy += dx * (y - my)
     if sxx == 0:
         return None
     slope_per_day = sxy / sxx * DAY

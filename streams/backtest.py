@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Iterable
 
 import orjson
@@ -51,17 +52,17 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     plans = rules.plan_by_name
     collect = result.proposals.append
     collect_s = result.suppressed.append
-    input_topics = set(INPUT_TOPICS)
+    rank = {t: i for i, t in enumerate(INPUT_TOPICS)}
     partition_of: dict[str, int] = {}
-    last_ts = None
+    last_ts = events[-1].ts if events else None
 
     def route(out):
         for kind, p in out:
             (collect if kind == PROPOSAL else collect_s)(p)
 
+    valid = []
     for ev in events:
-        last_ts = ev.ts
-        if ev.topic not in input_topics:
+        if ev.topic not in rank:
             result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, f"unknown topic {ev.topic!r}"))
             continue
         try:
@@ -69,15 +70,17 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
         except ValidationError as exc:
             result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, str(exc)))
             continue
-        p = partition_of.get(ev.key)
+        valid.append((ev.ts, rank[ev.topic], ev.topic, ev.key, value))
+    valid.sort(key=_TIME_RANK)      # stable: a topic's events keep their order (see apply_sorted)
+    result.events = len(valid)
+    for ts, _, topic, key, value in valid:
+        p = partition_of.get(key)
         if p is None:
-            p = partition_of[ev.key] = partition_for(ev.key, partitions)
+            p = partition_of[key] = partition_for(key, partitions)
         eng = engines.get(p)
         if eng is None:
             eng = engines[p] = PartitionEngine(rules, p)
-        result.events += 1
-        eng.push(ev.topic, ev.key, ev.ts, value, release=False)   # events come in time order:
-        route(eng.tick(ev.ts))                                    # stream time is the event's
+        route(eng.apply_sorted(topic, key, ts, value))
     if last_ts is not None:
         for p in sorted(engines):
             route(engines[p].tick(end_of_stream(last_ts)))
@@ -88,6 +91,9 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     result.proposals.sort(key=_order)
     result.suppressed.sort(key=_order)
     return result
+
+
+_TIME_RANK = itemgetter(0, 1)
 
 
 def end_of_stream(last_ts: int) -> int:
