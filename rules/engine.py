@@ -181,21 +181,37 @@ class PartitionEngine:
             w = self.watermark
         if w is None:
             return
-        fifos = self._fifos
+        fifos, timers = self._fifos, self.timers
+        pending, applied = self.pending, self.applied
         while True:
-            best, best_ts = None, w     # the lowest (ts, rank) head below w: fifos are in rank order
-            for topic, q in fifos:
-                if q and q[0][0] < best_ts:
-                    best, best_ts = topic, q[0][0]
-            if best is None:
+            # the lowest (ts, rank) head below w, and the next lowest of the other topics:
+            # fifos are in rank order, so a tie keeps the lower rank
+            best, bt, st, sr = -1, w, w, 0
+            for r, (_, q) in enumerate(fifos):
+                if q:
+                    t = q[0][0]
+                    if t < bt:
+                        if best >= 0:
+                            st, sr = bt, best
+                        best, bt = r, t
+                    elif t < st:
+                        st, sr = t, r
+            if best < 0:
                 break
-            topic = best
-            ts, key, value, offset = self.fifo[topic].popleft()
-            if offset is not None:
-                self.pending.discard((topic, offset))
-                self.applied.append((topic, offset))
-            self._fire_timers(ts, True, out)
-            self._apply(topic, key, ts, value, out, offset)
+            topic, q = fifos[best]
+            # the best topic's events go first while they stay below w and the other heads;
+            # applying an event never adds to a FIFO, so the other heads stay as they are
+            while q:
+                ts = q[0][0]
+                if ts >= w or ts > st or (ts == st and best > sr):
+                    break
+                ts, key, value, offset = q.popleft()
+                if offset is not None:
+                    pending.discard((topic, offset))
+                    applied.append((topic, offset))
+                if timers and timers[0][0] <= ts:
+                    self._fire_timers(ts, True, out)
+                self._apply(topic, key, ts, value, out, offset)
         if self.watermark is None or w > self.watermark:
             self._fire_timers(w, False, out)
             self.watermark = w

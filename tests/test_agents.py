@@ -307,13 +307,25 @@ async def test_a_batch_lost_before_its_write_is_applied_again_with_the_same_deci
 def test_with_the_event_clock_a_batch_ends_once_the_consumer_is_caught_up(monkeypatch):
     from dataclasses import replace
     from types import SimpleNamespace
-    highwater = {"usage": 5}          # the consumer knows of offsets 0..4
-    monkeypatch.setattr(A, "app", SimpleNamespace(consumer=SimpleNamespace(highwater=lambda tp: highwater[tp])))
-    msg = lambda offset: SimpleNamespace(tp="usage", offset=offset)   # noqa: E731
+    highwater = {"usage": None, "feedback": 5}
+    asked = []
+
+    def consumer_highwater(tp):
+        asked.append(tp)
+        return highwater[tp]
+    monkeypatch.setattr(A, "app", SimpleNamespace(consumer=SimpleNamespace(highwater=consumer_highwater)))
+    monkeypatch.setattr(A, "_ENDS", {})
+    msg = lambda offset, tp="usage": SimpleNamespace(tp=tp, offset=offset)   # noqa: E731
     monkeypatch.setattr(A, "settings", replace(settings, clock="event"))
+    assert A.caught_up(msg(3))        # not fetched yet: cannot tell, so write
+    highwater["usage"] = 5            # the consumer knows of offsets 0..4
     assert [A.caught_up(msg(o)) for o in (3, 4)] == [False, True]
-    highwater["usage"] = None         # not fetched yet: cannot tell, so write
-    assert A.caught_up(msg(3))
+    asked.clear()
+    assert not A.caught_up(msg(2))    # below a high-water mark seen: known without asking
+    assert asked == []
+    highwater["usage"] = 9            # more records fetched
+    assert [A.caught_up(msg(o)) for o in (4, 8)] == [False, True]
+    assert A.caught_up(msg(0, "feedback")) is False and asked == ["usage", "usage", "feedback"]
     monkeypatch.setattr(A, "settings", replace(settings, clock="wall"))
     highwater["usage"] = 5
     assert not A.caught_up(msg(4))    # live, the ticks end the batches
