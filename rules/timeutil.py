@@ -1,7 +1,7 @@
 """Event-time helpers. All times are integer epoch milliseconds (UTC)."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import lru_cache
 
 SECOND = 1000
@@ -9,8 +9,6 @@ DAY = 86_400_000
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MS = timedelta(milliseconds=1)
-_HALF_MS = timedelta(microseconds=500)
 
 
 def parse_ts(value: str) -> int:
@@ -25,7 +23,8 @@ def parse_ts(value: str) -> int:
     if dt.tzinfo is None:
         raise ValueError(f"timestamp {value!r} has no timezone; add Z or an offset")
     delta = dt - _EPOCH
-    return (delta + _HALF_MS) // _MS if delta >= timedelta(0) else -((_HALF_MS - delta) // _MS)
+    us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds   # exact
+    return (us + 500) // 1000 if us >= 0 else -((500 - us) // 1000)
 
 
 def format_ts(ms: int) -> str:

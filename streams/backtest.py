@@ -66,7 +66,7 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
             result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, f"unknown topic {ev.topic!r}"))
             continue
         try:
-            value = decode_event(ev.topic, ev.key, ev.raw, plans, ev.obj)
+            value = decode_event(ev.topic, ev.key, ev.raw if ev.obj is None else b"", plans, ev.obj)
         except ValidationError as exc:
             result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, str(exc)))
             continue

@@ -22,8 +22,13 @@ class RecordedEvent:
     topic: str
     key: str | None
     ts: int
-    raw: bytes          # the payload as it goes on the wire
+    text: bytes | None  # the payload given as text, or None: then `obj` is the payload
     obj: object = None  # the payload already parsed (a JSON value), or None when it was given as text
+
+    @property
+    def raw(self) -> bytes:
+        """The payload as it goes on the wire (serialised when asked: the backtest never is)."""
+        return self.text if self.text is not None else dumps(self.obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +68,15 @@ def read_recorded(lines: Iterable[bytes]) -> Iterator[RecordedEvent | BadLine]:
             continue
         value = rec["value"]
         key = rec.get("key")
+        if key is not None and not isinstance(key, str):
+            key = str(key)
+        topic = rec["topic"]
+        if not isinstance(topic, str):
+            topic = str(topic)
         if isinstance(value, str):       # raw bytes as text, e.g. deliberately malformed JSON
-            yield RecordedEvent(n, str(rec["topic"]), None if key is None else str(key), ts, value.encode())
+            yield RecordedEvent(n, topic, key, ts, value.encode())
         else:
-            yield RecordedEvent(n, str(rec["topic"]), None if key is None else str(key), ts,
-                                dumps(value), value)
+            yield RecordedEvent(n, topic, key, ts, None, value)
 
 
 def load_sorted(lines: Iterable[bytes]) -> tuple[list[RecordedEvent], list[BadLine]]:
@@ -81,7 +90,8 @@ def load_sorted(lines: Iterable[bytes]) -> tuple[list[RecordedEvent], list[BadLi
 
 def decode_event(topic: str, key: str | None, raw: bytes, plans=None, parsed=None) -> dict:
     """Bytes of an input record -> validated value; the worker and the backtest share it.
-    `parsed` is the JSON value of `raw` when the caller already has it (a recording)."""
+    `parsed` is the JSON value of `raw` when the caller already has it (a recording); `raw` is
+    then not read."""
     if parsed is not None:
         value = parsed
     else:

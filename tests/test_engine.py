@@ -144,6 +144,47 @@ def test_validation_names_field_value_and_expectation(topic, value, field, text)
     assert err.value.field == field and text in str(err.value)
 
 
+def test_compiled_validation_agrees_with_the_spec_walk():
+    """The hot path's compiled checks (`COMPILED`) give the values and errors of `_check_object`."""
+    import random
+    from schemas.validate import COMPILED, _check_object
+
+    class Sub(str):
+        pass
+    odd = [None, True, False, 0, 1, -1, 1.5, float("nan"), float("inf"), -0.0, 0.0, "", "x", Sub("s"),
+           "b2b", "nps", "ticket", "open", "high", "monthly", "annual", "declined", "renewal", 10, 11, 12, 13,
+           "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.0005+09:00", "2026-01-01", [], [{}], ["x"],
+           [{"sku": "a", "qty": 1}], [{"sku": "a", "qty": 2, "price": 0}, {"sku": "b", "qty": 0}], {}, {"a": 1}]
+    rnd, outcomes = random.Random(3), set()
+
+    def run(check, value):
+        try:
+            return "ok", check(value)
+        except ValidationError as exc:
+            return "error", exc.field, str(exc)
+    valid = {"customers": {"customer_id": "c", "segment": "b2b", "fiscal_year_end_month": 3},
+             "purchases": {"customer_id": "c", "order_id": "o", "items": [{"sku": "a", "qty": 1}], "total": 5},
+             "usage": {"customer_id": "c", "metric": "seats", "value": 3, "limit": 10.5},
+             "contracts": {"customer_id": "c", "plan": "pro", "term": "annual", "renews_at": "2026-01-01T00:00:00Z"},
+             "feedback": {"customer_id": "c", "type": "nps", "score": 3},
+             "proposal-outcomes": {"customer_id": "c", "proposal_id": "p", "trigger": "renewal", "offer": {},
+                                   "outcome": "declined"}}
+    for topic, fields in SPECS.items():
+        names = [f.name for f in fields] + ["extra"]
+        for _ in range(3000):
+            value = dict(valid[topic])      # a valid event with up to two fields changed or dropped
+            for name in rnd.sample(names, rnd.randrange(3)):
+                if rnd.random() < 0.2:
+                    value.pop(name, None)
+                else:
+                    value[name] = rnd.choice(odd)
+            got = run(COMPILED[topic], value)
+            assert repr(got) == repr(run(lambda v: _check_object(fields, v), value)), value
+            outcomes.add((topic, got[0]))
+        assert run(COMPILED[topic], [value]) == ("error", None, "expected a JSON object, got list")
+    assert {o for _, o in outcomes} == {"ok", "error"} and len(outcomes) == 2 * len(SPECS)
+
+
 def test_malformed_json_is_a_validation_error():
     with pytest.raises(ValidationError, match="malformed JSON"):
         decode_event("usage", "c", b'{"customer_id": "c", ', RULES.plan_by_name)
