@@ -212,8 +212,11 @@ class PartitionEngine:
                 if timers and timers[0][0] <= ts:
                     self._fire_timers(ts, True, out)
                 self._apply(topic, key, ts, value, out, offset)
+            if st == w:     # no other head was below w, and this topic's is not now: done
+                break
         if self.watermark is None or w > self.watermark:
-            self._fire_timers(w, False, out)
+            if timers and timers[0][0] < w:
+                self._fire_timers(w, False, out)
             self.watermark = w
 
     def _fire_timers(self, limit: int, inclusive: bool, out: list) -> None:
