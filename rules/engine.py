@@ -2,9 +2,10 @@
 
 One `PartitionEngine` owns the customers of one partition (every input topic
 is co-partitioned by customer_id). It is pure: the Faust agents feed it
-decoded events and persist what it reports dirty; the offline backtest feeds
-it lines of a file. Both get byte-identical proposals because the order in
-which events are applied is a function of the events alone:
+decoded events (`push`) and persist what it reports dirty; the offline
+backtest feeds it a file's events already in (time, topic rank) order
+(`apply_sorted`, no reorder buffer). Both get byte-identical proposals because
+the order in which events are applied is a function of the events alone:
 
 * Each input topic-partition is applied in its own order (offsets), like Kafka
   Streams' partition groups: every topic has a FIFO of pending events, and the
@@ -99,13 +100,11 @@ class PartitionEngine:
         self._window = rules.t("co_purchase")["window_days"] * DAY
 
     # ------------------------------------------------------------ inputs --
-    def push(self, topic: str, key: str, ts: int, value: dict, offset: int | None = None,
-             release: bool = True) -> list:
+    def push(self, topic: str, key: str, ts: int, value: dict, offset: int | None = None) -> list:
         """A validated event from an input topic; returns [(PROPOSAL|SUPPRESSED, dict)].
 
-        `offset` is the event's offset in its topic-partition (live) or None
-        (backtest); with it, an event seen before is dropped. `release=False` only
-        buffers it, for a caller that calls `tick` next (the backtest).
+        `offset` is the event's offset in its topic-partition (live) or None (tests); with
+        it, an event seen before is dropped. (The backtest uses `apply_sorted`.)
         """
         out: list = []
         if offset is not None:
@@ -126,13 +125,12 @@ class PartitionEngine:
         hw = self.hw[topic]
         if hw is None or ts > hw:
             self.hw[topic] = ts
-        if release:
-            w = self.watermark
-            # After every call the watermark is at least the lowest high-water mark, and no FIFO
-            # head is below it. An event at or above it, on a topic whose high-water mark was
-            # above it, moves neither: nothing can be released (the common case on a busy topic).
-            if w is None or ts < w or hw is None or hw <= w:
-                self._release(out)
+        w = self.watermark
+        # After every call the watermark is at least the lowest high-water mark, and no FIFO
+        # head is below it. An event at or above it, on a topic whose high-water mark was
+        # above it, moves neither: nothing can be released (the common case on a busy topic).
+        if w is None or ts < w or hw is None or hw <= w:
+            self._release(out)
         return out
 
     def apply_sorted(self, topic: str, key: str, ts: int, value: dict) -> list:
