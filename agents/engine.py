@@ -56,7 +56,6 @@ PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table w
 META_EVERY = 1000       # records between writes of the partition document (at a batch end)
 _unwritten: dict[int, int] = {}   # partition -> records since its last table write
 _since_meta: dict[int, int] = {}  # partition -> records since its last partition document
-WALL_CLOCK = settings.clock == "wall"
 
 
 class InOrder:
@@ -319,7 +318,7 @@ async def advance(now_ms: int) -> None:
         await emit(eng.tick(at))
 
 
-if WALL_CLOCK:
+if settings.clock == "wall":
     @app.timer(interval=settings.tick_interval, name="clock")
     async def clock():
         """Every worker, each UPSELL_TICK_INTERVAL: see `advance`."""

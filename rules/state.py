@@ -103,7 +103,7 @@ def apply_usage(c: dict, v: dict, ts: int, rules: Rules) -> tuple[float, float] 
         for s in usage.values():
             if s["limit"] and s["value"] / s["limit"] > latest:
                 latest = s["value"] / s["limit"]
-    if latest is None or latest >= threshold:
+    if latest >= threshold:
         c["low_since"] = None
     elif c["low_since"] is None:
         c["low_since"] = ts

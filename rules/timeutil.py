@@ -52,13 +52,14 @@ def from_dt(dt: datetime) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _month_of_day(day: int) -> str:
+def month_of_day(day: int) -> str:
+    """The calendar month (UTC) of an epoch day, as YYYY-MM."""
     return to_dt(day * DAY).strftime("%Y-%m")
 
 
 def month_key(ms: int) -> str:
     """The billing period of an event: its calendar month (UTC)."""
-    return _month_of_day(ms // DAY)
+    return month_of_day(ms // DAY)
 
 
 def month_start(year: int, month: int) -> int:

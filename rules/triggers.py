@@ -14,7 +14,7 @@ from operator import itemgetter
 
 from .config import Plan, Rules
 from .state import month_end, offer_key, peak_utilisation, period_month
-from .timeutil import DAY, _month_of_day, format_ts, from_dt, month_start, to_dt
+from .timeutil import DAY, month_of_day, format_ts, from_dt, month_start, to_dt
 
 UPSELL, CROSS_SELL, DOWNSELL = "upsell", "cross_sell", "downsell"
 SCHEMA_VERSION = 1
@@ -93,7 +93,7 @@ def usage_triggers(c: dict, metric: str, value: float, limit: float, now: int, r
         return []
     out = []
     ratio = value / limit
-    month = _month_of_day(now // DAY)
+    month = month_of_day(now // DAY)
     fired = c["fired"]
     cfg = rules.triggers["usage_limit"]
     levels = cfg["levels"]          # ascending (checked when the rules are loaded)
