@@ -101,8 +101,10 @@ def apply_usage(c: dict, v: dict, ts: int, rules: Rules) -> tuple[float, float] 
     latest = ratio
     if len(usage) > 1:
         for s in usage.values():
-            if s["limit"] and s["value"] / s["limit"] > latest:
-                latest = s["value"] / s["limit"]
+            if s["limit"]:
+                r = s["value"] / s["limit"]
+                if r > latest:
+                    latest = r
     if latest >= threshold:
         c["low_since"] = None
     elif c["low_since"] is None:

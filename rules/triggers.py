@@ -14,7 +14,7 @@ from operator import itemgetter
 
 from .config import Plan, Rules
 from .state import month_end, offer_key, peak_utilisation, period_month
-from .timeutil import DAY, month_of_day, format_ts, from_dt, month_start, to_dt
+from .timeutil import DAY, format_ts, from_dt, month_start, to_dt
 
 UPSELL, CROSS_SELL, DOWNSELL = "upsell", "cross_sell", "downsell"
 SCHEMA_VERSION = 1
@@ -85,7 +85,7 @@ def _num(x: float) -> str:
 
 def usage_triggers(c: dict, metric: str, value: float, limit: float, now: int, rules: Rules) -> list[dict]:
     """`usage_limit` and `usage_forecast` for one sample (the hot path: most events are usage)."""
-    plan = rules.plan_by_name.get(c["plan"]) if c["plan"] else None
+    plan = plan_of(c, rules)
     if plan is None:
         return []
     target = tier_lifting(rules, plan, metric, value if value > limit else limit)
@@ -93,7 +93,7 @@ def usage_triggers(c: dict, metric: str, value: float, limit: float, now: int, r
         return []
     out = []
     ratio = value / limit
-    month = month_of_day(now // DAY)
+    month = period_month(now)
     fired = c["fired"]
     cfg = rules.triggers["usage_limit"]
     levels = cfg["levels"]          # ascending (checked when the rules are loaded)
