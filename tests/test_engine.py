@@ -1,4 +1,5 @@
 """Event-time ordering, restore from persisted state, determinism, rules file, schemas."""
+import gc
 import random
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from rules.engine import INPUT_TOPICS, PartitionEngine
 from schemas.export import all_schemas, render
 from schemas.records import INPUT_RECORDS
 from schemas.validate import SPECS, ValidationError, validate
+from streams import backtest as backtest_mod
 from streams.backtest import backtest_lines, end_of_stream
 from streams.generate import generate
 from streams.recorded import decode_event, load_sorted
@@ -77,6 +79,23 @@ def test_generate_is_seeded_and_backtest_is_deterministic():
     r1 = backtest_lines(a.splitlines(), RULES, 4).proposal_lines()
     r2 = backtest_lines(a.splitlines(), RULES, 4).proposal_lines()
     assert r1 == r2 and r1
+
+
+def test_backtest_pauses_the_cycle_collector_and_restores_it(stream, monkeypatch):
+    seen = []
+    real = backtest_mod.run_backtest
+    monkeypatch.setattr(backtest_mod, "run_backtest", lambda *a: seen.append(gc.isenabled()) or real(*a))
+    assert gc.isenabled()
+    paused = backtest_lines(stream, RULES, 4)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        backtest_lines(stream, RULES, 4)
+        assert not gc.isenabled()       # left as the caller had it
+    finally:
+        gc.enable()
+    events, bad = load_sorted(stream)
+    assert paused.proposal_lines() == real(events, RULES, 4, bad).proposal_lines()
 
 
 def test_proposal_ids_depend_on_customer_trigger_offer_period():
