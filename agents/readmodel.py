@@ -23,6 +23,12 @@ from streams import topics as T
 from streams.app import app, settings
 
 KEEP = 50
+# Records are written in batches of up to BATCH, or what came within BATCH_WITHIN seconds: two
+# Redis round trips a batch instead of two a record (measured live at 2,800 events/s: the
+# per-record writes took about a tenth of the worker's main thread). The read model trails the
+# topics by at most BATCH_WITHIN; the proposals topic itself is not delayed.
+BATCH = 500
+BATCH_WITHIN = 0.05
 CUSTOMER_TTL_MS = 180 * DAY
 PROPOSAL_TTL_MS = 90 * DAY
 _client: aioredis.Redis | None = None
@@ -35,24 +41,31 @@ def client() -> aioredis.Redis:
     return _client
 
 
-async def record(r: aioredis.Redis, raw: bytes, kind: str) -> bool:
-    """Write one proposal (kind 'proposals') or suppression (kind 'suppressed'); False if seen before."""
-    p = orjson.loads(raw)
-    pid, cid = p["proposal_id"], p["customer_id"]
-    created = parse_ts(p["created_at"])
+async def record(r: aioredis.Redis, raws: list[bytes], kind: str) -> int:
+    """Write a batch of proposals (kind 'proposals') or suppressions (kind 'suppressed') in two
+    round trips: SET NX claims every document, then one transaction updates the customers' indexes
+    and the stats for the documents that were new, in the order of the batch (the commands one
+    record at a time would send). A record seen before, in this batch or an earlier one, changes
+    nothing. Returns how many were new."""
     prefix = "proposal" if kind == "proposals" else "suppressed"
-    if not await r.set(f"upsell:{prefix}:{pid}", raw, nx=True, px=PROPOSAL_TTL_MS):
-        return False
-    index = f"upsell:customer:{cid}:{kind}"
-    stat = (f"proposals:{p['trigger']}" if kind == "proposals"
-            else f"suppressed:{p['trigger']}:{p['suppressed']['reason']}")
-    async with r.pipeline(transaction=True) as pipe:
-        pipe.zadd(index, {pid: created})
-        pipe.zremrangebyrank(index, 0, -KEEP - 1)
-        pipe.pexpire(index, CUSTOMER_TTL_MS)
-        pipe.hincrby("upsell:stats", stat, 1)
-        await pipe.execute()
-    return True
+    docs = [orjson.loads(raw) for raw in raws]
+    async with r.pipeline(transaction=False) as pipe:
+        for p, raw in zip(docs, raws):
+            pipe.set(f"upsell:{prefix}:{p['proposal_id']}", raw, nx=True, px=PROPOSAL_TTL_MS)
+        claimed = await pipe.execute()
+    new = [p for p, ok in zip(docs, claimed) if ok]
+    if new:
+        async with r.pipeline(transaction=True) as pipe:
+            for p in new:
+                index = f"upsell:customer:{p['customer_id']}:{kind}"
+                stat = (f"proposals:{p['trigger']}" if kind == "proposals"
+                        else f"suppressed:{p['trigger']}:{p['suppressed']['reason']}")
+                pipe.zadd(index, {p["proposal_id"]: parse_ts(p["created_at"])})
+                pipe.zremrangebyrank(index, 0, -KEEP - 1)
+                pipe.pexpire(index, CUSTOMER_TTL_MS)
+                pipe.hincrby("upsell:stats", stat, 1)
+            await pipe.execute()
+    return len(new)
 
 
 async def customer_view(r: aioredis.Redis, cid: str) -> dict:
@@ -66,11 +79,11 @@ async def customer_view(r: aioredis.Redis, cid: str) -> dict:
 
 @app.agent(T.proposals, name="readmodel-proposals")
 async def readmodel_proposals(stream):
-    async for raw in stream:
-        await record(client(), raw, "proposals")
+    async for batch in stream.take(BATCH, within=BATCH_WITHIN):
+        await record(client(), batch, "proposals")
 
 
 @app.agent(T.suppressed, name="readmodel-suppressed")
 async def readmodel_suppressed(stream):
-    async for raw in stream:
-        await record(client(), raw, "suppressed")
+    async for batch in stream.take(BATCH, within=BATCH_WITHIN):
+        await record(client(), batch, "suppressed")
