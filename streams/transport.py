@@ -1,4 +1,4 @@
-"""`App`: faust.App with three fixes the worker and the benchmark's no-op app share.
+"""`App`: faust.App with four fixes the worker and the benchmark's no-op app share.
 
 1. The consumer's fetch wait, a setting Faust does not expose.
 
@@ -20,9 +20,14 @@ stopped before the last records of the last batch. If their events were already 
 worker taking over restored stale customers and never saw those events again. The end offsets Faust asks for are checked by reading the
 partition from end - 1: the batch found there gives the true end. On Kafka that is one fetch
 per partition at each rebalance, and the same number.
+
+4. The heap built at start-up, frozen for the garbage collector once the app runs (see
+`_freeze_startup_heap`): a full collection no longer walks it, so it stalls events for a few
+milliseconds instead of about fifty.
 """
 from __future__ import annotations
 
+import gc
 import logging
 
 import aiokafka
@@ -80,6 +85,7 @@ class App(faust.App):
         self.fetch_max_wait_ms = fetch_max_wait_ms
         super().__init__(*args, **kwargs)
         self.task(_root_log_level)
+        self.task(_freeze_startup_heap)
 
     def _new_transport(self):
         return Transport(self.conf.broker_consumer, self)
@@ -89,3 +95,13 @@ async def _root_log_level() -> None:
     levels = [h.level for h in logging.root.handlers if type(h).__name__ != "SpinnerHandler"]
     if levels and min(levels) > logging.root.level:
         logging.root.setLevel(min(levels))
+
+
+async def _freeze_startup_heap() -> None:
+    """Fix 4: what start-up built (modules, Faust's and aiokafka's objects: about 94,000 tracked
+    objects) is moved out of the cyclic garbage collector's reach. Every full collection walked
+    all of it again: 36-56 ms each, every 5-6 s in the latency benchmark's worker, stalling every
+    event in flight. Frozen, they took 3-6 ms. Garbage is collected first, so nothing dead is
+    kept; objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()

@@ -378,3 +378,17 @@ async def test_a_watermark_record_is_acknowledged_with_the_batch_that_writes_it(
     await _tick(agents, p, T0)                     # the batch ends, the partition document is written
     assert acked == [marker] and A.MARKS.get(p) is None
     assert orjson.loads(T.customer_state[A.meta_key(p)])["hw"]["usage"] == T0 + MIN
+
+
+async def test_the_app_freezes_its_start_up_heap_for_the_garbage_collector():
+    import gc
+
+    from streams.transport import _freeze_startup_heap
+    tasks = [t for t in app._app_tasks if getattr(t, "__wrapped__", None) is _freeze_startup_heap]
+    assert len(tasks) == 1            # registered by streams.transport.App, run when the app starts
+    gc.unfreeze()
+    try:
+        await tasks[0]()
+        assert gc.get_freeze_count() > 10_000       # modules, Faust, aiokafka: all of it
+    finally:
+        gc.unfreeze()
