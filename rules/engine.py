@@ -347,6 +347,8 @@ class PartitionEngine:
                     eng.stats[k] = v
         for c in customers:
             c.setdefault("off", {})
+            for u in c["usage"].values():       # JSON has no tuples (see state.apply_usage)
+                u["samples"] = list(map(tuple, u["samples"]))
             eng.customers[c["id"]] = c
             if c["due"] is not None:
                 eng.timers.append((c["due"], c["id"]))

@@ -328,3 +328,18 @@ def test_usage_samples_stay_in_time_order_when_a_sample_is_late():
     s3 = c["usage"]["seats"]["samples"][0]
     assert s3[0] == d + 3 * DAY + 12 * 3_600_000 and s3[1] == 30 and s3[2] == 30
     assert c["usage"]["seats"]["samples"][2][1] == 20
+
+
+def test_usage_samples_leave_the_garbage_collectors_watch_live_and_restored(stream):
+    """Samples are most of a customer's objects; as tuples of numbers the cyclic collector stops
+    tracking them, so a full collection does not walk them (see state.apply_usage)."""
+    res = backtest_lines(stream, RULES, 2)
+    gc.collect()
+    for eng in res.engines.values():
+        restored = PartitionEngine.restore(RULES, eng.partition, orjson.loads(orjson.dumps(eng.meta())),
+                                           [orjson.loads(orjson.dumps(c)) for c in eng.customers.values()])
+        assert restored.customers == eng.customers         # JSON's lists come back as tuples
+        gc.collect()
+        for e in (eng, restored):
+            samples = [s for c in e.customers.values() for u in c["usage"].values() for s in u["samples"]]
+            assert len(samples) > 500 and not any(gc.is_tracked(s) for s in samples)
