@@ -39,7 +39,7 @@ import orjson
 
 from rules.engine import INPUT_TOPICS, PROPOSAL, PartitionEngine
 from rules.timeutil import format_ts
-from schemas.validate import ValidationError
+from schemas.validate import ValidationError, check_event_time, event_time_ok
 from streams import metrics
 from streams import topics as T
 from streams.app import app, rules, settings
@@ -211,9 +211,10 @@ def dead_letter(topic: str, msg, error: str, field: str | None) -> bytes:
     key = None
     if msg.key is not None:
         key = msg.key.decode("utf-8", "replace")
+    ts = int(round(msg.timestamp * 1000)) if msg.timestamp is not None else None
     return orjson.dumps({
         "schema": 1, "topic": topic, "partition": msg.partition, "offset": msg.offset,
-        "timestamp": format_ts(int(round(msg.timestamp * 1000))) if msg.timestamp else None,
+        "timestamp": format_ts(ts) if ts is not None and event_time_ok(ts) else None,
         "key": key, "error": error, "field": field, "original": text,
         "original_b64": base64.b64encode(raw).decode("ascii"),
     })
@@ -256,30 +257,46 @@ async def handle(topic: str, event) -> None:
     order.read(event)
     eng = engine_for(msg.partition)
     marker = _header(msg, WATERMARK_HEADER)
-    if marker is not None:
-        # acknowledged once a partition document holds the watermark it raised: acknowledged
-        # before, a worker that died first would leave its successor waiting for it for good
-        MARKS.setdefault(msg.partition, []).append(event)
-        out = eng.mark(topic, int(marker))
-    else:
-        metrics.events_in[topic] += 1
-        try:
+    try:
+        if marker is not None:
+            at = _marker_time(marker)
+        else:
+            metrics.events_in[topic] += 1
+            ts = int(round(msg.timestamp * 1000))
+            check_event_time(ts)
             if msg.value is None:
                 raise ValidationError(None, "empty record (tombstone); expected a JSON object")
             key = msg.key.decode("utf-8") if msg.key is not None else None
             value = decode_event(topic, key, msg.value, rules.plan_by_name)
-        except (ValidationError, UnicodeDecodeError) as exc:
-            metrics.dead_letters[topic] += 1
-            field = getattr(exc, "field", None)
-            await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, str(exc), field))
-            _ack([(order, event)])
-            return
+    except (ValidationError, UnicodeDecodeError) as exc:
+        metrics.dead_letters[topic] += 1
+        field = getattr(exc, "field", None)
+        await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, str(exc), field))
+        _ack([(order, event)])
+        return
+    if marker is not None:
+        # acknowledged once a partition document holds the watermark it raised: acknowledged
+        # before, a worker that died first would leave its successor waiting for it for good
+        MARKS.setdefault(msg.partition, []).append(event)
+        out = eng.mark(topic, at)
+    else:
         late = eng.stats["late_events"]
         HELD[msg.partition][(topic, msg.offset)] = event
-        out = eng.push(topic, key, int(round(msg.timestamp * 1000)), value, msg.offset)
+        out = eng.push(topic, key, ts, value, msg.offset)
         if eng.stats["late_events"] != late:
             metrics.late_events[topic] += 1
     await settle(eng, out, caught_up(msg))
+
+
+def _marker_time(header: bytes) -> int:
+    """The event time a watermark record (`upsell replay`) carries; checked like an event's."""
+    try:
+        at = int(header)
+    except ValueError:
+        raise ValidationError(None, f"watermark record: {WATERMARK_HEADER} header {header!r} is not "
+                                    "epoch milliseconds") from None
+    check_event_time(at)
+    return at
 
 
 def _ingest_agent(topic: str):

@@ -26,6 +26,27 @@ class ValidationError(ValueError):
         super().__init__(f"field '{field}': {message}" if field else message)
 
 
+
+# A record's event time (its Kafka timestamp, a recording's "timestamp"), epoch ms. Outside this
+# range it is a producer's mistake, not an event: no timestamp (Kafka's -1), seconds or
+# microseconds sent as milliseconds. Applied, it would move its partition's stream time by
+# centuries: every timer on the way fires (a usage sample dated 9000-01-02 gave 146,487
+# proposals), and past the year 9999 the date arithmetic raises: a backtest stopped with a
+# ValueError, and the worker's handler raised on the record, which is never acknowledged, so
+# it would be read again after a restart.
+EVENT_TIME_MIN = 0                      # 1970-01-01T00:00:00Z
+EVENT_TIME_END = 4_102_444_800_000      # 2100-01-01T00:00:00Z, excluded
+
+
+def event_time_ok(ms: int) -> bool:
+    return EVENT_TIME_MIN <= ms < EVENT_TIME_END
+
+
+def check_event_time(ms: int) -> None:
+    if not event_time_ok(ms):
+        raise ValidationError(None, f"record timestamp {ms} ms is outside 1970-01-01 .. 2100-01-01 "
+                                    "(no timestamp, or seconds or microseconds given as milliseconds?)")
+
 @dataclass(frozen=True)
 class F:
     name: str

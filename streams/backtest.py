@@ -18,7 +18,7 @@ import orjson
 
 from rules.config import Rules
 from rules.engine import INPUT_TOPICS, PROPOSAL, PartitionEngine
-from schemas.validate import ValidationError
+from schemas.validate import ValidationError, check_event_time, event_time_ok
 from streams.partitioning import partition_for
 from streams.recorded import BadLine, RecordedEvent, decode_event, load_sorted
 
@@ -56,7 +56,7 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     collect_s = result.suppressed.append
     rank = {t: i for i, t in enumerate(INPUT_TOPICS)}
     partition_of: dict[str, int] = {}
-    last_ts = events[-1].ts if events else None
+    last_ts = last_event_time(events)
 
     def route(out):
         for kind, p in out:
@@ -68,6 +68,7 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
             result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, f"unknown topic {ev.topic!r}"))
             continue
         try:
+            check_event_time(ev.ts)
             value = decode_event(ev.topic, ev.key, ev.raw if ev.obj is None else b"", plans, ev.obj)
         except ValidationError as exc:
             result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, str(exc)))
@@ -98,6 +99,15 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
 
 
 _TIME_RANK = itemgetter(0, 1)
+
+
+def last_event_time(events: list[RecordedEvent]) -> int | None:
+    """The latest event time in range (`check_event_time`) of events in time order: where a
+    recording ends. An event out of range is a dead letter, and does not move stream time."""
+    for ev in reversed(events):
+        if event_time_ok(ev.ts):
+            return ev.ts
+    return None
 
 
 def end_of_stream(last_ts: int) -> int:

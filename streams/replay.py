@@ -15,6 +15,7 @@ import time
 from aiokafka import AIOKafkaProducer
 
 from rules.engine import INPUT_TOPICS
+from schemas.validate import event_time_ok
 from streams.backtest import end_of_stream
 from streams.kafka import ensure_topics
 from streams.recorded import load_sorted
@@ -40,16 +41,20 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
 
     started, shown = time.monotonic(), 0.0
     try:
-        first = events[0].ts if events else 0
+        first = next((e.ts for e in events if event_time_ok(e.ts)), 0)
+        last = None         # the latest event time in range sent
         for i, ev in enumerate(events, 1):
-            if speed:
+            ok = event_time_ok(ev.ts)       # else a dead letter for the worker: no stream time
+            if speed and ok:
                 delay = (ev.ts - first) / 1000 / speed - (time.monotonic() - started)
                 if delay > 0:
                     await asyncio.sleep(delay)      # pacing to event time is the point here
             await producer.send(prefix + ev.topic, value=ev.raw,
                                 key=ev.key.encode() if ev.key is not None else None, timestamp_ms=ev.ts)
-            if i % marker_every == 0:
-                await markers(ev.ts)
+            if ok:
+                last = ev.ts
+            if i % marker_every == 0 and last is not None:
+                await markers(last)
             now = time.monotonic()
             if progress and (now - shown > 0.2 or i == len(events)):
                 shown = now
@@ -57,8 +62,8 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
                 out.write(f"\rreplay [{'#' * done}{'.' * (30 - done)}] {i}/{len(events)} "
                           f"{i / max(now - started, 1e-9):,.0f} ev/s")
                 out.flush()
-        if events:
-            await markers(end_of_stream(events[-1].ts))
+        if last is not None:
+            await markers(end_of_stream(last))
         await producer.flush()
     finally:
         await producer.stop()

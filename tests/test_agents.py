@@ -392,3 +392,24 @@ async def test_the_app_freezes_its_start_up_heap_for_the_garbage_collector():
         assert gc.get_freeze_count() > 10_000       # modules, Faust, aiokafka: all of it
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("ts_ms", [T0 * 1000, -1, 4_102_444_800_000])   # µs as ms, none, year 2100
+async def test_an_event_time_out_of_range_is_a_dead_letter_and_moves_no_stream_time(wired, ts_ms):
+    from streams.replay import WATERMARK_HEADER
+    agents, out = wired
+    p = await _put(agents, "customers", _seat_customer(), T0)
+    await _tick(agents, p, T0 + 1)
+    watermark = A.ENGINES[p].watermark
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 49}, ts_ms)
+    await agents["usage"].put(b"", partition=p, timestamp=T0 / 1000,
+                              headers=[(WATERMARK_HEADER, str(ts_ms).encode())])
+    await agents["usage"].put(b"", partition=p, timestamp=T0 / 1000, headers=[(WATERMARK_HEADER, b"soon")])
+    dl = _drain(out["dead_letters"])
+    assert [d["error"].split(" ")[:2] for d in dl] == [["record", "timestamp"]] * 2 + [["watermark", "record:"]]
+    assert str(ts_ms) in dl[0]["error"] and dl[0]["timestamp"] is None and dl[0]["partition"] == p
+    assert A.ENGINES[p].watermark == watermark and A.ENGINES[p].stats["events"]["usage"] == 0
+    # the worker goes on: the next valid event is applied and decided
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 49}, T0 + 2)
+    await _tick(agents, p, T0 + MIN)
+    assert [x["trigger"] for x in _drain(out["proposals"])] == ["usage_limit"]

@@ -343,3 +343,16 @@ def test_usage_samples_leave_the_garbage_collectors_watch_live_and_restored(stre
         for e in (eng, restored):
             samples = [s for c in e.customers.values() for u in c["usage"].values() for s in u["samples"]]
             assert len(samples) > 500 and not any(gc.is_tracked(s) for s in samples)
+
+
+def test_events_out_of_the_event_time_range_are_dead_letters_in_the_backtest(stream):
+    """A recording's event dated before 1970 or from 2100 on is a dead letter; it neither fires
+    timers nor moves the end of the stream (a usage sample dated 9000 gave 146,487 proposals)."""
+    usage = next(orjson.loads(line) for line in stream if b'"usage"' in line)
+    odd = [orjson.dumps({**usage, "timestamp": t}) for t in ("2150-01-01T00:00:00Z", "1969-12-31T23:59:59Z")]
+    plain = backtest_lines(stream, RULES, 4)
+    got = backtest_lines(list(stream) + odd, RULES, 4)
+    assert got.proposal_lines() == plain.proposal_lines() and got.suppressed == plain.suppressed
+    timed = [d for d in got.dead_letters if "record timestamp" in d.error]
+    assert sorted(d.line for d in timed) == [len(stream) + 1, len(stream) + 2]
+    assert len(got.dead_letters) == len(plain.dead_letters) + 2
