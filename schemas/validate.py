@@ -26,7 +26,6 @@ class ValidationError(ValueError):
         super().__init__(f"field '{field}': {message}" if field else message)
 
 
-
 # A record's event time (its Kafka timestamp, a recording's "timestamp"), epoch ms. Outside this
 # range it is a producer's mistake, not an event: no timestamp (Kafka's -1), seconds or
 # microseconds sent as milliseconds. Applied, it would move its partition's stream time by
@@ -46,6 +45,7 @@ def check_event_time(ms: int) -> None:
     if not event_time_ok(ms):
         raise ValidationError(None, f"record timestamp {ms} ms is outside 1970-01-01 .. 2100-01-01 "
                                     "(no timestamp, or seconds or microseconds given as milliseconds?)")
+
 
 @dataclass(frozen=True)
 class F:
