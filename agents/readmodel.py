@@ -18,7 +18,9 @@ from __future__ import annotations
 import orjson
 import redis.asyncio as aioredis
 
+from agents.engine import dead_letter
 from rules.timeutil import DAY, parse_ts
+from streams import metrics
 from streams import topics as T
 from streams.app import app, settings
 
@@ -41,19 +43,37 @@ def client() -> aioredis.Redis:
     return _client
 
 
-async def record(r: aioredis.Redis, raws: list[bytes], kind: str) -> int:
-    """Write a batch of proposals (kind 'proposals') or suppressions (kind 'suppressed') in two
-    round trips: SET NX claims every document, then one transaction updates the customers' indexes
-    and the stats for the documents that were new, in the order of the batch (the commands one
-    record at a time would send). A record seen before, in this batch or an earlier one, changes
-    nothing. Returns how many were new."""
+def read_decision(raw: bytes | None, kind: str) -> dict:
+    """A proposal (kind 'proposals') or suppression (kind 'suppressed') as the read model needs
+    it; ValueError saying what is wrong otherwise (the topics are ours, but anyone can write to
+    them, and one bad record must not cost its batch)."""
+    try:
+        p = orjson.loads(raw if raw is not None else b"")
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON: {exc}") from None
+    if not isinstance(p, dict):
+        raise ValueError(f"expected a JSON object, got {type(p).__name__}")
+    for name in ("proposal_id", "customer_id", "trigger", "created_at"):
+        if not isinstance(p.get(name), str) or not p[name]:
+            raise ValueError(f"field {name!r}: expected a non-empty string, got {p.get(name)!r}")
+    parse_ts(p["created_at"])
+    if kind != "proposals" and not isinstance((p.get("suppressed") or {}).get("reason"), str):
+        raise ValueError("field 'suppressed': expected an object with a string reason")
+    return p
+
+
+async def record(r: aioredis.Redis, items: list[tuple[dict, bytes]], kind: str) -> int:
+    """Write a batch of (decision, its bytes) from `read_decision` in two round trips: SET NX
+    claims every document, then one transaction updates the customers' indexes and the stats for
+    the documents that were new, in the order of the batch (the commands one record at a time
+    would send). A record seen before, in this batch or an earlier one, changes nothing. Returns
+    how many were new."""
     prefix = "proposal" if kind == "proposals" else "suppressed"
-    docs = [orjson.loads(raw) for raw in raws]
     async with r.pipeline(transaction=False) as pipe:
-        for p, raw in zip(docs, raws):
+        for p, raw in items:
             pipe.set(f"upsell:{prefix}:{p['proposal_id']}", raw, nx=True, px=PROPOSAL_TTL_MS)
         claimed = await pipe.execute()
-    new = [p for p, ok in zip(docs, claimed) if ok]
+    new = [p for (p, _), ok in zip(items, claimed) if ok]
     if new:
         async with r.pipeline(transaction=True) as pipe:
             for p in new:
@@ -68,6 +88,21 @@ async def record(r: aioredis.Redis, raws: list[bytes], kind: str) -> int:
     return len(new)
 
 
+async def record_events(events, kind: str) -> int:
+    """A batch of the topic's events: the readable ones written (`record`), the others sent to
+    dead-letters with the reason and their bytes."""
+    topic = "proposals" if kind == "proposals" else "proposals.suppressed"
+    items = []
+    for event in events:
+        try:
+            items.append((read_decision(event.value, kind), event.value))
+        except ValueError as exc:
+            msg = event.message
+            metrics.dead_letters[topic] += 1
+            await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, f"read model: {exc}", None))
+    return await record(client(), items, kind) if items else 0
+
+
 async def customer_view(r: aioredis.Redis, cid: str) -> dict:
     out = {}
     for kind, prefix in (("proposals", "proposal"), ("suppressed", "suppressed")):
@@ -79,11 +114,11 @@ async def customer_view(r: aioredis.Redis, cid: str) -> dict:
 
 @app.agent(T.proposals, name="readmodel-proposals")
 async def readmodel_proposals(stream):
-    async for batch in stream.take(BATCH, within=BATCH_WITHIN):
-        await record(client(), batch, "proposals")
+    async for events in stream.take_events(BATCH, within=BATCH_WITHIN):
+        await record_events(events, "proposals")
 
 
 @app.agent(T.suppressed, name="readmodel-suppressed")
 async def readmodel_suppressed(stream):
-    async for batch in stream.take(BATCH, within=BATCH_WITHIN):
-        await record(client(), batch, "suppressed")
+    async for events in stream.take_events(BATCH, within=BATCH_WITHIN):
+        await record_events(events, "suppressed")

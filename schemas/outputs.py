@@ -50,7 +50,8 @@ DEAD_LETTER_SCHEMA = {
     "type": "object",
     "properties": {
         "schema": {"const": 1},
-        "topic": {"type": "string", "description": "the input topic the record came from"},
+        "topic": {"type": "string", "description": "the topic the record came from (without the prefix): an input "
+                  "topic, or proposals / proposals.suppressed when the read model could not read it"},
         "partition": {"type": "integer"},
         "offset": {"type": "integer"},
         "timestamp": {"type": ["string", "null"], "format": "date-time"},

@@ -24,7 +24,7 @@ def render(highwater) -> str:
 
     family("upsell_events_in_total", "Input events consumed.", "counter",
            [((("topic", t),), n) for t, n in sorted(events_in.items())])
-    family("upsell_dead_letters_total", "Input events rejected to the dead-letter topic.", "counter",
+    family("upsell_dead_letters_total", "Records rejected to the dead-letter topic (input events; unreadable proposals and suppressions).", "counter",
            [((("topic", t),), n) for t, n in sorted(dead_letters.items())])
     family("upsell_late_events_total", "Events older than the partition watermark.", "counter",
            [((("topic", t),), n) for t, n in sorted(late_events.items())])

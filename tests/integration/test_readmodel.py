@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from agents.readmodel import KEEP, record
+from agents import readmodel
+from agents.readmodel import KEEP, read_decision, record, record_events
+from streams import topics as T
 from rules.timeutil import DAY, format_ts
 
 pytestmark = pytest.mark.integration
@@ -53,10 +56,11 @@ async def test_batches_leave_redis_as_one_record_at_a_time_would(redis_server):
             i = 0
             while i < len(raws):
                 n = rng.randint(1, 60)
-                new_batched += await record(batched, raws[i:i + n] + raws[i:i + 1], kind)   # a duplicate in the batch
+                batch = raws[i:i + n] + raws[i:i + 1]              # a duplicate in the batch
+                new_batched += await record(batched, [(read_decision(b, kind), b) for b in batch], kind)
                 i += n
             for raw in raws:
-                new_single += await record(single, [raw], kind)
+                new_single += await record(single, [(read_decision(raw, kind), raw)], kind)
         assert new_batched == new_single == 340
         got = await _dump(batched)
         assert got == await _dump(single)
@@ -67,3 +71,40 @@ async def test_batches_leave_redis_as_one_record_at_a_time_would(redis_server):
     finally:
         await batched.aclose()
         await single.aclose()
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"{oops", "malformed JSON"),
+    (b"[1]", "expected a JSON object"),
+    (b'{"customer_id": "c0", "trigger": "t", "created_at": "2026-01-01T00:00:00Z"}', "field 'proposal_id'"),
+    (b'{"proposal_id": "x", "customer_id": "c0", "trigger": "t", "created_at": "soon"}', "soon"),
+    (None, "malformed JSON"),
+])
+def test_read_decision_says_what_is_wrong(raw, reason):
+    with pytest.raises(ValueError, match=reason):
+        read_decision(raw, "proposals")
+
+
+async def test_unreadable_records_are_dead_letters_and_the_rest_of_their_batch_is_written(redis_server, monkeypatch):
+    r = aioredis.from_url(redis_server.url.rsplit("/", 1)[0] + "/3")
+    await r.flushdb()
+    sent = []
+
+    class DeadLetters:
+        async def send(self, key, value):
+            sent.append(orjson.loads(value))
+
+    monkeypatch.setattr(readmodel, "client", lambda: r)
+    monkeypatch.setattr(T, "dead_letters", DeadLetters())
+    values = [_doc(1, "c0", "proposals"), b"{oops", b'{"customer_id": "c0"}', _doc(2, "c0", "proposals")]
+    events = [SimpleNamespace(value=v, message=SimpleNamespace(topic="x.proposals", partition=1, offset=i, key=b"c0",
+                                                               value=v, timestamp=T0 / 1000))
+              for i, v in enumerate(values)]
+    try:
+        assert await record_events(events, "proposals") == 2
+        assert set(await r.zrange("upsell:customer:c0:proposals", 0, -1)) == {b"proposals-0001", b"proposals-0002"}
+        assert [(d["topic"], d["offset"], d["error"].split(":")[1].strip()) for d in sent] == [
+            ("proposals", 1, "malformed JSON"), ("proposals", 2, "field 'proposal_id'")]
+        assert sent[0]["original"] == "{oops"
+    finally:
+        await r.aclose()
