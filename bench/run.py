@@ -164,7 +164,8 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a) -> dict:
                     for m in msgs:
                         p = orjson.loads(m.value)
                         if p["trigger"] in EVENT_DRIVEN:
-                            lat.append((parse_ts(p["created_at"]), now - parse_ts(p["created_at"])))
+                            at = parse_ts(p["created_at"])
+                            lat.append((at, now - at))
 
         task = asyncio.create_task(collect())
         n, start, start_ms = 0, time.monotonic(), time.time() * 1000
