@@ -7,6 +7,8 @@ Phases (all against the same tansu broker, same topics and partition count):
   raw        raw aiokafka consumer + orjson decode of every value  -> raw_eps (the client's ceiling)
   noop       bench/noop_app.py: Faust, one agent per topic, no work  -> noop_eps (the framework's ceiling)
   worker     `upsell worker`: all rules, tables, outputs, Redis     -> worker_eps
+  raw lat.   raw aiokafka consumer at half of worker_eps, same broker and fetch wait: produce time
+             -> record in the consumer -> raw_p50_ms, raw_p99_ms (the floor under the worker's)
   latency    a fresh worker fed at half of worker_eps, events stamped with their produce time;
              produce time -> decision (proposal or suppression) on its topic -> p50_ms, p99_ms
              (and p99_after_warmup_ms: without the first WARM_S seconds of load)
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener  # noqa: E402
 
 from rules.config import load_rules  # noqa: E402
 from rules.engine import INPUT_TOPICS  # noqa: E402
@@ -168,16 +170,7 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a) -> dict:
                             lat.append((at, now - at))
 
         task = asyncio.create_task(collect())
-        n, start, start_ms = 0, time.monotonic(), time.time() * 1000
-        while time.monotonic() - start < a.latency_seconds and n < len(events):
-            due = min(len(events), int((time.monotonic() - start) * rate))
-            while n < due:
-                e = events[n]
-                await producer.send(prefix + e.topic, value=e.raw, key=e.key.encode() if e.key else None,
-                                    timestamp_ms=int(time.time() * 1000))
-                n += 1
-            await asyncio.sleep(0.005)   # pacing the producer is the point here
-        await producer.flush()
+        n, start_ms = await pace(producer, prefix, events, rate, a.latency_seconds)
         await asyncio.sleep(2)           # let the last decisions arrive
         stop.set()
         await task
@@ -192,6 +185,67 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a) -> dict:
             "p99_after_warmup_ms": _quantile(warm, 0.99), "latency_samples": len(every),
             "latency_rate_eps": round(rate), "latency_sent": n, "lateness_ms": lateness, "tick_s": tick,
             "fetch_max_wait_ms": fetch_wait}
+
+
+async def pace(producer, prefix: str, events, rate: float, seconds: float) -> tuple[int, float]:
+    """Sends `events` at `rate` for `seconds`, each stamped with its produce time; returns the
+    number sent and the wall-clock start in ms."""
+    n, start, start_ms = 0, time.monotonic(), time.time() * 1000
+    while time.monotonic() - start < seconds and n < len(events):
+        due = min(len(events), int((time.monotonic() - start) * rate))
+        while n < due:
+            e = events[n]
+            await producer.send(prefix + e.topic, value=e.raw, key=e.key.encode() if e.key else None,
+                                timestamp_ms=int(time.time() * 1000))
+            n += 1
+        await asyncio.sleep(0.005)   # pacing the producer is the point here
+    await producer.flush()
+    return n, start_ms
+
+
+async def raw_latency(broker, events, rate: float, a) -> dict:
+    """The floor under `p99_ms`: the same events at the same rate through the same broker, read by
+    a raw aiokafka consumer with the worker's fetch wait, produce time -> record in the consumer.
+    No worker, no decision: what the broker and the client alone cost at this rate."""
+    prefix = "bench-rawlat."
+    await ensure_topics(broker.bootstrap, [prefix + t for t in INPUT_TOPICS], PARTITIONS)
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=prefix + "raw",
+                                auto_offset_reset="latest", fetch_max_wait_ms=a.fetch_max_wait_ms)
+    assigned = asyncio.Event()
+
+    class Joined(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked):
+            pass
+
+        def on_partitions_assigned(self, tps):
+            if tps:
+                assigned.set()
+
+    consumer.subscribe([prefix + t for t in INPUT_TOPICS], listener=Joined())
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    lat: list[float] = []
+    sent = asyncio.get_running_loop().create_future()
+    try:
+        await asyncio.wait_for(assigned.wait(), a.timeout)
+        await consumer.seek_to_end()      # positions fixed before the first record is sent
+
+        async def collect():
+            while not (sent.done() and len(lat) >= sent.result()):
+                batch = await consumer.getmany(timeout_ms=200)
+                now = time.time() * 1000
+                lat.extend(now - m.timestamp for msgs in batch.values() for m in msgs)
+
+        task = asyncio.create_task(collect())
+        n, _ = await pace(producer, prefix, events, rate, a.latency_seconds)
+        sent.set_result(n)
+        await asyncio.wait_for(task, a.timeout)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    every = sorted(lat)
+    return {"raw_p50_ms": _quantile(every, 0.50), "raw_p99_ms": _quantile(every, 0.99)}
 
 
 def _quantile(sorted_ms: list[float], f: float) -> float:
@@ -259,6 +313,9 @@ async def main(a) -> dict:
         res["ratio_noop"] = round(res["worker_eps"] / res["noop_eps"], 3)
         res["ratio_raw"] = round(res["worker_eps"] / res["raw_eps"], 4)
 
+        res.update(await raw_latency(broker, events, res["worker_eps"] / 2, a))
+        log(f"raw aiokafka at {res['worker_eps'] / 2:,.0f} events/s: p50 {res['raw_p50_ms']} ms, "
+            f"p99 {res['raw_p99_ms']} ms")
         res.update(await latency(broker, redis, tmp, events, res["worker_eps"] / 2, a))
         log(f"latency at {res['latency_rate_eps']:,} events/s: p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms "
             f"({res['p99_after_warmup_ms']} ms after the first {WARM_S} s) "
@@ -289,6 +346,7 @@ def table(res: dict) -> str:
             ("ratio_raw", "worker / raw"), ("p50_ms", "latency p50, ms (half load)"),
             ("p99_ms", "latency p99, ms (goal <= 100)"),
             ("p99_after_warmup_ms", f"latency p99 after the first {WARM_S} s, ms"),
+            ("raw_p99_ms", "raw aiokafka p99 at that rate, ms (the floor)"),
             ("simulate_eps", "backtest, events/s (goal >= 50k)"),
             ("state_bytes_per_customer", "state per customer, bytes (mean)"),
             ("rss_mb_100k", f"worker RSS with {res.get('state_customers', 0):,} customers, MB")]
