@@ -8,7 +8,7 @@ import warnings
 import mode
 import pytest
 
-from streams.transport import InPlaceWaitFirst, _Consumer
+from streams.transport import App, InPlaceWaitFirst, RefillAtHalf, _Consumer
 
 
 class Fetching(InPlaceWaitFirst, mode.Service):
@@ -129,3 +129,23 @@ async def test_with_flow_suspended_it_is_faust_s_own_wait_first(tasks_made):
     res = await svc.wait_first(callback(1), svc.suspend_flow.wait())
     assert len(tasks_made) - before == 4    # the callback, the flow event, stopped and crashed: Faust's way
     assert res.done
+
+
+async def test_a_full_stream_buffer_wakes_its_putter_once_down_to_half():
+    app = App("refill-test", broker="memory://", store="memory://")
+    app.flow_control.resume()           # as a running app's is
+    buffer = app.FlowControlQueue(maxsize=4)
+    assert isinstance(buffer, RefillAtHalf)
+    for i in range(4):
+        buffer.put_nowait(i)
+    putting = asyncio.ensure_future(buffer.put(4))
+    for _ in range(3):
+        await asyncio.sleep(0)          # loop turns: a putter woken at once would be done by now
+    assert not putting.done()
+    assert buffer.get_nowait() == 0     # 3 left, more than half: the putter stays asleep
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not putting.done()
+    assert buffer.get_nowait() == 1     # 2 left: half
+    await asyncio.wait_for(putting, 1)
+    assert [buffer.get_nowait() for _ in range(buffer.qsize())] == [2, 3, 4]
