@@ -1,4 +1,4 @@
-"""`App`: faust.App with four fixes the worker and the benchmark's no-op app share.
+"""`App`: faust.App with six fixes the worker and the benchmark's no-op app share.
 
 1. The consumer's fetch wait, a setting Faust does not expose.
 
@@ -35,6 +35,10 @@ has to wait is handed to Faust's own `wait_first`, as before (see `_resume`).
 6. Stream buffers refill at half (`RefillAtHalf`, the queue of every channel, from
 `App.FlowControlQueue`): a fetcher waiting for room in a full buffer is woken once it is down to
 half, so it waits once per half buffer, not once per record.
+
+Fixes 1, 3, 5 and 6 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
+asyncio.Queue (`_putters`, `_wakeup_next`), so pyproject.toml pins those versions; the tests in
+tests/test_transport.py and the integration suite check them on every run.
 """
 from __future__ import annotations
 
