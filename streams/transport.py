@@ -1,4 +1,4 @@
-"""`App`: faust.App with six fixes the worker and the benchmark's no-op app share.
+"""`App`: faust.App with seven fixes the worker and the benchmark's no-op app share.
 
 1. The consumer's fetch wait, a setting Faust does not expose.
 
@@ -36,7 +36,15 @@ has to wait is handed to Faust's own `wait_first`, as before (see `_resume`).
 `App.FlowControlQueue`): a fetcher waiting for room in a full buffer is woken once it is down to
 half, so it waits once per half buffer, not once per record.
 
-Fixes 1, 3, 5 and 6 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
+7. Paused partitions are paused in the client (`PausedInTheClient`). Faust "pauses" a partition
+by leaving it out of the fetches it asks aiokafka for, but aiokafka goes on fetching it. After
+recovery that is every changelog partition of the worker's own tables: the first state write to
+each was fetched, never taken, and aiokafka holds back every fetch to a broker while any fetched
+records wait untaken, for up to 100 ms (its `prefetch_backoff`) each time. Writes start with the
+load, one partition every `UPSELL_COMMIT_INTERVAL` / partitions: the first second of load had
+decisions 100-160 ms late. Faust's pauses and resumes are now applied to aiokafka too.
+
+Fixes 1, 3, 5, 6 and 7 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
 asyncio.Queue (`_putters`, `_wakeup_next`), so pyproject.toml pins those versions; the tests in
 tests/test_transport.py and the integration suite check them on every run.
 """
@@ -111,7 +119,37 @@ class InPlaceWaitFirst:
         return await super().wait_first(*coros, timeout=timeout)
 
 
-class _Consumer(InPlaceWaitFirst, driver.Consumer):
+class PausedInTheClient:
+    """Fix 7, for Faust's consumer: the partitions Faust pauses are paused in aiokafka too."""
+
+    def pause_partitions(self, tps) -> None:
+        tps = list(tps)
+        super().pause_partitions(tps)
+        self._in_client("pause", tps)
+
+    def resume_partitions(self, tps) -> None:
+        tps = list(tps)
+        super().resume_partitions(tps)
+        self._in_client("resume", tps)
+
+    def _in_client(self, action: str, tps: list) -> None:
+        thread = getattr(self, "_thread", None)
+        client = getattr(thread, "_consumer", None)
+        if client is None or not tps:
+            return                    # not started: a new assignment starts unpaused anyway
+        thread.thread_loop.call_soon_threadsafe(pause_in_client, client, action, tps)
+
+
+def pause_in_client(client: aiokafka.AIOKafkaConsumer, action: str, tps) -> None:
+    """`client.pause(...)` or `client.resume(...)` for those of `tps` the client has assigned
+    (others would raise). Run in the client's own thread: resuming sets a future of its loop."""
+    assigned = client.assignment()
+    mine = [aiokafka.TopicPartition(tp.topic, tp.partition) for tp in tps if tp in assigned]
+    if mine:
+        getattr(client, action)(*mine)
+
+
+class _Consumer(PausedInTheClient, InPlaceWaitFirst, driver.Consumer):
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 

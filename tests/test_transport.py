@@ -1,14 +1,18 @@
-"""streams.transport fix 5: the fetcher's per-record `wait_first`, run in place."""
+"""streams.transport fixes 5 to 7: Faust's fetcher, its stream buffers, the partitions it pauses."""
 from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import warnings
+from types import SimpleNamespace
 
+import aiokafka
 import mode
 import pytest
+from faust.types import TP
 
-from streams.transport import App, InPlaceWaitFirst, RefillAtHalf, _Consumer
+from streams.transport import App, InPlaceWaitFirst, PausedInTheClient, RefillAtHalf, _Consumer
 
 
 class Fetching(InPlaceWaitFirst, mode.Service):
@@ -149,3 +153,73 @@ async def test_a_full_stream_buffer_wakes_its_putter_once_down_to_half():
     assert buffer.get_nowait() == 1     # 2 left: half
     await asyncio.wait_for(putting, 1)
     assert [buffer.get_nowait() for _ in range(buffer.qsize())] == [2, 3, 4]
+
+
+class Pausing:
+    """Faust's side of `pause_partitions` / `resume_partitions`: the partitions it leaves out of
+    the fetches it asks for."""
+
+    def __init__(self):
+        self.faust_paused: set = set()
+
+    def pause_partitions(self, tps):
+        self.faust_paused.update(tps)
+
+    def resume_partitions(self, tps):
+        self.faust_paused.difference_update(tps)
+
+
+class ClientThread:
+    """A consumer thread as Faust's: its own event loop in its own thread, holding the client."""
+
+    def __init__(self, client):
+        self._consumer = client
+        self.thread_loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.thread_loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def settled(self):
+        """Waits until every call handed to the thread's loop so far has run (they run in order)."""
+        done = threading.Event()
+        self.thread_loop.call_soon_threadsafe(done.set)
+        assert done.wait(5)
+
+    def stop(self):
+        self.thread_loop.call_soon_threadsafe(self.thread_loop.stop)
+        self.thread.join(5)
+        self.thread_loop.close()
+
+
+class Consuming(PausedInTheClient, Pausing):
+    pass
+
+
+async def test_partitions_faust_pauses_are_paused_in_the_client_too():
+    client = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")    # never started
+    changelog, events = aiokafka.TopicPartition("x-changelog", 0), aiokafka.TopicPartition("events", 0)
+    client.assign([changelog, events])
+    consumer, thread = Consuming(), ClientThread(client)
+    consumer._thread = thread
+    try:
+        # Faust's TP, and one the client does not have (it would raise in the client)
+        consumer.pause_partitions({TP("x-changelog", 0), TP("other", 3)})
+        thread.settled()
+        assert client.paused() == {changelog}
+        assert consumer.faust_paused == {TP("x-changelog", 0), TP("other", 3)}
+        consumer.resume_partitions([TP("x-changelog", 0)])
+        thread.settled()
+        assert client.paused() == set() and consumer.faust_paused == {TP("other", 3)}
+    finally:
+        thread.stop()
+        await client.stop()
+
+
+def test_the_worker_consumer_pauses_in_the_client():
+    assert issubclass(_Consumer, PausedInTheClient)
+
+
+def test_pausing_before_the_client_exists_is_faust_s_alone():
+    consumer = Consuming()
+    consumer._thread = SimpleNamespace(_consumer=None)
+    consumer.pause_partitions([TP("x-changelog", 0)])
+    assert consumer.faust_paused == {TP("x-changelog", 0)}
