@@ -137,7 +137,10 @@ class PausedInTheClient:
         client = getattr(thread, "_consumer", None)
         if client is None or not tps:
             return                    # not started: a new assignment starts unpaused anyway
-        thread.thread_loop.call_soon_threadsafe(pause_in_client, client, action, tps)
+        try:
+            thread.thread_loop.call_soon_threadsafe(pause_in_client, client, action, tps)
+        except RuntimeError:          # its loop is closed: the consumer has stopped (shutting down)
+            pass
 
 
 def pause_in_client(client: aiokafka.AIOKafkaConsumer, action: str, tps) -> None:

@@ -223,3 +223,15 @@ def test_pausing_before_the_client_exists_is_faust_s_alone():
     consumer._thread = SimpleNamespace(_consumer=None)
     consumer.pause_partitions([TP("x-changelog", 0)])
     assert consumer.faust_paused == {TP("x-changelog", 0)}
+
+
+async def test_pausing_after_the_client_thread_has_stopped_is_faust_s_alone():
+    client = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
+    consumer, thread = Consuming(), ClientThread(client)
+    consumer._thread = thread
+    thread.stop()                       # as at shutdown, when Faust pauses the whole assignment
+    try:
+        consumer.pause_partitions([TP("x-changelog", 0)])
+        assert consumer.faust_paused == {TP("x-changelog", 0)}
+    finally:
+        await client.stop()
