@@ -54,6 +54,7 @@ HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, off
 MARKS: dict[int, list] = {}   # partition -> watermark records read since its last partition document
 PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
 META_EVERY = 1000       # records between writes of the partition document (at a batch end)
+PRODUCER_BACKLOG = 10_000   # messages in Faust's producer buffer beyond which a batch end waits (`ebb`)
 _unwritten: dict[int, int] = {}   # partition -> records since its last table write
 _since_meta: dict[int, int] = {}  # partition -> records since its last partition document
 
@@ -149,14 +150,30 @@ async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
     and a write then would put a dropped engine's state in the table under its successor."""
     p = eng.partition
     n = _unwritten[p] = _unwritten.get(p, 0) + 1
-    done, written = [], None
-    if idle or n >= PERSIST_EVERY:
+    done, written, ended = [], None, idle or n >= PERSIST_EVERY
+    if ended:
         _unwritten[p] = 0
         done = [(ACKS.get(e.message.tp), e) for e in persist(eng, n)]
         written = T.customer_state.last_write.get(p)
     await emit(out)
     if done:
         ack_when_written(done, written)
+    if ended:
+        await ebb(app.producer.buffer)
+
+
+async def ebb(buffer, high: int = PRODUCER_BACKLOG) -> None:
+    """Once more than `high` messages (state writes, decisions) wait in Faust's producer buffer,
+    wait until it is down to half. A batch end can hand it thousands of writes at once (a
+    watermark releasing every held event of a partition: 12,500 customers each in the
+    benchmark's state phase); Faust's own check before each record (`wait_until_ebb`) sends 100
+    of them and lets the stream go on, so they piled up (99,000 seen) and so did the memory.
+    Stopping the stream here stops the fetcher too, once the buffers fill: backpressure."""
+    while buffer.size > high and buffer.state == "running":
+        try:
+            await buffer.flush_atmost(buffer.size - high // 2)
+        except RuntimeError:        # "Producer not Running": it stopped meanwhile (shutting down)
+            return
 
 
 def ack_when_written(events: list, written) -> None:

@@ -413,3 +413,33 @@ async def test_an_event_time_out_of_range_is_a_dead_letter_and_moves_no_stream_t
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 49}, T0 + 2)
     await _tick(agents, p, T0 + MIN)
     assert [x["trigger"] for x in _drain(out["proposals"])] == ["usage_limit"]
+
+
+async def test_a_batch_end_waits_while_the_producer_buffer_is_over_its_limit():
+    """`ebb` on Faust's own producer buffer, started, with its sends recorded instead of made."""
+    from faust.transport.producer import ProducerBuffer
+
+    buffer = ProducerBuffer(loop=asyncio.get_running_loop())
+    buffer.app = app
+    sent, gate = [], asyncio.Event()
+
+    async def send(fut):
+        await gate.wait()               # the broker: nothing leaves until the test lets it
+        sent.append(fut)
+
+    buffer._send_pending = send
+    await buffer.start()
+    try:
+        for i in range(30):
+            buffer.put(i)
+        waiting = asyncio.ensure_future(A.ebb(buffer, high=10))
+        await asyncio.sleep(0)
+        assert not waiting.done() and buffer.size >= 29   # over the limit, nothing sent: it waits
+        gate.set()
+        await asyncio.wait_for(waiting, 5)
+        assert buffer.size <= 5                           # down to half the limit
+        assert sent[:3] == [0, 1, 2]
+        await asyncio.wait_for(A.ebb(buffer, high=10), 1)  # under the limit: no wait
+    finally:
+        gate.set()
+        await buffer.stop()
