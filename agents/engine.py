@@ -13,6 +13,8 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
   is written once. A batch ends at every tick record (live: each commit
   interval), after PERSIST_EVERY records, and, with the event clock (no ticks),
   when the consumer knows of no later record on the event's topic-partition;
+* a batch end waits while Faust's producer buffer holds more than PRODUCER_BACKLOG messages
+  (`ebb`): one batch end can hand it thousands of writes, and the stream must not run ahead;
 * live, stream time moves on a local clock (`advance`), without a broker hop:
   released events are applied and decided at once, and written at the batch end;
 * acknowledge an input event only once the engine has applied it, its
