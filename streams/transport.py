@@ -45,8 +45,9 @@ load, one partition every `UPSELL_COMMIT_INTERVAL` / partitions: the first secon
 decisions 100-160 ms late. Faust's pauses and resumes are now applied to aiokafka too.
 
 Fixes 1, 3, 5, 6 and 7 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
-asyncio.Queue (`_putters`, `_wakeup_next`), so pyproject.toml pins those versions; the tests in
-tests/test_transport.py and the integration suite check them on every run.
+asyncio.Queue (`_putters`, `_wakeup_next`): pyproject.toml pins the packages; asyncio.Queue's
+are CPython's (checked on 3.11 only). The tests in tests/test_transport.py and the integration
+suite check them on every run.
 """
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ class _Consumer(PausedInTheClient, InPlaceWaitFirst, driver.Consumer):
 
 async def _resume(coro, waiting_on):
     """The rest of a coroutine that was started in place and is waiting on `waiting_on` (what it
-    yielded: a future, or None for a bare yield), as a coroutine of its own."""
+    yielded: a future, or None for a bare yield), as a coroutine of its own: mode's `wait_first`
+    takes awaitables, and a generator-based coroutine (`_drive`) is not one."""
     return await _drive(coro, waiting_on)
 
 
