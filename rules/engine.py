@@ -171,6 +171,16 @@ class PartitionEngine:
     def buffered(self) -> int:
         return sum(len(q) for q in self.fifo.values())
 
+    def next_due(self) -> int | None:
+        """The earliest event time waiting here: a pending event (a FIFO head) or a timer. Stream
+        time past it applies or fires it; None when nothing waits. (A superseded timer may still be
+        counted: passing it then does nothing.)"""
+        due = self.timers[0][0] if self.timers else None
+        for _, q in self._fifos:
+            if q and (due is None or q[0][0] < due):
+                due = q[0][0]
+        return due
+
     def _release(self, out: list) -> None:
         hws = self.hw.values()
         w = None if None in hws else min(hws)

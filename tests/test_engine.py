@@ -232,6 +232,27 @@ def test_the_partition_document_holds_no_high_water_mark_of_a_pending_event():
     assert restored.buffered() == 1 and restored.watermark == 700
 
 
+def test_next_due_is_the_earliest_pending_event_or_timer():
+    """What the live clock wakes for (agents.engine.LocalClock)."""
+    t0 = 1_750_000_000_000
+    eng = PartitionEngine(RULES)
+    assert eng.next_due() is None
+    usage = {"customer_id": "c", "metric": "seats", "value": 1}
+    eng.push("usage", "c", t0 + 900, usage, offset=0)
+    eng.push("customers", "c", t0 + 700, {"customer_id": "c", "segment": "b2b", "plan": "basic",
+                                          "signup_at": "2024-01-01T00:00:00Z"}, offset=0)
+    eng.push("usage", "c", t0 + 950, usage, offset=1)
+    assert eng.buffered() == 3 and eng.next_due() == t0 + 700
+    eng.tick(t0 + 701)                      # the profile is applied; the usage events wait
+    assert eng.buffered() == 2 and eng.customers["c"]["due"] > t0 + 900
+    assert eng.next_due() == t0 + 900
+    eng.tick(t0 + 951)
+    due = eng.customers["c"]["due"]         # a timer (the usage moved it: underuse)
+    assert eng.buffered() == 0 and due is not None and eng.next_due() == due
+    eng.tick(due + 1)                       # past the timer: it fires and the next one is later
+    assert eng.customers["c"]["due"] != due and (eng.next_due() is None or eng.next_due() > due)
+
+
 def _crash_run(events, seed, landed, crash_rate=0.004):
     """A live partition that crashes now and then, modelled on the worker, Faust and Kafka.
     The worker ends a batch now and then: it writes the customers that changed, and at some
