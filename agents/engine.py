@@ -15,8 +15,9 @@ The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
   when the consumer knows of no later record on the event's topic-partition;
 * a batch end waits while Faust's producer buffer holds more than PRODUCER_BACKLOG messages
   (`ebb`): one batch end can hand it thousands of writes, and the stream must not run ahead;
-* live, stream time moves on a local clock (`advance`), without a broker hop:
-  released events are applied and decided at once, and written at the batch end;
+* live, stream time moves on a local clock (`advance`, `LOCAL`), without a broker hop, as soon
+  as a waiting event falls due: released events are applied and decided at once, and written at
+  the batch end;
 * acknowledge an input event only once the engine has applied it, its
   decisions are sent and the broker has its batch's writes (a watermark record:
   once it has a partition document holding it). Events waiting for stream time
@@ -45,7 +46,7 @@ from schemas.validate import ValidationError, check_event_time, event_time_ok
 from streams import metrics
 from streams import topics as T
 from streams.app import app, rules, settings
-from streams.clock import WALL
+from streams.clock import WALL, LocalClock
 from streams.partitioning import partition_for
 from streams.recorded import decode_event, dumps
 from streams.replay import WATERMARK_HEADER
@@ -304,6 +305,8 @@ async def handle(topic: str, event) -> None:
         out = eng.push(topic, key, ts, value, msg.offset)
         if eng.stats["late_events"] != late:
             metrics.late_events[topic] += 1
+        if LOCAL is not None and (topic, msg.offset) in eng.pending:
+            LOCAL.expect(ts)                 # it waits for stream time: the clock wakes for it
     await settle(eng, out, caught_up(msg))
 
 
@@ -348,17 +351,28 @@ async def advance(now_ms: int) -> None:
     """Live stream time on this worker: each partition engine it holds moves to the wall clock
     minus the allowed lateness. The events this releases are applied and their decisions sent at
     once; their state is written, and they are acknowledged, at the partition's next tick record
-    or batch end (a table is written only inside stream iteration). No record, no broker hop."""
+    or batch end (a table is written only inside stream iteration). No record, no broker hop.
+    `LOCAL` (streams.clock.LocalClock) calls it each tick interval and when an event falls due."""
     at = now_ms - settings.lateness_ms
     for eng in list(ENGINES.values()):
         await emit(eng.tick(at))
 
 
-if settings.clock == "wall":
-    @app.timer(interval=settings.tick_interval, name="clock")
+def waiting() -> list:
+    """The earliest event time waiting in each partition engine (what the local clock wakes for)."""
+    return [eng.next_due() for eng in ENGINES.values()]
+
+
+# Live: this worker's stream time (see `advance`), moved each UPSELL_TICK_INTERVAL and whenever a
+# waiting event or timer falls due, at most once per UPSELL_CLOCK_RESOLUTION_MS.
+LOCAL = LocalClock(WALL, settings.lateness_ms, round(settings.tick_interval * 1000),
+                   settings.clock_resolution_ms) if settings.clock == "wall" else None
+
+if LOCAL is not None:
+    @app.task
     async def clock():
-        """Every worker, each UPSELL_TICK_INTERVAL: see `advance`."""
-        await advance(WALL.now_ms())
+        """Every worker: `advance` when `LOCAL` says."""
+        await LOCAL.run(advance, waiting)
 
     _next_tick = itertools.cycle(range(settings.partitions))
 

@@ -1,10 +1,11 @@
 """Injectable time. The rules never read a clock: stream time comes from events.
 
-Only the live ticker reads the wall clock, through a `Clock`, so tests and
-replays can drive it.
+Only the live worker's clock (`LocalClock`) and the leader's ticker read the
+wall clock, through a `Clock`, so tests and replays can drive it.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
 
@@ -25,3 +26,64 @@ class ManualClock(Clock):
 
 
 WALL = Clock()
+
+
+class LocalClock:
+    """Live stream time on one worker (`UPSELL_CLOCK=wall`): when to move it, and the loop that does.
+
+    Stream time is the wall clock minus the lateness. Moving it (`move`, agents.engine.advance)
+    applies the events it passes and fires the timers; it is moved once every tick interval, and
+    besides at the moment the earliest event or timer waiting in a partition engine falls due
+    (its time plus the lateness has passed), so a decision leaves as soon as the lateness allows,
+    not up to a tick later. Never twice within `resolution_ms`: under load events fall due every
+    fraction of a millisecond, and each move walks every engine the worker holds.
+
+    `expect(event_ms)` is told of each event that waits, so a clock sleeping towards its next tick
+    wakes for it. The wall clock is `clock` (injectable); the sleeping is the event loop's.
+    """
+
+    def __init__(self, clock: Clock, lateness_ms: int, tick_ms: int, resolution_ms: int):
+        self.clock, self.lateness_ms = clock, lateness_ms
+        self.tick_ms, self.resolution_ms = max(tick_ms, resolution_ms), resolution_ms
+        self.due: int | None = None     # wall ms of the next move, once running
+        self.last: int | None = None    # wall ms of the last move
+        self.moves = 0
+        self._wake = asyncio.Event()    # set: the next move was brought forward
+
+    def next_move(self, now: int, dues) -> int:
+        """The wall ms of the next move after one at `now`, given the event times waiting
+        (`PartitionEngine.next_due` of each engine; None for an engine with nothing waiting)."""
+        at = now + self.tick_ms
+        for due in dues:
+            if due is not None and due + self.lateness_ms + 1 < at:
+                at = due + self.lateness_ms + 1        # stream time then passes `due`
+        return max(at, now + self.resolution_ms)
+
+    def expect(self, event_ms: int) -> None:
+        """An event at `event_ms` waits for stream time: move once it can pass it, if that is
+        before the next move planned."""
+        if self.due is None:        # not running
+            return
+        at = event_ms + self.lateness_ms + 1
+        if self.last is not None and at < self.last + self.resolution_ms:
+            at = self.last + self.resolution_ms
+        if at < self.due:
+            self.due = at
+            self._wake.set()
+
+    async def run(self, move, dues) -> None:
+        """Forever: `await move(now_ms)` at each moment due, then plan the next from `dues()`."""
+        loop = asyncio.get_running_loop()
+        wake = self._wake
+        self.due = self.clock.now_ms()
+        while True:
+            now = self.clock.now_ms()
+            if now >= self.due:
+                self.last = now
+                self.moves += 1
+                await move(now)
+                self.due = self.next_move(now, dues())
+            wake.clear()
+            timer = loop.call_later((self.due - self.clock.now_ms()) / 1000, wake.set)
+            await wake.wait()
+            timer.cancel()

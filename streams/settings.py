@@ -10,6 +10,17 @@ def _env(name: str, default: str) -> str:
     return default if value in (None, "") else value
 
 
+def _positive(name: str, default: str) -> int:
+    value = _env(name, default)
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{name} must be a whole number of milliseconds >= 1, got {value!r}")
+    return n
+
+
 @dataclass(frozen=True)
 class Settings:
     app_id: str
@@ -21,6 +32,7 @@ class Settings:
     clock: str              # wall: a wall-clock ticker advances stream time; event: events alone
     lateness_ms: int
     tick_interval: float
+    clock_resolution_ms: int
     commit_interval: float
     web_port: int
     web_host: str
@@ -44,6 +56,7 @@ class Settings:
             clock=clock,
             lateness_ms=int(_env("UPSELL_LATENESS_MS", "2000")),
             tick_interval=float(_env("UPSELL_TICK_INTERVAL", "1.0")),
+            clock_resolution_ms=_positive("UPSELL_CLOCK_RESOLUTION_MS", "5"),
             commit_interval=float(_env("UPSELL_COMMIT_INTERVAL", "1.0")),
             web_port=int(_env("UPSELL_WEB_PORT", "6066")),
             web_host=_env("UPSELL_WEB_HOST", "127.0.0.1"),

@@ -443,3 +443,28 @@ async def test_a_batch_end_waits_while_the_producer_buffer_is_over_its_limit():
     finally:
         gate.set()
         await buffer.stop()
+
+
+async def test_the_local_clock_decides_once_the_event_falls_due_not_at_the_next_tick(wired, monkeypatch):
+    """Live, an event is decided as soon as stream time (wall clock - lateness) can pass it; the
+    tick (a minute here) only bounds how long stream time stands still when nothing waits."""
+    from dataclasses import replace
+
+    from streams.clock import WALL, LocalClock
+    agents, out = wired
+    lateness = 40
+    monkeypatch.setattr(A, "settings", replace(settings, lateness_ms=lateness))
+    local = LocalClock(WALL, lateness, tick_ms=60_000, resolution_ms=1)
+    monkeypatch.setattr(A, "LOCAL", local)
+    task = asyncio.create_task(local.run(A.advance, A.waiting))
+    try:
+        now = WALL.now_ms()
+        await _put(agents, "customers", _seat_customer(), now - 60_000)
+        await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, now)
+        got = orjson.loads((await asyncio.wait_for(out["proposals"].queue.get(), 20)).value)
+        decided = WALL.now_ms()
+    finally:
+        task.cancel()
+    assert (got["trigger"], got["created_at"]) == ("usage_limit", format_ts(now))
+    assert decided >= now + lateness + 1          # never before stream time may pass the event
+    assert 2 <= local.moves < 20                  # the start, then a move or two: not a busy loop

@@ -1,0 +1,52 @@
+"""`streams.clock.LocalClock`: when the live worker moves its stream time (plain integers)."""
+from __future__ import annotations
+
+import pytest
+
+from streams.clock import LocalClock, ManualClock
+from streams.settings import Settings
+
+
+def _clock(lateness=20, tick=1000, resolution=5):
+    return LocalClock(ManualClock(0), lateness, tick, resolution)
+
+
+def test_the_next_move_is_the_tick_unless_a_waiting_event_falls_due_before():
+    c = _clock()
+    assert c.next_move(10_000, []) == 11_000
+    assert c.next_move(10_000, [None, None]) == 11_000
+    # stream time (wall - lateness) passes an event at 10_100 once the wall clock is at 10_121
+    assert c.next_move(10_000, [None, 10_500, 10_100]) == 10_121
+    assert c.next_move(10_000, [10_990]) == 11_000        # due after the tick: the tick
+    # an event already due waits for the resolution, not less
+    assert c.next_move(10_000, [9_000]) == 10_005
+
+
+def test_a_tick_shorter_than_the_resolution_is_the_resolution():
+    c = _clock(tick=1, resolution=5)
+    assert c.next_move(100, []) == 105
+
+
+def test_an_event_that_waits_brings_the_next_move_forward_not_back():
+    c = _clock()
+    c.expect(50)                      # not running yet: nothing planned, nothing to change
+    assert c.due is None and not c._wake.is_set()
+    c.last, c.due = 10_000, 11_000    # moved at 10_000, the next tick planned at 11_000
+    c.expect(10_300)
+    assert c.due == 10_321 and c._wake.is_set()
+    c._wake.clear()
+    c.expect(10_600)                  # later than the move planned: no change
+    assert c.due == 10_321 and not c._wake.is_set()
+    c.expect(9_000)                   # already due: at the resolution after the last move
+    assert c.due == 10_005 and c._wake.is_set()
+
+
+def test_the_resolution_setting_is_checked(monkeypatch):
+    monkeypatch.delenv("UPSELL_CLOCK_RESOLUTION_MS", raising=False)
+    assert Settings.from_env().clock_resolution_ms == 5
+    monkeypatch.setenv("UPSELL_CLOCK_RESOLUTION_MS", "2")
+    assert Settings.from_env().clock_resolution_ms == 2
+    for bad in ("0", "-3", "1.5", "soon"):
+        monkeypatch.setenv("UPSELL_CLOCK_RESOLUTION_MS", bad)
+        with pytest.raises(ValueError, match=f"UPSELL_CLOCK_RESOLUTION_MS must be .* got '{bad}'"):
+            Settings.from_env()
