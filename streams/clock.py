@@ -78,12 +78,17 @@ class LocalClock:
         self.due = self.clock.now_ms()
         while True:
             now = self.clock.now_ms()
-            if now >= self.due:
+            # a wall clock set back (NTP) moves at once: stream time stays where it was (it never
+            # goes back) and the next moves are planned from the new time, not an hour ahead
+            if now >= self.due or (self.last is not None and now < self.last):
                 self.last = now
                 self.moves += 1
                 await move(now)
                 self.due = self.next_move(now, dues())
             wake.clear()
-            timer = loop.call_later((self.due - self.clock.now_ms()) / 1000, wake.set)
-            await wake.wait()
-            timer.cancel()
+            # slept on the event loop's own (monotonic) clock, never longer than a tick
+            timer = loop.call_later(min(self.due - self.clock.now_ms(), self.tick_ms) / 1000, wake.set)
+            try:
+                await wake.wait()
+            finally:
+                timer.cancel()

@@ -50,3 +50,25 @@ def test_the_resolution_setting_is_checked(monkeypatch):
         monkeypatch.setenv("UPSELL_CLOCK_RESOLUTION_MS", bad)
         with pytest.raises(ValueError, match=f"UPSELL_CLOCK_RESOLUTION_MS must be .* got '{bad}'"):
             Settings.from_env()
+
+
+async def test_a_wall_clock_set_back_does_not_stop_the_clock():
+    """After an NTP step back of an hour the next move is at most a tick away (not an hour), and
+    planned from the new time."""
+    import asyncio
+    wall = ManualClock(10_000_000)
+    c = LocalClock(wall, lateness_ms=0, tick_ms=30, resolution_ms=1)
+    moved, seen = asyncio.Event(), []
+
+    async def move(now):
+        seen.append(now)
+        moved.set()
+    task = asyncio.create_task(c.run(move, lambda: []))
+    try:
+        await asyncio.wait_for(moved.wait(), 5)         # the first move, at the start
+        moved.clear()
+        wall.advance(-3_600_000)
+        await asyncio.wait_for(moved.wait(), 5)
+    finally:
+        task.cancel()
+    assert seen == [10_000_000, 6_400_000] and c.due == 6_400_030
