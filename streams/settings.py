@@ -10,7 +10,7 @@ def _env(name: str, default: str) -> str:
     return default if value in (None, "") else value
 
 
-def _positive(name: str, default: str) -> int:
+def _positive_ms(name: str, default: str) -> int:
     value = _env(name, default)
     try:
         n = int(value)
@@ -56,7 +56,7 @@ class Settings:
             clock=clock,
             lateness_ms=int(_env("UPSELL_LATENESS_MS", "2000")),
             tick_interval=float(_env("UPSELL_TICK_INTERVAL", "1.0")),
-            clock_resolution_ms=_positive("UPSELL_CLOCK_RESOLUTION_MS", "5"),
+            clock_resolution_ms=_positive_ms("UPSELL_CLOCK_RESOLUTION_MS", "5"),
             commit_interval=float(_env("UPSELL_COMMIT_INTERVAL", "1.0")),
             web_port=int(_env("UPSELL_WEB_PORT", "6066")),
             web_host=_env("UPSELL_WEB_HOST", "127.0.0.1"),
