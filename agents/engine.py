@@ -118,8 +118,8 @@ def engine_for(partition: int) -> PartitionEngine:
     if eng is None:
         # partition-state: where earlier versions kept the document (read until it is rewritten)
         meta = T.customer_state.get(meta_key(partition)) or T.partition_state.get(str(partition).encode())
-        customers = [orjson.loads(v) for k, v in T.customer_state.items()
-                     if k[:1] != b"\xff" and partition_for(k.decode(), settings.partitions) == partition]
+        customers = (v for k, v in T.customer_state.items()      # JSON: restored frozen
+                     if k[:1] != b"\xff" and partition_for(k.decode(), settings.partitions) == partition)
         eng = ENGINES[partition] = PartitionEngine.restore(
             rules, partition, orjson.loads(meta) if meta else None, customers)
         HELD[partition] = {}
@@ -133,7 +133,8 @@ def persist(eng: PartitionEngine, records: int) -> list:
     Synchronous, inside stream iteration, so the changelog partition is the event's and no other
     agent takes these records meanwhile."""
     for cid, c in eng.take_dirty():
-        T.customer_state[cid.encode()] = dumps(c)
+        blob = T.customer_state[cid.encode()] = dumps(c)
+        eng.freeze(cid, blob)       # the engine keeps the bytes the table holds, not a dict
     p = eng.partition
     held = HELD[p]
     done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]

@@ -32,6 +32,8 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict, deque
 
+import orjson
+
 from . import state as st
 from .config import Rules
 from .guardrails import arbitrate
@@ -40,6 +42,19 @@ from .triggers import next_due, purchase_triggers, time_triggers, usage_triggers
 
 INPUT_TOPICS = ("customers", "contracts", "feedback", "proposal-outcomes", "purchases", "usage")
 PROPOSAL, SUPPRESSED = "proposal", "suppressed"
+
+
+def thaw(blob: bytes) -> dict:
+    """A customer from its JSON (what `PartitionEngine.freeze` kept), as the engine holds it."""
+    return _as_held(orjson.loads(blob))
+
+
+def _as_held(c: dict) -> dict:
+    """A customer parsed from JSON, as the engine holds it (in place)."""
+    c.setdefault("off", {})             # written before offsets were kept
+    for u in c["usage"].values():       # JSON has no tuples (see state.apply_usage)
+        u["samples"] = list(map(tuple, u["samples"]))
+    return c
 
 
 class CoPurchase:
@@ -111,7 +126,7 @@ class PartitionEngine:
             if (topic, offset) in self.pending:       # its first copy is acknowledged when applied
                 self.stats["duplicates"] += 1
                 return out
-            c = self.customers.get(key)
+            c = self.customer(key)
             if c is not None and c["off"].get(topic, -1) >= offset:
                 self.stats["duplicates"] += 1
                 self.applied.append((topic, offset))  # applied before: acknowledged with this batch
@@ -232,7 +247,7 @@ class PartitionEngine:
         timers = self.timers
         while timers and (timers[0][0] <= limit if inclusive else timers[0][0] < limit):
             due, cid = heapq.heappop(timers)
-            c = self.customers.get(cid)
+            c = self.customer(cid)
             if c is None or c["due"] != due:
                 continue      # superseded
             c["due"] = None
@@ -243,7 +258,7 @@ class PartitionEngine:
 
     def _apply(self, topic: str, key: str, ts: int, v: dict, out: list, offset: int | None) -> None:
         rules = self.rules
-        c = self.customers.get(key)
+        c = self.customer(key)
         if c is None:
             c = self.customers[key] = st.new_customer(key)
         if offset is not None:
@@ -315,6 +330,22 @@ class PartitionEngine:
                 heapq.heappush(self.timers, (due, c["id"]))
 
     # -------------------------------------------------------- persistence --
+    def customer(self, cid: str) -> dict | None:
+        """The customer's state, thawed if it was frozen (`freeze`); None if unknown."""
+        c = self.customers.get(cid)
+        if c.__class__ is bytes:
+            c = self.customers[cid] = thaw(c)
+        return c
+
+    def freeze(self, cid: str, blob: bytes) -> None:
+        """Keep a customer that was just persisted as `blob`, the JSON written, until an event or
+        timer needs it again (`customer` thaws it). As a dict with its lists and tuples a customer
+        takes about 3 kB (measured: 3,036 bytes with one usage sample), its JSON 350 bytes to 2 kB,
+        and the table holds these same bytes: a worker keeps its hot customers as dicts, the others
+        at the size they are written. Not if it changed since (it is dirty again)."""
+        if cid not in self.dirty:
+            self.customers[cid] = blob
+
     def take_dirty(self) -> list[tuple[str, dict]]:
         """Customers changed since the last call, for the caller to persist."""
         items = [(cid, self.customers[cid]) for cid in sorted(self.dirty)]
@@ -345,7 +376,9 @@ class PartitionEngine:
 
     @classmethod
     def restore(cls, rules: Rules, partition: int, meta: dict | None, customers, topics=INPUT_TOPICS):
-        """Rebuild from persisted state; timers and co-purchase counts are derived."""
+        """Rebuild from persisted state; timers and co-purchase counts are derived. A customer
+        given as its JSON bytes (a table value) is kept frozen (see `freeze`): its dict only
+        lives while its timer and basket are read."""
         eng = cls(rules, partition, topics)
         if meta:
             eng.hw.update(meta["hw"])
@@ -356,10 +389,11 @@ class PartitionEngine:
                 else:
                     eng.stats[k] = v
         for c in customers:
-            c.setdefault("off", {})
-            for u in c["usage"].values():       # JSON has no tuples (see state.apply_usage)
-                u["samples"] = list(map(tuple, u["samples"]))
-            eng.customers[c["id"]] = c
+            if c.__class__ is bytes:
+                blob, c = c, orjson.loads(c)
+                eng.customers[c["id"]] = blob
+            else:
+                eng.customers[c["id"]] = _as_held(c)
             if c["due"] is not None:
                 eng.timers.append((c["due"], c["id"]))
             basket = []

@@ -354,10 +354,11 @@ async def test_table_values_are_exact_size_copies(wired):
     p = await _put(agents, "customers", _seat_customer(), T0)
     await _tick(agents, p, T0 + 1)
     stored = T.customer_state[b"c-1"]
-    assert stored == orjson.dumps(A.ENGINES[p].customers["c-1"])
+    assert A.ENGINES[p].customers["c-1"] is stored      # the engine keeps the table's bytes (frozen)
+    assert stored == orjson.dumps(A.ENGINES[p].customer("c-1"))
     # orjson's own bytes carry its write buffer (kilobytes); what the table keeps must not
     tracemalloc.start()
-    kept = [A.dumps(A.ENGINES[p].customers["c-1"]) for _ in range(100)]
+    kept = [A.dumps(A.ENGINES[p].customer("c-1")) for _ in range(100)]
     per_value = tracemalloc.get_traced_memory()[0] / len(kept)
     tracemalloc.stop()
     assert per_value < 2 * len(stored) + 100

@@ -14,7 +14,7 @@ from schemas.validate import SPECS, ValidationError, validate
 from streams import backtest as backtest_mod
 from streams.backtest import backtest_lines, end_of_stream
 from streams.generate import generate
-from streams.recorded import decode_event, load_sorted
+from streams.recorded import decode_event, dumps, load_sorted
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = load_rules()
@@ -25,8 +25,10 @@ def stream():
     return list(generate(customers=60, days=100, seed=11, start="2025-01-10"))
 
 
-def _engine_run(events, order_seed=None):
-    """Feed one partition like a live consumer: topics interleaved arbitrarily, then a final watermark."""
+def _engine_run(events, order_seed=None, freeze_every=None):
+    """Feed one partition like a live consumer: topics interleaved arbitrarily, then a final
+    watermark; with `freeze_every`, a write-behind batch end (agents.engine.persist) every so many
+    events: the customers that changed are serialised and kept frozen."""
     eng = PartitionEngine(RULES)
     out = []
     per_topic = {t: [e for e in events if e.topic == t] for t in INPUT_TOPICS}
@@ -38,6 +40,9 @@ def _engine_run(events, order_seed=None):
         e = per_topic[topic].pop(0)
         out += eng.push(e.topic, e.key, e.ts, decode_event(e.topic, e.key, e.raw, RULES.plan_by_name))
         n += 1
+        if freeze_every and n % freeze_every == 0:
+            for cid, c in eng.take_dirty():
+                eng.freeze(cid, dumps(c))
         if not per_topic[topic]:
             out += eng.mark(topic, end_of_stream(events[-1].ts))
     out += eng.tick(end_of_stream(events[-1].ts))
@@ -62,6 +67,28 @@ def test_output_does_not_depend_on_how_topics_interleave(stream):
     assert len(in_order) > 50
     assert _engine_run(events, order_seed=1) == in_order
     assert _engine_run(events, order_seed=2) == in_order
+
+
+def test_customers_frozen_at_each_batch_end_decide_the_same(stream):
+    """The worker keeps a persisted customer as its JSON until it is needed again: thawed, it
+    must decide exactly as the dict it was (samples back as tuples, floats exact)."""
+    events = _valid(stream)
+    assert _engine_run(events, freeze_every=7) == _engine_run(events)
+    assert _engine_run(events, order_seed=3, freeze_every=50) == _engine_run(events)
+    eng = PartitionEngine(RULES)
+    usage = {"customer_id": "c", "metric": "seats", "value": 7}
+    eng.push("customers", "c", 1_000, {"customer_id": "c", "segment": "b2b", "plan": "basic"}, offset=0)
+    eng.push("usage", "c", 2_000, usage, offset=0)
+    eng.tick(3_000)
+    (cid, c), = eng.take_dirty()
+    blob = dumps(c)
+    eng.freeze(cid, blob)
+    assert eng.customers[cid] is blob                      # kept as the bytes written
+    assert eng.customer(cid) == c and eng.customers[cid] == c and eng.customers[cid] is not c
+    eng.push("usage", "c", 4_000, usage, offset=1)
+    eng.tick(5_000)                                         # thawed again: applied, dirty
+    eng.freeze(cid, blob)                                   # changed since: stays a dict
+    assert eng.customers[cid].__class__ is dict and eng.stats["duplicates"] == 0
 
 
 def test_backtest_matches_single_partition_engine(stream):
@@ -276,7 +303,7 @@ def _crash_run(events, seed, landed, crash_rate=0.004):
 
     def restore():
         meta = table.get("meta")
-        customers = [orjson.loads(v) for k, v in table.items() if k != "meta"]
+        customers = [v for k, v in table.items() if k != "meta"]     # JSON: restored frozen
         return PartitionEngine.restore(RULES, 0, meta and orjson.loads(meta), customers)
 
     end = end_of_stream(events[-1].ts)
@@ -289,7 +316,9 @@ def _crash_run(events, seed, landed, crash_rate=0.004):
         if pos[topic] == len(per_topic[topic]):
             out += eng.mark(topic, end)
         if rng.random() < 0.2:                       # the end of a batch
-            log += [(cid, orjson.dumps(c)) for cid, c in eng.take_dirty()]
+            for cid, c in eng.take_dirty():
+                log.append((cid, dumps(c)))
+                eng.freeze(cid, log[-1][1])          # kept as written, as the worker does
             if rng.random() < 0.3:
                 log.append(("meta", orjson.dumps(eng.meta())))
             for t, o in eng.take_applied():
