@@ -13,6 +13,8 @@ Phases (all against the same tansu broker, same topics and partition count):
              produce time -> decision (proposal or suppression) on its topic -> p50_ms, p99_ms
              (and p99_after_warmup_ms: without the first WARM_S seconds of load)
   state      100k customers (a profile and a usage sample each) through a fresh worker -> rss_mb_100k
+             (its peak: every event waits for stream time, then all are applied and written); then
+             a second worker restores them from the changelog -> rss_mb_100k_restored
   simulate   the offline backtest over the same file                 -> simulate_eps
 
 Throughput is measured on a backlog (everything produced first), from the first event a consumer
@@ -44,6 +46,7 @@ from streams.embedded import EmbeddedBroker, EmbeddedRedis, WorkerProcess, free_
 from streams.generate import generate  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
 from streams.recorded import dumps, load_sorted  # noqa: E402
+from streams.partitioning import partition_for  # noqa: E402
 from streams.replay import replay  # noqa: E402
 
 PARTITIONS = 8
@@ -252,6 +255,40 @@ def _quantile(sorted_ms: list[float], f: float) -> float:
     return round(sorted_ms[min(len(sorted_ms) - 1, int(f * len(sorted_ms)))], 1) if sorted_ms else float("nan")
 
 
+async def restored_rss(broker, prefix: str, env: dict, tmp: Path, a) -> float:
+    """RSS of a second worker on the state phase's topics once it has restored every partition's
+    customers from the changelog: a restart, or a take-over, of a worker holding them. Engines are
+    rebuilt at a partition's first event, so one usage event goes to each partition."""
+    w = WorkerProcess({**env, "UPSELL_WEB_PORT": str(free_port())}, tmp / "restored-worker.log")
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        first = {}
+        for i in range(a.state_customers):
+            first.setdefault(partition_for(f"s-{i:06d}", PARTITIONS), f"s-{i:06d}")
+            if len(first) == PARTITIONS:
+                break
+        at = parse_ts("2025-06-01T00:02:00Z")      # after the state phase's events
+        for p, cid in sorted(first.items()):
+            await producer.send_and_wait(prefix + "usage", key=cid.encode(), partition=p, timestamp_ms=at,
+                                         value=orjson.dumps({"customer_id": cid, "metric": "seats", "value": 11}))
+        deadline = time.monotonic() + a.timeout
+        while True:          # another process's progress: polled
+            w.alive()
+            try:
+                engines = len(orjson.loads(w.get("/health")[1])["stream_time"])
+            except OSError:
+                engines = 0
+            if engines == PARTITIONS:
+                return round(w.rss_mb(), 1)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the restarted worker did not restore every partition (see {w.log})")
+            await asyncio.sleep(0.2)
+    finally:
+        await producer.stop()
+        w.stop()
+
+
 def state_lines(customers: int) -> list[bytes]:
     """Every customer once: a profile and a usage sample (the state a worker must hold)."""
     t0 = parse_ts("2025-06-01T00:00:00Z")
@@ -328,7 +365,8 @@ async def main(a) -> dict:
         prefix = "bench-state."
         slines = state_lines(a.state_customers)
         await replay(slines, broker.bootstrap, PARTITIONS, prefix=prefix, progress=False)
-        w = WorkerProcess(env_for(broker, redis, prefix, tmp), tmp / "state-worker.log")
+        env = env_for(broker, redis, prefix, tmp)
+        w = WorkerProcess(env, tmp / "state-worker.log")
         try:
             consume_rate(w, worker_events, len(slines), a.timeout)
             res["rss_mb_100k"] = round(w.rss_mb(), 1)
@@ -336,6 +374,8 @@ async def main(a) -> dict:
         finally:
             w.stop()
         log(f"worker RSS with {a.state_customers:,} customers: {res['rss_mb_100k']} MB")
+        res["rss_mb_100k_restored"] = await restored_rss(broker, prefix, env, tmp, a)
+        log(f"worker RSS after a restart with them: {res['rss_mb_100k_restored']} MB")
     res["logs"] = str(tmp)
     return res
 
@@ -349,7 +389,8 @@ def table(res: dict) -> str:
             ("raw_p99_ms", "raw aiokafka p99 at that rate, ms (the floor)"),
             ("simulate_eps", "backtest, events/s (goal >= 50k)"),
             ("state_bytes_per_customer", "state per customer, bytes (mean)"),
-            ("rss_mb_100k", f"worker RSS with {res.get('state_customers', 0):,} customers, MB")]
+            ("rss_mb_100k", f"worker RSS with {res.get('state_customers', 0):,} customers, MB"),
+            ("rss_mb_100k_restored", "the same customers restored by a new worker, RSS MB")]
     w = max(len(label) for _, label in rows)
     return "\n".join(f"{label:<{w}}  {res.get(key)!s:>12}" for key, label in rows)
 
