@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import orjson
 
-from agents.engine import ENGINES
+from agents.engine import ENGINES, LOCAL
 from agents.readmodel import client, customer_view
 from rules.guardrails import unhappy_reason
 from rules.timeutil import format_ts
@@ -78,4 +78,5 @@ def _highwater(topic: str, partition: int):
 
 @app.page("/metrics")
 async def prometheus(web, request):
-    return web.text(metrics.render(_highwater), content_type="text/plain")
+    moves = LOCAL.moves if LOCAL is not None else None
+    return web.text(metrics.render(_highwater, moves), content_type="text/plain")

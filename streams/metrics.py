@@ -11,8 +11,9 @@ late_events: Counter = Counter()        # topic
 read_offsets: dict = {}                 # (topic, partition) -> last offset read
 
 
-def render(highwater) -> str:
-    """`highwater(topic, partition)` -> next offset to be written, or None."""
+def render(highwater, clock_moves: int | None = None) -> str:
+    """`highwater(topic, partition)` -> next offset to be written, or None; `clock_moves`: how many
+    times the live clock has moved stream time (None with the event clock)."""
     lines = []
 
     def family(name, help_, kind, samples):
@@ -38,4 +39,8 @@ def render(highwater) -> str:
         if hw is not None:
             lag.append(((("topic", topic), ("partition", partition)), max(0, hw - offset - 1)))
     family("upsell_consumer_lag", "Records not yet read, per input partition.", "gauge", lag)
+    if clock_moves is not None:
+        family("upsell_clock_moves_total", "Moves of this worker's live clock (stream time): one each "
+               "UPSELL_TICK_INTERVAL, more while events wait (at most one per UPSELL_CLOCK_RESOLUTION_MS).",
+               "counter", [((), clock_moves)])
     return "\n".join(lines) + "\n"

@@ -180,6 +180,9 @@ async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker)
     assert state is not None and state["usage"]["seats"]["value"] == 46
     health = orjson.loads((await asyncio.to_thread(worker.get, "/health"))[1])
     assert all(parse_ts(t) > now for t in health["stream_time"].values())
+    metrics = (await asyncio.to_thread(worker.get, "/metrics"))[1].decode()
+    moves = [line for line in metrics.splitlines() if line.startswith("upsell_clock_moves_total ")]
+    assert len(moves) == 1 and int(moves[0].split()[1]) > 0
 
 
 async def test_two_workers_share_partitions_and_take_over(broker, redis_server, start_worker):
