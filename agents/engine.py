@@ -132,9 +132,10 @@ def persist(eng: PartitionEngine, records: int) -> list:
     events applied, and the watermark records read once a partition document holds them.
     Synchronous, inside stream iteration, so the changelog partition is the event's and no other
     agent takes these records meanwhile."""
+    blobs = {}
     for cid, c in eng.take_dirty():
-        blob = T.customer_state[cid.encode()] = dumps(c)
-        eng.freeze(cid, blob)       # the engine keeps the bytes the table holds, not a dict
+        blobs[cid] = T.customer_state[cid.encode()] = dumps(c)
+    eng.written(blobs)      # customers idle since the batch before are kept as these bytes
     p = eng.partition
     held = HELD[p]
     done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]

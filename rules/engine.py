@@ -112,6 +112,7 @@ class PartitionEngine:
                       "proposed": defaultdict(int), "suppressed": defaultdict(int),
                       "outcomes": defaultdict(int), "duplicates": 0}
         self.dirty: set[str] = set()
+        self._cooling: dict[str, bytes] = {}   # written at the last batch end: cid -> its JSON
         self._window = rules.t("co_purchase")["window_days"] * DAY
 
     # ------------------------------------------------------------ inputs --
@@ -345,6 +346,16 @@ class PartitionEngine:
         at the size they are written. Not if it changed since (it is dirty again)."""
         if cid not in self.dirty:
             self.customers[cid] = blob
+
+    def written(self, blobs: dict[str, bytes]) -> None:
+        """A batch end persisted these customers (cid -> the JSON written). The customers written
+        at the batch end before, and not since, went a whole batch untouched: they are frozen now
+        with the JSON they were written with. The others stay thawed for now, so a customer that
+        is busy is not thawed again at every event after a batch end (live, a batch is a second)."""
+        for cid, blob in self._cooling.items():
+            if cid not in blobs:
+                self.freeze(cid, blob)
+        self._cooling = blobs
 
     def take_dirty(self) -> list[tuple[str, dict]]:
         """Customers changed since the last call, for the caller to persist."""

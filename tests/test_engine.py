@@ -41,8 +41,7 @@ def _engine_run(events, order_seed=None, freeze_every=None):
         out += eng.push(e.topic, e.key, e.ts, decode_event(e.topic, e.key, e.raw, RULES.plan_by_name))
         n += 1
         if freeze_every and n % freeze_every == 0:
-            for cid, c in eng.take_dirty():
-                eng.freeze(cid, dumps(c))
+            eng.written({cid: dumps(c) for cid, c in eng.take_dirty()})
         if not per_topic[topic]:
             out += eng.mark(topic, end_of_stream(events[-1].ts))
     out += eng.tick(end_of_stream(events[-1].ts))
@@ -89,6 +88,33 @@ def test_customers_frozen_at_each_batch_end_decide_the_same(stream):
     eng.tick(5_000)                                         # thawed again: applied, dirty
     eng.freeze(cid, blob)                                   # changed since: stays a dict
     assert eng.customers[cid].__class__ is dict and eng.stats["duplicates"] == 0
+
+
+def test_a_customer_is_frozen_after_a_batch_untouched():
+    """`written`, at each batch end: a customer stays thawed while it is busy, and is kept as its
+    JSON once a whole batch went by without it."""
+    eng = PartitionEngine(RULES)
+    usage = lambda cid, v: {"customer_id": cid, "metric": "seats", "value": v}   # noqa: E731
+
+    def batch_end():
+        blobs = {cid: dumps(c) for cid, c in eng.take_dirty()}
+        eng.written(blobs)
+        return blobs
+    for cid in ("a", "b"):
+        eng.push("customers", cid, 1_000, {"customer_id": cid, "segment": "b2b", "plan": "basic"})
+    eng.tick(1_001)
+    first = batch_end()
+    assert sorted(first) == ["a", "b"] and all(eng.customers[c].__class__ is dict for c in "ab")
+    eng.push("usage", "a", 2_000, usage("a", 3))
+    eng.tick(2_001)
+    second = batch_end()                  # "b" went this batch untouched: frozen as written
+    assert list(second) == ["a"] and eng.customers["b"] is first["b"]
+    assert eng.customers["a"].__class__ is dict
+    third = batch_end()                   # nothing changed: "a" too, with its latest JSON
+    assert third == {} and eng.customers["a"] is second["a"]
+    eng.push("usage", "b", 3_000, usage("b", 4))
+    eng.tick(3_001)
+    assert eng.customer("b")["usage"]["seats"]["value"] == 4 and list(batch_end()) == ["b"]
 
 
 def test_backtest_matches_single_partition_engine(stream):
@@ -316,9 +342,9 @@ def _crash_run(events, seed, landed, crash_rate=0.004):
         if pos[topic] == len(per_topic[topic]):
             out += eng.mark(topic, end)
         if rng.random() < 0.2:                       # the end of a batch
-            for cid, c in eng.take_dirty():
-                log.append((cid, dumps(c)))
-                eng.freeze(cid, log[-1][1])          # kept as written, as the worker does
+            blobs = {cid: dumps(c) for cid, c in eng.take_dirty()}
+            log += blobs.items()
+            eng.written(blobs)                       # idle ones kept as written, as the worker does
             if rng.random() < 0.3:
                 log.append(("meta", orjson.dumps(eng.meta())))
             for t, o in eng.take_applied():
