@@ -45,8 +45,8 @@ from streams.backtest import backtest_lines  # noqa: E402
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, WorkerProcess, free_port  # noqa: E402
 from streams.generate import generate  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
-from streams.recorded import dumps, load_sorted  # noqa: E402
 from streams.partitioning import partition_for  # noqa: E402
+from streams.recorded import dumps, load_sorted  # noqa: E402
 from streams.replay import replay  # noqa: E402
 
 PARTITIONS = 8
@@ -265,7 +265,7 @@ async def restored_rss(broker, prefix: str, env: dict, tmp: Path, a) -> float:
     try:
         first = {}
         for i in range(a.state_customers):
-            first.setdefault(partition_for(f"s-{i:06d}", PARTITIONS), f"s-{i:06d}")
+            first.setdefault(partition_for(state_cid(i), PARTITIONS), state_cid(i))
             if len(first) == PARTITIONS:
                 break
         at = parse_ts("2025-06-01T00:02:00Z")      # after the state phase's events
@@ -289,12 +289,16 @@ async def restored_rss(broker, prefix: str, env: dict, tmp: Path, a) -> float:
         w.stop()
 
 
+def state_cid(i: int) -> str:
+    return f"s-{i:06d}"
+
+
 def state_lines(customers: int) -> list[bytes]:
     """Every customer once: a profile and a usage sample (the state a worker must hold)."""
     t0 = parse_ts("2025-06-01T00:00:00Z")
     out = []
     for i in range(customers):
-        cid = f"s-{i:06d}"
+        cid = state_cid(i)
         ts = t0 + i
         out.append(dumps({"topic": "customers", "key": cid, "timestamp": "2025-06-01T00:00:00Z",
                                  "value": {"customer_id": cid, "segment": "b2b" if i % 2 else "b2c",
