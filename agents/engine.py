@@ -1,7 +1,10 @@
-"""Ingest agents, one per input topic: decode -> update state -> rules -> emit.
+"""Ingest: decode -> update state -> rules -> emit, for every input topic.
 
-The agents are thin. All decisions are made by `rules.engine.PartitionEngine`
-(pure, shared with the backtest); this module only moves bytes:
+The input records come from Faust's consumer through an inbox (`INBOX`, `streams.inbox`): the
+consumer's messages as fetched, to one task (`ingest`), without the Faust event and stream per
+record that were two thirds of a no-op Faust agent's cost per record (bench/README.md, item 34).
+Tick records still come through an agent (`ticks`). The code is thin. All decisions are made by
+`rules.engine.PartitionEngine` (pure, shared with the backtest); this module only moves bytes:
 
 * decode and validate (`streams.recorded.decode_event`); anything invalid goes
   to `dead-letters` with the reason and the original bytes, and the stream
@@ -40,24 +43,28 @@ from collections import deque
 
 import orjson
 
-from rules.engine import INPUT_TOPICS, PROPOSAL, PartitionEngine
+from rules.engine import PROPOSAL, PartitionEngine
 from rules.timeutil import format_ts
 from schemas.validate import ValidationError, check_event_time, event_time_ok
 from streams import metrics
 from streams import topics as T
 from streams.app import app, rules, settings
 from streams.clock import WALL, LocalClock
+from streams.inbox import Inbox, writing_for
 from streams.partitioning import partition_for
 from streams.recorded import decode_event, dumps
 from streams.replay import WATERMARK_HEADER
 
 log = logging.getLogger(__name__)
 ENGINES: dict[int, PartitionEngine] = {}
-HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, offset) -> unacked event
+HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, offset) -> unacked message
 MARKS: dict[int, list] = {}   # partition -> watermark records read since its last partition document
 PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
 META_EVERY = 1000       # records between writes of the partition document (at a batch end)
 PRODUCER_BACKLOG = 10_000   # messages in Faust's producer buffer beyond which a batch end waits (`ebb`)
+# The topic whose partition p a write of partition p's state stands for (tables are written for a
+# current event; an input topic's partition count is checked against the changelog's)
+STATE_SOURCE = T.ticks.get_topic_name()
 _unwritten: dict[int, int] = {}   # partition -> records since its last table write
 _since_meta: dict[int, int] = {}  # partition -> records since its last partition document
 
@@ -78,17 +85,17 @@ class InOrder:
         self.queue: deque = deque()       # records read, in offset order, not yet acknowledged
         self.done: set[int] = set()       # offsets done, waiting for an earlier record
 
-    def read(self, event) -> None:
-        self.queue.append(event)
+    def read(self, message) -> None:
+        self.queue.append(message)
 
-    def ack(self, event) -> None:
+    def ack(self, message) -> None:
         queue, done = self.queue, self.done
-        done.add(event.message.offset)
-        while queue and queue[0].message.offset in done:
+        done.add(message.offset)
+        while queue and queue[0].offset in done:
             first = queue.popleft()
-            if not queue or queue[0].message.offset != first.message.offset:   # read once more
-                done.discard(first.message.offset)
-            first.ack()
+            if not queue or queue[0].offset != first.offset:   # read once more
+                done.discard(first.offset)
+            first.ack(app.consumer)
 
 
 ACKS: dict = {}   # topic-partition -> InOrder of its current assignment
@@ -130,18 +137,20 @@ def persist(eng: PartitionEngine, records: int) -> list:
     """End the partition's batch: write the customers that changed, and every META_EVERY records
     the partition document (watermarks and counters); returns the records to acknowledge now: the
     events applied, and the watermark records read once a partition document holds them.
-    Synchronous, inside stream iteration, so the changelog partition is the event's and no other
-    agent takes these records meanwhile."""
-    blobs = {}
-    for cid, c in eng.take_dirty():
-        blobs[cid] = T.customer_state[cid.encode()] = dumps(c)
-    eng.written(blobs)      # customers idle since the batch before are kept as these bytes
+    Synchronous, so nothing else runs meanwhile; the writes go to partition p of the changelog
+    (`writing_for`: a table writes to its current event's partition)."""
     p = eng.partition
+    blobs = {}
+    with writing_for(STATE_SOURCE, p):
+        for cid, c in eng.take_dirty():
+            blobs[cid] = T.customer_state[cid.encode()] = dumps(c)
+    eng.written(blobs)      # customers idle since the batch before are kept as these bytes
     held = HELD[p]
     done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]
     n = _since_meta[p] = _since_meta.get(p, 0) + records
     if n >= META_EVERY:
-        T.customer_state[meta_key(p)] = dumps(eng.meta())
+        with writing_for(STATE_SOURCE, p):
+            T.customer_state[meta_key(p)] = dumps(eng.meta())
         _since_meta[p] = 0
         done += MARKS.pop(p, [])
     return done
@@ -158,9 +167,10 @@ async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
     done, written, ended = [], None, idle or n >= PERSIST_EVERY
     if ended:
         _unwritten[p] = 0
-        done = [(ACKS.get(e.message.tp), e) for e in persist(eng, n)]
+        done = [(ACKS.get(m.tp), m) for m in persist(eng, n)]
         written = T.customer_state.last_write.get(p)
-    await emit(out)
+    if out:
+        await emit(out)
     if done:
         ack_when_written(done, written)
     if ended:
@@ -182,7 +192,7 @@ async def ebb(buffer, high: int = PRODUCER_BACKLOG) -> None:
 
 
 def ack_when_written(events: list, written) -> None:
-    """Acknowledge the events ((InOrder, event) pairs) once `written`, the latest write to the
+    """Acknowledge the events ((InOrder, message) pairs) once `written`, the latest write to the
     partition's changelog, is in the broker (a changelog partition's writes land in order, so
     the batch's others are too). Earlier is not safe: Faust's commit flushes its own producer
     buffer for at most 0.1 s, then aiokafka's producer, which does not hold the write the buffer
@@ -209,9 +219,9 @@ def _delivered(events: list, written) -> None:
 
 
 def _ack(events: list) -> None:
-    for order, event in events:
-        if order is not None and ACKS.get(event.message.tp) is order:   # else revoked: read again
-            order.ack(event)
+    for order, message in events:
+        if order is not None and ACKS.get(message.tp) is order:   # else revoked: read again
+            order.ack(message)
 
 
 async def emit(out: list) -> None:
@@ -272,11 +282,12 @@ def caught_up(msg) -> bool:
     return msg.offset + 1 >= hw
 
 
-async def handle(topic: str, event) -> None:
-    msg = event.message
+async def handle(msg) -> None:
+    """One input record (a Faust consumer message, from `INBOX`)."""
+    topic = INBOX.names[msg.topic]
     metrics.read_offsets[(topic, msg.partition)] = msg.offset
     order = acks_for(msg)
-    order.read(event)
+    order.read(msg)
     eng = engine_for(msg.partition)
     marker = _header(msg, WATERMARK_HEADER)
     try:
@@ -294,16 +305,16 @@ async def handle(topic: str, event) -> None:
         metrics.dead_letters[topic] += 1
         field = getattr(exc, "field", None)
         await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, str(exc), field))
-        _ack([(order, event)])
+        _ack([(order, msg)])
         return
     if marker is not None:
         # acknowledged once a partition document holds the watermark it raised: acknowledged
         # before, a worker that died first would leave its successor waiting for it for good
-        MARKS.setdefault(msg.partition, []).append(event)
+        MARKS.setdefault(msg.partition, []).append(msg)
         out = eng.mark(topic, at)
     else:
         late = eng.stats["late_events"]
-        HELD[msg.partition][(topic, msg.offset)] = event
+        HELD[msg.partition][(topic, msg.offset)] = msg
         out = eng.push(topic, key, ts, value, msg.offset)
         if eng.stats["late_events"] != late:
             metrics.late_events[topic] += 1
@@ -323,15 +334,15 @@ def _marker_time(header: bytes) -> int:
     return at
 
 
-def _ingest_agent(topic: str):
-    async def ingest(stream):
-        async for event in stream.noack().events():    # acknowledged once applied and written
-            await handle(topic, event)
-    ingest.__name__ = ingest.__qualname__ = "ingest_" + topic.replace("-", "_")
-    return app.agent(T.inputs[topic], name=f"ingest-{topic}")(ingest)
+# The input topics' records, from Faust's consumer to `handle` in batches, without an Event and a
+# stream each (streams/inbox.py): that path cost Faust twice as much per record as the rest.
+INBOX = Inbox(app, T.inputs)
 
 
-INGEST = {topic: _ingest_agent(topic) for topic in INPUT_TOPICS}
+@app.task
+async def ingest():
+    """Every worker: each input record in the order fetched (acknowledged once applied and written)."""
+    await INBOX.run(handle)
 
 
 @app.agent(T.ticks, name="ticks")

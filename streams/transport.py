@@ -1,4 +1,4 @@
-"""`App`: faust.App with seven fixes the worker and the benchmark's no-op app share.
+"""`App`: faust.App with eight fixes the worker and the benchmark's no-op app share.
 
 1. The consumer's fetch wait, a setting Faust does not expose.
 
@@ -44,10 +44,16 @@ records wait untaken, for up to 100 ms (its `prefetch_backoff`) each time. Write
 load, one partition every `UPSELL_COMMIT_INTERVAL` / partitions: the first second of load had
 decisions 100-160 ms late. Faust's pauses and resumes are now applied to aiokafka too.
 
-Fixes 1, 3, 5, 6 and 7 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
-asyncio.Queue (`_putters`, `_wakeup_next`): pyproject.toml pins the packages; asyncio.Queue's
-are CPython's (checked on 3.11 only). The tests in tests/test_transport.py and the integration
-suite check them on every run.
+8. Inboxes (`streams/inbox.py`). A topic named in `App.inboxes` is not handed to channels and
+streams: the conductor gives its records, as the consumer's messages, to the inbox's handler,
+which queues them for one coroutine (the worker's ingest). The no-op app has none; its agents
+measure Faust's own per-record path.
+
+Fixes 1, 3, 5, 6, 7 and 8 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
+asyncio.Queue (`_putters`, `_wakeup_next`; fix 8: the conductor's `_build_handler` and Faust's
+current-event context variable): pyproject.toml pins the packages; asyncio.Queue's are CPython's
+(checked on 3.11 only). The tests in tests/test_transport.py and tests/test_inbox.py and the
+integration suite check them on every run.
 """
 from __future__ import annotations
 
@@ -58,6 +64,7 @@ import types
 
 import aiokafka
 import faust
+import faust.transport.conductor
 from faust.transport.drivers import aiokafka as driver
 from mode.services import WaitResults
 from mode.utils.queues import ThrowableQueue
@@ -187,8 +194,20 @@ def _drive(coro, waiting_on):
                 return done.value
 
 
+class Conductor(faust.transport.conductor.Conductor):
+    """Fix 8: the records of a topic an `Inbox` takes (`App.inboxes`) go to its handler, not
+    through a channel's decoding and queue (see streams/inbox.py)."""
+
+    def _build_handler(self, tp, channels):
+        inbox = self.app.inboxes.get(tp.topic)
+        if inbox is not None:
+            return inbox.handler(tp)
+        return super()._build_handler(tp, channels)
+
+
 class Transport(driver.Transport):
     Consumer = _Consumer
+    Conductor = Conductor
 
 
 class App(faust.App):
@@ -196,6 +215,7 @@ class App(faust.App):
 
     def __init__(self, *args, fetch_max_wait_ms: int = 100, **kwargs):
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.inboxes: dict = {}      # topic name -> streams.inbox.Inbox taking its records (fix 8)
         super().__init__(*args, **kwargs)
         self.task(_root_log_level)
         self.task(_freeze_startup_heap)

@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 import agents.engine as A
+from faust.types import Message
+from rules.engine import INPUT_TOPICS
 from rules.timeutil import format_ts, parse_ts
 from streams import topics as T
 from streams.app import app, settings
@@ -35,13 +37,29 @@ async def wired(monkeypatch):
     A.ACKS.clear()
     for table in (T.customer_state, T.partition_state):
         table.data.clear()
-    contexts = {topic: A.INGEST[topic].test_context() for topic in A.INPUT_TOPICS}
-    contexts["ticks"] = A.ticks.test_context()
+    contexts = {"ticks": A.ticks.test_context()}
     agents = {name: await ctx.__aenter__() for name, ctx in contexts.items()}
+    agents.update({topic: Input(topic) for topic in INPUT_TOPICS})
     yield agents, out
     for ctx in contexts.values():
         await ctx.__aexit__(None, None, None)
     A.ENGINES.clear()
+
+
+class Input:
+    """An input topic as the worker's inbox hands it records (`A.INBOX.deliver`): the test
+    driver's `put` is the same as an agent test context's (explicit partition and timestamp)."""
+
+    def __init__(self, topic: str):
+        self.name = T.inputs[topic].get_topic_name()
+        self.sent_offset = 0
+
+    async def put(self, value=None, key=None, partition=0, timestamp=None, headers=None) -> Message:
+        message = Message(self.name, partition, self.sent_offset, timestamp, 0, headers, key, value, None,
+                          generation_id=app.consumer_generation_id)
+        self.sent_offset += 1
+        await A.INBOX.deliver([message], A.handle)
+        return message
 
 
 async def _put(agents, topic, value: dict | bytes, ts_ms: int, partition=None, key=None):
@@ -146,9 +164,9 @@ async def test_a_dead_letter_is_not_acknowledged_before_an_earlier_event_that_wa
     await _put(agents, "usage", b"{oops", T0 + 1, partition=p, key="c-1")
     assert len(_drain(out["dead_letters"])) == 1
     read = list(A.ACKS[(T.inputs["usage"].get_topic_name(), p)].queue)
-    assert [e.message.offset for e in read] == [0, 1] and not any(e.message.acked for e in read)
+    assert [m.offset for m in read] == [0, 1] and not any(m.acked for m in read)
     await _tick(agents, p, T0 + MIN)                # the event is applied and written: both go
-    assert all(e.message.acked for e in read) and not A.ACKS[read[0].message.tp].queue
+    assert all(m.acked for m in read) and not A.ACKS[read[0].tp].queue
 
 
 async def test_a_redelivered_event_changes_nothing(wired):
@@ -205,15 +223,15 @@ async def test_the_partition_document_is_kept_with_the_customers(wired, monkeypa
 
 def _records(acked: list, offsets, tp=("usage", 0)):
     """Records of one topic-partition whose acknowledgement to Faust appends their offset to `acked`."""
-    return [SimpleNamespace(message=SimpleNamespace(tp=tp, offset=o, generation_id=1),
-                            ack=lambda o=o: acked.append(o)) for o in offsets]
+    return [SimpleNamespace(tp=tp, offset=o, generation_id=1, ack=lambda consumer, o=o: acked.append(o))
+            for o in offsets]
 
 
 def test_records_are_acknowledged_to_faust_in_offset_order(monkeypatch):
     monkeypatch.setattr(A, "ACKS", {})
     acked = []
     records = _records(acked, [0, 1, 2, 3, 3, 4])        # offset 3 read twice
-    order = A.acks_for(records[0].message)
+    order = A.acks_for(records[0])
     for r in records:
         order.read(r)
     order.ack(records[2])          # a dead letter read after two events still waiting: held
@@ -236,10 +254,10 @@ async def test_events_are_acknowledged_once_the_broker_has_their_batch(monkeypat
     loop = asyncio.get_running_loop()
     acked, all_acked, crashed = [], loop.create_future(), loop.create_future()
     records = _records(acked, range(4))
-    order = A.acks_for(records[0].message)
+    order = A.acks_for(records[0])
     for r in records:
         order.read(r)
-    records[2].ack = lambda: acked.append(2) or all_acked.set_result(None)
+    records[2].ack = lambda consumer: acked.append(2) or all_acked.set_result(None)
     monkeypatch.setattr(app, "crash", lambda exc: crashed.set_result(exc) or crashed)
     written = loop.create_future()
     A.ack_when_written([(order, r) for r in records[:3]], written)
@@ -370,15 +388,13 @@ async def test_a_watermark_record_is_acknowledged_with_the_batch_that_writes_it(
     agents, _ = wired
     monkeypatch.setattr(A, "META_EVERY", 2)      # the partition document with the batch of 2 records
     p = partition_for("c-1", settings.partitions)
-    acked = []
-    await agents["usage"].put(b"", partition=p, timestamp=(T0 + MIN) / 1000,
-                              headers=[(WATERMARK_HEADER, str(T0 + MIN).encode())])
-    marker = A.MARKS[p][0]
-    marker.ack = lambda: acked.append(marker) or True
+    marker = await agents["usage"].put(b"", partition=p, timestamp=(T0 + MIN) / 1000,
+                                       headers=[(WATERMARK_HEADER, str(T0 + MIN).encode())])
+    assert A.MARKS[p] == [marker]
     # not written yet: acknowledged, a successor restoring the tables would not know this watermark
-    assert acked == [] and T.customer_state.get(A.meta_key(p)) is None
+    assert not marker.acked and T.customer_state.get(A.meta_key(p)) is None
     await _tick(agents, p, T0)                     # the batch ends, the partition document is written
-    assert acked == [marker] and A.MARKS.get(p) is None
+    assert marker.acked and A.MARKS.get(p) is None
     assert orjson.loads(T.customer_state[A.meta_key(p)])["hw"]["usage"] == T0 + MIN
 
 
