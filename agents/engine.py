@@ -95,7 +95,7 @@ class InOrder:
             first = queue.popleft()
             if not queue or queue[0].offset != first.offset:   # read once more
                 done.discard(first.offset)
-            first.ack(app.consumer)
+            app.consumer.ack(first)          # what `first.ack(consumer)` comes to: one reference
 
 
 ACKS: dict = {}   # topic-partition -> InOrder of its current assignment
@@ -156,25 +156,35 @@ def persist(eng: PartitionEngine, records: int) -> list:
     return done
 
 
-async def settle(eng: PartitionEngine, out: list, idle: bool) -> None:
-    """End the partition's batch if it is time (see the module doc) by writing what changed,
-    send the decisions, then acknowledge the records written once the broker has the writes.
-    The write comes first, in the same step as the engine's change: after the send's await the
-    partition may have been revoked (Faust does not wait for agents, `stream_wait_empty=False`),
-    and a write then would put a dropped engine's state in the table under its successor."""
+def batch_end(partition: int, idle: bool) -> int | None:
+    """Count a record read on the partition; if its batch ends now (see the module doc), the
+    number of records in the batch, else None."""
+    n = _unwritten[partition] = _unwritten.get(partition, 0) + 1
+    if idle or n >= PERSIST_EVERY:
+        _unwritten[partition] = 0
+        return n
+    return None
+
+
+async def settle(eng: PartitionEngine, out: list, ended: int | None) -> None:
+    """Send the decisions; if the partition's batch ended (`ended` records, from `batch_end`),
+    first write what changed, then acknowledge the records written once the broker has the
+    writes. The write comes first, in the same step as the engine's change: after the send's
+    await the partition may have been revoked (Faust does not wait for agents,
+    `stream_wait_empty=False`), and a write then would put a dropped engine's state in the table
+    under its successor."""
+    if ended is None:
+        if out:
+            await emit(out)
+        return
     p = eng.partition
-    n = _unwritten[p] = _unwritten.get(p, 0) + 1
-    done, written, ended = [], None, idle or n >= PERSIST_EVERY
-    if ended:
-        _unwritten[p] = 0
-        done = [(ACKS.get(m.tp), m) for m in persist(eng, n)]
-        written = T.customer_state.last_write.get(p)
+    done = [(ACKS.get(m.tp), m) for m in persist(eng, ended)]
+    written = T.customer_state.last_write.get(p)
     if out:
         await emit(out)
     if done:
         ack_when_written(done, written)
-    if ended:
-        await ebb(app.producer.buffer)
+    await ebb(app.producer.buffer)
 
 
 async def ebb(buffer, high: int = PRODUCER_BACKLOG) -> None:
@@ -320,7 +330,9 @@ async def handle(msg) -> None:
             metrics.late_events[topic] += 1
         if LOCAL is not None and (topic, msg.offset) in eng.pending:
             LOCAL.expect(ts)                 # it waits for stream time: the clock wakes for it
-    await settle(eng, out, caught_up(msg))
+    ended = batch_end(msg.partition, caught_up(msg))
+    if out or ended is not None:        # most records: nothing to send, the batch goes on
+        await settle(eng, out, ended)
 
 
 def _marker_time(header: bytes) -> int:
@@ -357,7 +369,7 @@ async def ticks(stream):
             log.warning("ignoring a malformed tick at offset %s", event.message.offset)
             continue
         out = eng.tick(int(at))
-        await settle(eng, out, True)
+        await settle(eng, out, batch_end(eng.partition, True))
 
 
 async def advance(now_ms: int) -> None:

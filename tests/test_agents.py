@@ -221,16 +221,17 @@ async def test_the_partition_document_is_kept_with_the_customers(wired, monkeypa
     assert A.engine_for(p).watermark == T0 + MIN
 
 
-def _records(acked: list, offsets, tp=("usage", 0)):
-    """Records of one topic-partition whose acknowledgement to Faust appends their offset to `acked`."""
-    return [SimpleNamespace(tp=tp, offset=o, generation_id=1, ack=lambda consumer, o=o: acked.append(o))
-            for o in offsets]
+def _records(monkeypatch, acked: list, offsets, tp=("usage", 0), on_ack=None):
+    """Records of one topic-partition; Faust's consumer appends the offset of each it is told
+    is acknowledged to `acked`."""
+    monkeypatch.setattr(app.consumer, "ack", lambda m: acked.append(m.offset) or (on_ack and on_ack(m)))
+    return [SimpleNamespace(tp=tp, offset=o, generation_id=1) for o in offsets]
 
 
 def test_records_are_acknowledged_to_faust_in_offset_order(monkeypatch):
     monkeypatch.setattr(A, "ACKS", {})
     acked = []
-    records = _records(acked, [0, 1, 2, 3, 3, 4])        # offset 3 read twice
+    records = _records(monkeypatch, acked, [0, 1, 2, 3, 3, 4])        # offset 3 read twice
     order = A.acks_for(records[0])
     for r in records:
         order.read(r)
@@ -253,11 +254,11 @@ async def test_events_are_acknowledged_once_the_broker_has_their_batch(monkeypat
     monkeypatch.setattr(A, "ACKS", {})
     loop = asyncio.get_running_loop()
     acked, all_acked, crashed = [], loop.create_future(), loop.create_future()
-    records = _records(acked, range(4))
+    records = _records(monkeypatch, acked, range(4),
+                       on_ack=lambda m: m.offset == 2 and all_acked.set_result(None))
     order = A.acks_for(records[0])
     for r in records:
         order.read(r)
-    records[2].ack = lambda consumer: acked.append(2) or all_acked.set_result(None)
     monkeypatch.setattr(app, "crash", lambda exc: crashed.set_result(exc) or crashed)
     written = loop.create_future()
     A.ack_when_written([(order, r) for r in records[:3]], written)
