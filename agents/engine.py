@@ -1,8 +1,9 @@
 """Ingest: decode -> update state -> rules -> emit, for every input topic.
 
-The input records come from Faust's consumer through an inbox (`INBOX`, `streams.inbox`): the
-consumer's messages as fetched, to one task (`ingest`), without the Faust event and stream per
-record that were two thirds of a no-op Faust agent's cost per record (bench/README.md, item 34).
+The input records come from Faust's consumer through an inbox (`INBOX`, `streams.inbox`): each
+fetch's messages in one list, to one task (`ingest`), outside Faust's per-record path (the
+fetcher's steps, the conductor, an event and a stream per record), which cost a no-op Faust agent
+more per record than the rules and state cost this worker (bench/README.md, item 34).
 Tick records still come through an agent (`ticks`). The code is thin. All decisions are made by
 `rules.engine.PartitionEngine` (pure, shared with the backtest); this module only moves bytes:
 

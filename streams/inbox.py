@@ -1,31 +1,38 @@
-"""`Inbox`: input records from Faust's consumer to a handler, without Faust's per-record stream.
+"""`Inbox`: input records from Faust's consumer to a handler in batches, outside Faust's
+per-record path.
 
-Faust hands each record it fetches to the conductor, which decodes it into an `Event`, puts it in
-the queue of every channel subscribed to its topic, and each agent's stream takes it from there:
-a sensor call, the task-local current event, processors, an acknowledgement. Measured on the
-benchmark's backlog, that path (from the conductor's callback on) was two thirds of a no-op
-agent's cost per record: the no-op agent consumed 20,389 events/s, the same app counting the
-records in the conductor's callback instead 52,363 (one run each, `bench/README.md` item 34).
+Faust hands each record it fetches to the conductor one at a time (a generator step, the
+fetcher's wait, the conductor's lock), which decodes it into an `Event` and puts it in the queue
+of every channel subscribed to its topic; each agent's stream takes it from there: a sensor call,
+the task-local current event, processors, an acknowledgement. Measured on the benchmark's backlog
+(bench/README.md, item 34), the path from the conductor's callback on was two thirds of a no-op
+agent's cost per record, and the fetcher's per-record steps before it most of the rest.
 
-An inbox takes the records of its topics at the conductor (`streams.transport.Conductor` asks
-`App.inboxes` for a handler) and queues the consumer's messages themselves, as Faust's channels
-queue events: a flow-controlled queue (paused while Faust rebalances, cleared when it resumes),
-the partitions of a full queue no longer fetched until it drains (the conductor's own pressure
-callbacks), and every message tracked for acknowledgement as a stream would. `run` hands them to
-one coroutine, in the order fetched; the handler acknowledges each message itself, once it is
-done with it (`message.ack(app.consumer)`), and may keep it for later, as the worker keeps events
-waiting for stream time.
+An inbox takes the records of its topics (`App.inboxes`) from each fetch as a whole
+(`streams.transport.InboxFetch`: the consumer's messages of a topic-partition, with Faust's
+read-offset and gap bookkeeping), and queues them for one coroutine (`run`), in the order fetched:
 
-Like a stream, `run` drops the messages of an earlier consumer generation (fetched before a
-rebalance, read again by the partition's next owner) and any taken while flow is suspended.
+* every message is tracked for acknowledgement as a stream would track it; the handler
+  acknowledges each itself once it is done with it (`app.consumer.ack(message)`), and may keep
+  it for later, as the worker keeps events waiting for stream time;
+* the queue is flow-controlled like Faust's channels: nothing is queued while Faust has flow
+  suspended (rebalancing), and it is cleared when Faust clears its channels;
+* a full queue (`maxsize`) holds the fetcher until it has drained to half;
+* like a stream, `run` drops the messages of an earlier consumer generation (fetched before a
+  rebalance: the partition's next owner reads them again) and any taken while flow is suspended.
+
+If a record of an inbox topic reaches the conductor anyway, `streams.transport.Conductor` hands it
+to the inbox too (`handler`), so it is never decoded into a channel nobody reads.
 
 Table writes outside stream iteration need a current event to know their partition:
 `writing_for(topic, partition)` gives them one, as a stream iterating that topic-partition would.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import weakref
+from collections import deque
 from typing import Awaitable, Callable
 
 from faust.streams import _current_event
@@ -41,62 +48,81 @@ class Inbox:
         self.app = app
         self.names = {topic.get_topic_name(): name for name, topic in topics.items()}
         self.maxsize = maxsize or app.conf.stream_buffer_maxsize * len(topics)
-        self._queue = None
+        self._items: deque = deque()
+        self._loop = None                 # the loop `_ready` and `_room` belong to (`_bind`)
+        app.flow_control.manage_queue(self)   # cleared with Faust's channel queues
         for name in self.names:
             app.inboxes[name] = self
         for topic in topics.values():
             app.topics.add(topic)         # subscribed and acknowledged like an agent's topic
 
-    @property
-    def queue(self):
-        if self._queue is None:           # created in the running loop (asyncio.Queue binds to it)
-            self._queue = self.app.FlowControlQueue(maxsize=self.maxsize, clear_on_resume=True)
-        return self._queue
+    def __len__(self) -> int:
+        return len(self._items)
 
-    def handler(self, tp: TP):
-        """The conductor's callback for one of the inbox's topic-partitions (what Faust's
-        `TopicConductor` does for a channel, without decoding an event)."""
+    def _bind(self) -> None:
+        """The events, for the running loop (an asyncio.Event belongs to the loop that first
+        waits on it; the inbox is made at import, before the worker's loop runs)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._ready = asyncio.Event()     # set while items wait
+            self._room = asyncio.Event()      # set while the queue is at most half full
+            if self._items:
+                self._ready.set()
+            if len(self._items) <= self.maxsize // 2:
+                self._room.set()
+
+    async def put(self, messages: list) -> None:
+        """Queue a topic-partition's messages, in offset order, once flow is active (Faust's
+        `flow_control.acquire`), its producer buffer is below its limit (`wait_until_ebb`, as
+        the conductor waits for both before each record) and the queue has room."""
+        self._bind()
         app = self.app
-        queue = self.queue
         flow_control = app.flow_control
         buffer = app.producer.buffer
-        threaded = app.conf.producer_threaded      # then `buffer.size` is not the pending queue's
-        consumer = app.consumer
-        on_topic_buffer_full = app.sensors.on_topic_buffer_full
-
-        def on_pressure_high() -> None:
-            on_topic_buffer_full(tp)
-            consumer.on_buffer_full(tp)
-
-        def on_pressure_drop() -> None:
-            consumer.on_buffer_drop(tp)
-
-        async def on_message(message: Message) -> None:
-            # the conductor's `await acquire_flow_control()` and `await wait_until_producer_ebb()`,
-            # checked before awaiting: Faust's settings lookup in `buffer.size` and the two
-            # coroutines were a tenth of the fetcher's time per record
-            if not flow_control.is_active():
-                await flow_control.acquire()
-            if threaded or buffer.pending.qsize() > buffer.max_messages:
-                await buffer.wait_until_ebb()
+        if not flow_control.is_active():
+            await flow_control.acquire()
+        if app.conf.producer_threaded or buffer.pending.qsize() > buffer.max_messages:
+            await buffer.wait_until_ebb()
+        while len(self._items) >= self.maxsize:
+            self._room.clear()
+            await self._room.wait()
+        track = app.consumer.track_message
+        for message in messages:
             if not message.tracked:
                 message.tracked = True
-                consumer.track_message(message)
-            if queue.full():
-                on_topic_buffer_full(tp)
-                await queue.put(message)
-            else:
-                queue.put_nowait_enhanced(message, on_pressure_high=on_pressure_high,
-                                          on_pressure_drop=on_pressure_drop)
+                track(message)
+        self._items.extend(messages)
+        self._ready.set()
+
+    def handler(self, tp: TP):
+        """The conductor's callback for one of the inbox's topic-partitions, should one of its
+        records take Faust's per-record path."""
+        async def on_message(message: Message) -> None:
+            await self.put([message])
         return on_message
 
     async def take(self, most: int = 1000) -> list:
         """The next messages: waits for one, then takes what else is queued, up to `most`."""
-        queue = self.queue
-        batch = [await queue.get()]
-        while len(batch) < most and not queue.empty():
-            batch.append(queue.get_nowait())
+        self._bind()
+        items = self._items
+        while not items:
+            self._ready.clear()
+            await self._ready.wait()
+        if len(items) <= most:
+            batch = list(items)
+            items.clear()
+        else:
+            batch = [items.popleft() for _ in range(most)]
+        if len(items) <= self.maxsize // 2:
+            self._room.set()
         return batch
+
+    def clear(self) -> None:
+        """Drop what is queued (Faust's `flow_control.clear()`, at a rebalance)."""
+        self._items.clear()
+        if self._loop is not None:
+            self._room.set()
 
     async def run(self, handler: Handler) -> None:
         """Hand every current message to `handler`, one at a time, in the order fetched."""

@@ -1,4 +1,4 @@
-"""`App`: faust.App with eight fixes the worker and the benchmark's no-op app share.
+"""`App`: faust.App with nine fixes the worker and the benchmark's no-op app share.
 
 1. The consumer's fetch wait, a setting Faust does not expose.
 
@@ -45,12 +45,17 @@ load, one partition every `UPSELL_COMMIT_INTERVAL` / partitions: the first secon
 decisions 100-160 ms late. Faust's pauses and resumes are now applied to aiokafka too.
 
 8. Inboxes (`streams/inbox.py`). A topic named in `App.inboxes` is not handed to channels and
-streams: the conductor gives its records, as the consumer's messages, to the inbox's handler,
-which queues them for one coroutine (the worker's ingest). The no-op app has none; its agents
-measure Faust's own per-record path.
+streams: should one of its records reach the conductor, it goes to the inbox's handler.
 
-Fixes 1, 3, 5, 6, 7 and 8 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
-asyncio.Queue (`_putters`, `_wakeup_next`; fix 8: the conductor's `_build_handler` and Faust's
+9. Inbox records skip the fetcher's per-record path (`InboxFetch`): each fetch's records of an
+inbox topic go to the inbox as one list of the consumer's messages, with the bookkeeping Faust's
+fetcher does per record (read offsets, gaps, the commit count, the monitor's end offsets). The
+other topics' records go on through Faust's per-record path. The no-op app has no inbox; its
+agents measure Faust's own per-record path.
+
+Fixes 1, 3, 5, 6, 7, 8 and 9 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
+asyncio.Queue (`_putters`, `_wakeup_next`; fixes 8 and 9: the conductor's `_build_handler`,
+the consumer's `_wait_next_records`, `_read_offset`, `_add_gap`, `_n_acked` and Faust's
 current-event context variable): pyproject.toml pins the packages; asyncio.Queue's are CPython's
 (checked on 3.11 only). The tests in tests/test_transport.py and tests/test_inbox.py and the
 integration suite check them on every run.
@@ -160,7 +165,51 @@ def pause_in_client(client: aiokafka.AIOKafkaConsumer, action: str, tps) -> None
         getattr(client, action)(*mine)
 
 
-class _Consumer(PausedInTheClient, InPlaceWaitFirst, driver.Consumer):
+class InboxFetch:
+    """Fix 9, for Faust's consumer: each fetch's records of an inbox topic (`App.inboxes`) go to
+    the inbox as a whole, not one at a time through the fetcher, the conductor and a channel."""
+
+    async def _wait_next_records(self, timeout):
+        records, active_partitions = await super()._wait_next_records(timeout)
+        inboxes = self.app.inboxes
+        if not records or not inboxes or not self.flow_active or self.should_stop:
+            return records, active_partitions       # Faust's getmany does the rest (or seeks back)
+        for tp in [tp for tp in records if tp.topic in inboxes]:
+            # the partitions Faust would deliver from (the rest it drops, and so do we: left in)
+            if active_partitions is None or tp in active_partitions or tp in self._buffered_partitions:
+                await self._to_inbox(inboxes[tp.topic], tp, records.pop(tp))
+                if not self.flow_active or self.should_stop:
+                    break                               # a rebalance began: Faust seeks back
+        return records, active_partitions
+
+    async def _to_inbox(self, inbox, tp, records) -> None:
+        """What Faust's fetcher does for each record (`Consumer._drain_messages`: skip what was
+        read already, note gaps in the offsets for the commit, count towards `commit_every`)
+        and `getmany` (the message, the end offset for the monitor), for a partition's records."""
+        r_offset = self._read_offset[tp]
+        acks_enabled = self.app.topics.acks_enabled_for(tp.topic)
+        to_message = self._to_message
+        messages = []
+        for record in records:
+            offset = record.offset
+            if r_offset is None or offset >= r_offset:
+                if acks_enabled and r_offset and offset - r_offset > 1:
+                    # the offsets that never come (Faust passes `offset`, so its gap covers the
+                    # record just read too, and a commit could pass it before it is acknowledged)
+                    await self._add_gap(tp, r_offset + 1, offset - 1)
+                messages.append(to_message(tp, record))
+                r_offset = offset
+        if not messages:
+            return
+        self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+        await inbox.put(messages)
+        self._read_offset[tp] = r_offset
+        if self._commit_every is not None and self._n_acked >= self._commit_every:
+            self._n_acked = 0
+            await self.commit()
+
+
+class _Consumer(InboxFetch, PausedInTheClient, InPlaceWaitFirst, driver.Consumer):
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 

@@ -4,6 +4,7 @@ integration suite runs the same path against one."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 from faust.types import TP
@@ -71,28 +72,68 @@ async def test_deliver_skips_what_a_stream_would_skip(flowing):
     assert got == [0, 2]
 
 
-async def test_a_full_inbox_stops_fetching_the_partition_until_it_drains(scratch, monkeypatch):
+async def test_a_full_inbox_holds_the_fetcher_until_it_has_drained_to_half(scratch):
     make, name = scratch
-    full, drop = [], []
-    monkeypatch.setattr(app.consumer, "on_buffer_full", full.append)
-    monkeypatch.setattr(app.consumer, "on_buffer_drop", drop.append)
     inbox = make(4)
-    tp = TP(name, 0)
-    on_message = app.topics._build_handler(tp, set())
     sent = [_message(name, 0, o) for o in range(6)]
-    for m in sent[:4]:
-        await on_message(m)
-    assert full == [tp] and drop == []        # under pressure at 3 of 4: the fetcher leaves it out
-    waiting = asyncio.ensure_future(on_message(sent[4]))       # full: the fetcher waits for room
+    await inbox.put(sent[:4])
+    assert all(m.tracked and m in app.consumer.unacked for m in sent[:4])
+    waiting = asyncio.ensure_future(inbox.put(sent[4:]))       # full: the fetcher waits for room
+    await asyncio.sleep(0)                                     # one loop turn: it runs until it waits
+    assert not waiting.done() and len(inbox) == 4
+    assert await inbox.take(most=1) == sent[:1]
     await asyncio.sleep(0)
-    assert not waiting.done()
-    assert await inbox.take(most=3) == sent[:3]
-    await asyncio.wait_for(waiting, 5)                         # room (half empty): the wait ends
-    assert drop == []
-    assert await inbox.take() == sent[3:5]
-    assert drop == [tp]                                        # drained to 40%: fetched again
-    await on_message(sent[5])
-    assert await inbox.take() == sent[5:] and full == [tp]
+    assert not waiting.done()                                  # 3 of 4: not yet
+    assert await inbox.take(most=1) == sent[1:2]               # 2 of 4: room
+    await asyncio.wait_for(waiting, 5)
+    assert await inbox.take() == sent[2:]
+    for m in sent:
+        app.consumer.unacked.discard(m)
+
+
+def _record(topic, partition, offset):
+    """A record as aiokafka's consumer returns it."""
+    return SimpleNamespace(topic=topic, partition=partition, offset=offset, timestamp=1000 * offset,
+                           timestamp_type=0, headers=[], key=b"k", value=b"{}", checksum=None,
+                           serialized_key_size=1, serialized_value_size=2)
+
+
+async def test_a_fetch_hands_an_inbox_its_records_whole_and_faust_the_rest(scratch, monkeypatch):
+    make, name = scratch
+    inbox = make(100)
+    consumer = app.consumer
+    mine, other, paused = TP(name, 0), TP(T.ticks.get_topic_name(), 0), TP(name, 1)
+    fetched = {mine: [_record(name, 0, o) for o in (4, 5, 7)], other: [_record(other.topic, 0, 9)],
+               paused: [_record(name, 1, 0)]}
+
+    async def getmany(active_partitions, timeout):
+        return dict(fetched)
+    monkeypatch.setattr(consumer, "_getmany", getmany)
+    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {mine, other})
+    monkeypatch.setattr(consumer, "flow_active", True)
+    monkeypatch.setattr(consumer, "highwater", lambda tp: 8)
+    monkeypatch.setattr(app.topics, "acks_enabled_for", lambda topic: True)
+    monkeypatch.setitem(consumer._read_offset, mine, 4)          # offset 4 was read before
+    records, active = await consumer._wait_next_records(1.0)
+    # Faust's per-record path gets the other topic's records, and the paused partition's (it drops them)
+    assert set(records) == {other, paused} and active == {mine, other}
+    got = await inbox.take()
+    assert [(m.tp, m.offset, m.timestamp, m.generation_id) for m in got] == [
+        (mine, 4, 4.0, app.consumer_generation_id), (mine, 5, 5.0, app.consumer_generation_id),
+        (mine, 7, 7.0, app.consumer_generation_id)]
+    assert consumer._read_offset[mine] == 7
+    assert sorted((i.begin, i.end) for i in consumer._gap[mine]) == [(6, 7)]   # 6 never comes: committable
+    assert app.monitor.tp_end_offsets[mine] == 8
+    for m in got:
+        consumer.unacked.discard(m)
+    consumer._gap.pop(mine, None)
+    # while Faust has flow suspended, nothing is taken: its getmany seeks back
+    monkeypatch.setattr(consumer, "flow_active", False)
+    resumed = asyncio.Event()
+    resumed.set()
+    monkeypatch.setattr(consumer, "can_resume_flow", resumed)
+    records, _ = await consumer._wait_next_records(1.0)
+    assert mine in records and len(inbox) == 0
 
 
 async def test_table_writes_go_to_the_partition_written_for():
