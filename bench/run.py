@@ -213,14 +213,20 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a) -> dict:
 
 async def pace(producer, prefix: str, events, rate: float, seconds: float) -> tuple[int, float]:
     """Sends `events` at `rate` for `seconds`, each stamped with its produce time; returns the
-    number sent and the wall-clock start in ms."""
+    number sent and the wall-clock start in ms. Once all are sent it starts again with other
+    customers (`c-1` becomes `c-1~1`, then `c-1~2`, in the key and the value), so the load goes on
+    deciding like the first round: at 11,000 events/s the `--quick` stream lasts 4 s."""
     n, start, start_ms = 0, time.monotonic(), time.time() * 1000
-    while time.monotonic() - start < seconds and n < len(events):
-        due = min(len(events), int((time.monotonic() - start) * rate))
+    while time.monotonic() - start < seconds:
+        due = int((time.monotonic() - start) * rate)
         while n < due:
-            e = events[n]
-            await producer.send(prefix + e.topic, value=e.raw, key=e.key.encode() if e.key else None,
-                                timestamp_ms=int(time.time() * 1000))
+            rounds, i = divmod(n, len(events))
+            e = events[i]
+            key, value = e.key.encode() if e.key else None, e.raw
+            if rounds and key:
+                other = b"%s~%d" % (key, rounds)
+                key, value = other, value.replace(b'"%s"' % e.key.encode(), b'"%s"' % other)
+            await producer.send(prefix + e.topic, value=value, key=key, timestamp_ms=int(time.time() * 1000))
             n += 1
         await asyncio.sleep(0.005)   # pacing the producer is the point here
     await producer.flush()
