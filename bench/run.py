@@ -14,6 +14,8 @@ Phases (all against the same tansu broker, same topics and partition count):
   latency    a fresh worker fed at half of worker_eps, events stamped with their produce time;
              produce time -> decision (proposal or suppression) on its topic -> p50_ms, p99_ms
              (and p99_after_warmup_ms: without the first WARM_S seconds of load)
+  fixed      both again at --fixed-rate (3,000 events/s) -> fixed_p50_ms, fixed_p99_ms,
+             fixed_raw_p99_ms: a load that does not grow with the worker's backlog rate
   state      100k customers (a profile and a usage sample each) through a fresh worker -> rss_mb_100k
              (its peak: every event waits for stream time, then all are applied and written); then
              a second worker restores them from the changelog -> rss_mb_100k_restored
@@ -159,10 +161,9 @@ def steady(w: WorkerProcess) -> bool:
             and all(t is not None and now - parse_ts(t) < 1000 for t in times))
 
 
-async def latency(broker, redis, tmp: Path, events, rate: float, a) -> dict:
+async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str = "bench-lat.") -> dict:
     """A live worker (wall clock) fed at `rate` events/s; each event is stamped with its
     produce time, so a decision's created_at is its input's produce time."""
-    prefix = "bench-lat."
     await ensure_topics(broker.bootstrap, [prefix + t for t in (*INPUT_TOPICS, *OUTPUTS)], PARTITIONS)
     lateness, tick, fetch_wait = a.lateness_ms, a.tick, a.fetch_max_wait_ms
     w = WorkerProcess(env_for(broker, redis, prefix, tmp, UPSELL_CLOCK="wall", UPSELL_LATENESS_MS=str(lateness),
@@ -232,11 +233,10 @@ async def pace(producer, prefix: str, events, rate: float, seconds: float) -> tu
     return n, start_ms
 
 
-async def raw_latency(broker, events, rate: float, a) -> dict:
+async def raw_latency(broker, events, rate: float, a, prefix: str = "bench-rawlat.") -> dict:
     """The floor under `p99_ms`: the same events at the same rate through the same broker, read by
     a raw aiokafka consumer with the worker's fetch wait, produce time -> record in the consumer.
     No worker, no decision: what the broker and the client alone cost at this rate."""
-    prefix = "bench-rawlat."
     await ensure_topics(broker.bootstrap, [prefix + t for t in INPUT_TOPICS], PARTITIONS)
     consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=prefix + "raw",
                                 auto_offset_reset="latest", fetch_max_wait_ms=a.fetch_max_wait_ms)
@@ -396,6 +396,15 @@ async def main(a) -> dict:
         log(f"latency at {res['latency_rate_eps']:,} events/s: p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms "
             f"({res['p99_after_warmup_ms']} ms after the first {WARM_S} s) "
             f"({res['latency_samples']} decisions)")
+        if a.fixed_rate:
+            # the same at a rate that does not move with the backlog rate: comparable between runs
+            # and code versions (half of a faster worker is more load on the same two cores)
+            fixed = await raw_latency(broker, events, a.fixed_rate, a, prefix="bench-rawlat-fixed.")
+            fixed.update(await latency(broker, redis, tmp, events, a.fixed_rate, a, prefix="bench-lat-fixed."))
+            res.update({"fixed_rate_eps": a.fixed_rate, "fixed_p50_ms": fixed["p50_ms"],
+                        "fixed_p99_ms": fixed["p99_ms"], "fixed_raw_p99_ms": fixed["raw_p99_ms"]})
+            log(f"latency at {a.fixed_rate:,} events/s: p50 {res['fixed_p50_ms']} ms, p99 {res['fixed_p99_ms']} ms "
+                f"(raw aiokafka p99 {res['fixed_raw_p99_ms']} ms)")
 
         sizes = [len(orjson.dumps(c)) for eng in result.engines.values() for c in eng.customers.values()]
         res["state_bytes_per_customer"] = round(statistics.mean(sizes))
@@ -428,6 +437,8 @@ def table(res: dict) -> str:
             ("p99_ms", "latency p99, ms (goal <= 100)"),
             ("p99_after_warmup_ms", f"latency p99 after the first {WARM_S} s, ms"),
             ("raw_p99_ms", "raw aiokafka p99 at that rate, ms (the floor)"),
+            ("fixed_p99_ms", f"latency p99 at {res.get('fixed_rate_eps', 0):,} events/s, ms"),
+            ("fixed_raw_p99_ms", "raw aiokafka p99 at that rate, ms"),
             ("simulate_eps", "backtest, events/s (goal >= 50k)"),
             ("state_bytes_per_customer", "state per customer, bytes (mean)"),
             ("rss_mb_100k", f"worker RSS with {res.get('state_customers', 0):,} customers, MB"),
@@ -446,6 +457,8 @@ if __name__ == "__main__":
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--lateness-ms", type=int, default=20, help="latency phase: UPSELL_LATENESS_MS")
     ap.add_argument("--tick", type=float, default=0.02, help="latency phase: UPSELL_TICK_INTERVAL, s")
+    ap.add_argument("--fixed-rate", type=int, default=3000,
+                    help="latency phases again at this rate, events/s (0: not run)")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=10,
                     help="latency phase: UPSELL_FETCH_MAX_WAIT_MS (tansu holds an empty fetch this long)")
     a = ap.parse_args()
