@@ -146,3 +146,20 @@ async def test_table_writes_go_to_the_partition_written_for():
         assert T.customer_state.last_write[p].message.partition == p
     assert T.customer_state[b"inbox-test"] == b"5"
     T.customer_state.data.pop(b"inbox-test")
+
+
+async def test_an_error_in_the_handler_ends_the_run(scratch):
+    """Not swallowed: the ingest task ends with it and Faust stops the worker (mode crashes a
+    service whose task raises). The failing record is never acknowledged, so no commit passes it:
+    the partition's next owner reads it again."""
+    make, name = scratch
+    inbox = make(10)
+    await inbox.put([_message(name, 0, 0), _message(name, 0, 1)])
+    seen = []
+
+    async def handle(message):
+        seen.append(message.offset)
+        raise RuntimeError("engine bug")
+    with pytest.raises(RuntimeError, match="engine bug"):
+        await asyncio.wait_for(inbox.run(handle), 5)
+    assert seen == [0]
