@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from faust.types import TP
+from mode.utils.queues import FlowControlEvent
 from faust.types.tuples import ConsumerMessage
 
 import agents.engine as A
@@ -22,10 +23,12 @@ def _message(topic: str, partition: int = 0, offset: int = 0, generation_id=None
 
 
 @pytest.fixture
-def flowing():
-    app.flow_control.resume()        # as after an assignment (it starts suspended)
-    yield app.flow_control
-    app.flow_control.resume()
+def flowing(monkeypatch):
+    """Faust's flow control, resumed as after an assignment (it starts suspended); one of its own
+    per test, as its events belong to the event loop that first waits on them."""
+    flow = FlowControlEvent(initially_suspended=False)
+    monkeypatch.setattr(app, "flow_control", flow)
+    return flow
 
 
 @pytest.fixture
@@ -57,7 +60,7 @@ async def test_the_conductor_hands_the_input_topics_to_the_inbox(flowing):
     assert handler.__qualname__.startswith("Inbox.handler") and type(ticks) is not type(handler)
 
 
-async def test_deliver_skips_what_a_stream_would_skip(flowing):
+async def test_deliver_skips_an_earlier_generation_and_waits_while_flow_is_suspended(flowing):
     usage = T.inputs["usage"].get_topic_name()
     got = []
 
@@ -66,10 +69,27 @@ async def test_deliver_skips_what_a_stream_would_skip(flowing):
     now = app.consumer_generation_id
     await A.INBOX.deliver([_message(usage, 0, 0), _message(usage, 0, 1, generation_id=now - 1),
                            _message(usage, 0, 2)], handle)
-    assert got == [0, 2]              # fetched before the latest rebalance: the next owner reads it
-    flowing.suspend()                 # rebalancing
-    await A.INBOX.deliver([_message(usage, 0, 3)], handle)
-    assert got == [0, 2]
+    assert got == [0, 2]              # fetched before the latest rebalance: Faust seeks back to it
+    flowing.suspend()                 # rebalancing: handed on once flow resumes, if still current
+    later = asyncio.ensure_future(A.INBOX.deliver([_message(usage, 0, 3), _message(usage, 0, 4)], handle))
+    await asyncio.sleep(0)            # one loop turn: it runs until it waits
+    assert not later.done() and got == [0, 2]
+    flowing.resume()
+    await asyncio.wait_for(later, 5)
+    assert got == [0, 2, 3, 4]
+
+
+async def test_a_resume_of_flow_keeps_what_the_inbox_holds(scratch, flowing):
+    """Faust clears its channels' queues when it resumes flow after recovery, after it has sought
+    the input partitions to their committed offsets: records fetched in between would be lost
+    (the fetcher's read offset is past them). The inbox keeps them."""
+    make, name = scratch
+    inbox = make(10)
+    held = [_message(name, 0, 0), _message(name, 0, 1)]
+    await inbox.put(held)
+    flowing.suspend()
+    flowing.resume()                 # clears the queues it manages
+    assert len(inbox) == 2 and await inbox.take() == held
 
 
 async def test_a_full_inbox_holds_the_fetcher_until_it_has_drained_to_half(scratch):
