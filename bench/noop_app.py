@@ -1,6 +1,6 @@
-"""The framework's ceiling: a Faust app shaped like the worker (one agent per input topic,
-raw bytes, the same consumer settings and log level: `streams.transport.App`) whose agents do
-nothing with each event.
+"""The framework's ceiling on its per-record path: a Faust app with one agent per input topic (as
+the worker read them before its inbox, bench/README.md item 34; raw bytes, the same consumer
+settings and log level: `streams.transport.App`) whose agents do nothing with each event.
 
     python bench/noop_app.py worker -l warning      (configured by the UPSELL_* environment)
 

@@ -5,7 +5,8 @@
 Phases (all against the same tansu broker, same topics and partition count):
 
   raw        raw aiokafka consumer + orjson decode of every value  -> raw_eps (the client's ceiling)
-  noop       bench/noop_app.py: Faust, one agent per topic, no work  -> noop_eps (the framework's ceiling)
+  noop       bench/noop_app.py: Faust, one agent per topic, no work  -> noop_eps (Faust's per-record
+             path's ceiling: what `ratio_noop` compares with)
   noop inbox bench/noop_app.py with NOOP_INBOX=1: the worker's path (an inbox, streams/inbox.py),
              each record only acknowledged -> noop_inbox_eps (the ceiling of the worker's path)
   worker     `upsell worker`: all rules, tables, outputs, Redis     -> worker_eps
