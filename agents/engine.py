@@ -145,15 +145,14 @@ def persist(eng: PartitionEngine, records: int) -> list:
     with writing_for(STATE_SOURCE, p):
         for cid, c in eng.take_dirty():
             blobs[cid] = T.customer_state[cid.encode()] = dumps(c)
-    eng.written(blobs)      # customers idle since the batch before are kept as these bytes
-    held = HELD[p]
-    done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]
-    n = _since_meta[p] = _since_meta.get(p, 0) + records
-    if n >= META_EVERY:
-        with writing_for(STATE_SOURCE, p):
+        eng.written(blobs)      # customers idle since the batch before are kept as these bytes
+        held = HELD[p]
+        done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]
+        n = _since_meta[p] = _since_meta.get(p, 0) + records
+        if n >= META_EVERY:
             T.customer_state[meta_key(p)] = dumps(eng.meta())
-        _since_meta[p] = 0
-        done += MARKS.pop(p, [])
+            _since_meta[p] = 0
+            done += MARKS.pop(p, [])
     return done
 
 

@@ -108,20 +108,25 @@ def consume_rate(p: WorkerProcess, counter, total: int, timeout: float) -> float
     raise RuntimeError(f"{total} events not consumed within {timeout:.0f} s (see {p.log})")
 
 
-def noop_rate(p: WorkerProcess, total: int, timeout: float) -> float:
-    """Events/s of bench/noop_app.py, timed in its own process from the first record it counted
-    to the last (its inbox variant drains the backlog faster than polls can time it)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        p.alive()
-        try:
-            got = orjson.loads(p.get("/count")[1])
-        except OSError:          # not listening yet
-            got = {"events": 0}
-        if got["events"] >= total:
-            return (got["events"] - 1) / max(got["seconds"], 1e-9)
-        time.sleep(0.2)
-    raise RuntimeError(f"{total} events not consumed within {timeout:.0f} s (see {p.log})")
+def noop_rate(env: dict, log_to: Path, total: int, timeout: float) -> int:
+    """Events/s of bench/noop_app.py (started with `env`, stopped after) on the backlog, timed in
+    its own process from the first record it counted to the last (its inbox variant drains the
+    backlog faster than polls can time it)."""
+    p = WorkerProcess(env, log_to, argv=[sys.executable, str(ROOT / "bench" / "noop_app.py"), "worker"])
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            p.alive()
+            try:
+                got = orjson.loads(p.get("/count")[1])
+            except OSError:          # not listening yet
+                got = {"events": 0}
+            if got["events"] >= total:
+                return round((got["events"] - 1) / max(got["seconds"], 1e-9))
+            time.sleep(0.2)
+        raise RuntimeError(f"{total} events not consumed within {timeout:.0f} s (see {p.log})")
+    finally:
+        p.stop()
 
 
 # --------------------------------------------------------------------- phases --
@@ -364,20 +369,11 @@ async def main(a) -> dict:
         res["raw_eps"] = round(await raw_rate(broker.bootstrap, prefix, total))
         log(f"raw aiokafka + orjson: {res['raw_eps']:,} events/s")
 
-        noop = WorkerProcess(env_for(broker, redis, prefix, tmp), tmp / "noop.log",
-                             argv=[sys.executable, str(ROOT / "bench" / "noop_app.py"), "worker"])
-        try:
-            res["noop_eps"] = round(noop_rate(noop, total + markers, a.timeout))
-        finally:
-            noop.stop()
+        res["noop_eps"] = noop_rate(env_for(broker, redis, prefix, tmp), tmp / "noop.log",
+                                    total + markers, a.timeout)
         log(f"no-op Faust agents: {res['noop_eps']:,} events/s")
-
-        noop = WorkerProcess(env_for(broker, redis, prefix, tmp, NOOP_INBOX="1"), tmp / "noop-inbox.log",
-                             argv=[sys.executable, str(ROOT / "bench" / "noop_app.py"), "worker"])
-        try:
-            res["noop_inbox_eps"] = round(noop_rate(noop, total + markers, a.timeout))
-        finally:
-            noop.stop()
+        res["noop_inbox_eps"] = noop_rate(env_for(broker, redis, prefix, tmp, NOOP_INBOX="1"),
+                                          tmp / "noop-inbox.log", total + markers, a.timeout)
         log(f"no-op Faust app, records through an inbox: {res['noop_inbox_eps']:,} events/s")
 
         w = WorkerProcess(env_for(broker, redis, prefix, tmp), tmp / "worker.log")

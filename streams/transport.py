@@ -186,7 +186,8 @@ class InboxFetch:
         """What Faust's fetcher does for each record (`Consumer._drain_messages`: skip what was
         read already, note gaps in the offsets for the commit, count towards `commit_every`)
         and `getmany` (the message, the end offset for the monitor), for a partition's records."""
-        r_offset = self._read_offset[tp]
+        generation, start = self.app.consumer_generation_id, self._read_offset[tp]
+        r_offset = start
         acks_enabled = self.app.topics.acks_enabled_for(tp.topic)
         to_message = self._to_message
         messages = []
@@ -203,7 +204,12 @@ class InboxFetch:
             return
         self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
         await inbox.put(messages)
-        self._read_offset[tp] = r_offset
+        # The put may have waited (flow suspended, a full producer buffer or inbox): if Faust
+        # sought the partition meanwhile (a rebalance, the end of a recovery), its read offset
+        # stands, and what was sought back is read again (a copy already queued is recognised
+        # by its offset; one of an earlier generation is dropped when delivered).
+        if self.app.consumer_generation_id == generation and self._read_offset[tp] == start:
+            self._read_offset[tp] = r_offset
         if self._commit_every is not None and self._n_acked >= self._commit_every:
             self._n_acked = 0
             await self.commit()

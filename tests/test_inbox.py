@@ -156,6 +156,31 @@ async def test_a_fetch_hands_an_inbox_its_records_whole_and_faust_the_rest(scrat
     assert mine in records and len(inbox) == 0
 
 
+async def test_a_seek_while_the_inbox_is_full_keeps_the_read_offset_faust_set(scratch, monkeypatch):
+    """The fetcher waits for room; meanwhile Faust seeks the partition back (its recovery's seek
+    to the committed offset): the read offset it set stands, so what was sought back is read
+    again, instead of being skipped as read."""
+    make, name = scratch
+    inbox = make(1)
+    consumer = app.consumer
+    tp = TP(name, 0)
+    monkeypatch.setattr(consumer, "highwater", lambda tp: 8)
+    monkeypatch.setitem(consumer._read_offset, tp, 4)
+    await inbox.put([_message(name, 0, 3)])                   # full
+    waiting = asyncio.ensure_future(consumer._to_inbox(inbox, tp, [_record(name, 0, o) for o in (4, 5)]))
+    await asyncio.sleep(0)                                     # one loop turn: it runs until it waits
+    assert not waiting.done()
+    consumer._read_offset[tp] = 2                              # Faust's seek to the committed offset
+    assert [m.offset for m in await inbox.take()] == [3]
+    await asyncio.wait_for(waiting, 5)
+    assert consumer._read_offset[tp] == 2
+    assert [m.offset for m in await inbox.take()] == [4, 5]   # queued: read again, then deduplicated
+    monkeypatch.setitem(consumer._read_offset, tp, 4)
+    await consumer._to_inbox(inbox, tp, [_record(name, 0, o) for o in (4, 5)])
+    assert consumer._read_offset[tp] == 5                      # no seek: the fetch moves it on
+    await inbox.take()
+
+
 async def test_table_writes_go_to_the_partition_written_for():
     with pytest.raises(TypeError, match="outside of stream iteration"):
         T.customer_state[b"inbox-test"] = b"1"
