@@ -24,9 +24,9 @@ read-offset and gap bookkeeping), and queues them for one coroutine (`run`), in 
   resumes the input partitions, seeks them to their committed offsets and only then resumes flow,
   clearing its channels: records fetched in between were lost with them (the fetcher's read
   offset was past them, and nothing seeks again). Seen as a worker that never got a partition's
-  records after a restart that restored 100k customers (the benchmark's last phase hung there,
-  3 times in 5). Kept, they are handed on; a record fetched twice (across a seek) is recognised
-  by its offset.
+  records after a restart that restored 100k customers (the benchmark's last phase hung there
+  once; 4 of 12 ad hoc runs of it failed). Kept, they are handed on; a record fetched twice
+  (across a seek) is recognised by its offset.
 
 If a record of an inbox topic reaches the conductor anyway, `streams.transport.Conductor` hands it
 to the inbox too (`handler`), so it is never decoded into a channel nobody reads.
