@@ -376,7 +376,7 @@ async def advance(now_ms: int) -> None:
     """Live stream time on this worker: each partition engine it holds moves to the wall clock
     minus the allowed lateness. The events this releases are applied and their decisions sent at
     once; their state is written, and they are acknowledged, at the partition's next tick record
-    or batch end (a table is written only inside stream iteration). No record, no broker hop.
+    or batch end (write-behind: a move of the clock writes nothing). No record, no broker hop.
     `LOCAL` (streams.clock.LocalClock) calls it each tick interval and when an event falls due."""
     at = now_ms - settings.lateness_ms
     for eng in list(ENGINES.values()):
