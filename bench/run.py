@@ -22,6 +22,9 @@ Phases (all against the same tansu broker, same topics and partition count):
              a second worker restores them from the changelog -> rss_mb_100k_restored
   simulate   the offline backtest over the same file                 -> simulate_eps
 
+The latency phases' load generator sends what is due every --pace-ms (20 ms; 5 before run L1):
+tansu's cost per fetch grows with the number of produce batches a partition holds (item 38).
+
 Throughput is measured on a backlog (everything produced first), while the consumer works through
 it, so start-up and group joins are not counted: the worker's from polls of its /metrics (from the
 first poll that saw events to the first that saw them all: up to 200 ms slow), the no-op apps' in
@@ -200,7 +203,7 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
                             lat.append((at, now - at))
 
         task = asyncio.create_task(collect())
-        n, start_ms = await pace(producer, prefix, events, rate, a.latency_seconds)
+        n, start_ms = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
         await asyncio.sleep(2)           # let the last decisions arrive
         stop.set()
         await task
@@ -214,14 +217,16 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
     return {"p50_ms": _quantile(every, 0.50), "p99_ms": _quantile(every, 0.99),
             "p99_after_warmup_ms": _quantile(warm, 0.99), "latency_samples": len(every),
             "latency_rate_eps": round(rate), "latency_sent": n, "lateness_ms": lateness, "tick_s": tick,
-            "fetch_max_wait_ms": fetch_wait}
+            "fetch_max_wait_ms": fetch_wait, "pace_ms": a.pace_ms}
 
 
-async def pace(producer, prefix: str, events, rate: float, seconds: float) -> tuple[int, float]:
-    """Sends `events` at `rate` for `seconds`, each stamped with its produce time; returns the
-    number sent and the wall-clock start in ms. Once all are sent it starts again with other
-    customers (`c-1` becomes `c-1~1`, then `c-1~2`, in the key and the value), so the load goes on
-    deciding like the first round: at 11,000 events/s the `--quick` stream lasts 4 s."""
+async def pace(producer, prefix: str, events, rate: float, seconds: float, every: float) -> tuple[int, float]:
+    """Sends `events` at `rate` for `seconds`, what is due every `every` seconds, each stamped with
+    its produce time; returns the number sent and the wall-clock start in ms. `every` sets how many
+    produce batches the broker stores, and tansu lists them all on each fetch (bench/README, item
+    38). Once all are sent it starts again with other customers (`c-1` becomes `c-1~1`, then
+    `c-1~2`, in the key and the value), so the load goes on deciding like the first round: at
+    11,000 events/s the `--quick` stream lasts 4 s."""
     n, start, start_ms = 0, time.monotonic(), time.time() * 1000
     while time.monotonic() - start < seconds:
         due = int((time.monotonic() - start) * rate)
@@ -234,7 +239,7 @@ async def pace(producer, prefix: str, events, rate: float, seconds: float) -> tu
                 key, value = other, value.replace(b'"%s"' % e.key.encode(), b'"%s"' % other)
             await producer.send(prefix + e.topic, value=value, key=key, timestamp_ms=int(time.time() * 1000))
             n += 1
-        await asyncio.sleep(0.005)   # pacing the producer is the point here
+        await asyncio.sleep(every)   # pacing the producer is the point here
     await producer.flush()
     return n, start_ms
 
@@ -273,7 +278,7 @@ async def raw_latency(broker, events, rate: float, a, prefix: str = "bench-rawla
                 lat.extend(now - m.timestamp for msgs in batch.values() for m in msgs)
 
         task = asyncio.create_task(collect())
-        n, _ = await pace(producer, prefix, events, rate, a.latency_seconds)
+        n, _ = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
         sent.set_result(n)
         await asyncio.wait_for(task, a.timeout)
     finally:
@@ -458,6 +463,8 @@ if __name__ == "__main__":
                     help="latency phases again at this rate, events/s (0: not run)")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=10,
                     help="latency phase: UPSELL_FETCH_MAX_WAIT_MS (tansu holds an empty fetch this long)")
+    ap.add_argument("--pace-ms", type=int, default=20,
+                    help="latency phases: the load generator sends what is due every this many ms (5 before run L1)")
     a = ap.parse_args()
     a.customers = a.customers or (1000 if a.quick else 2000)
     a.days = a.days or (30 if a.quick else 90)
