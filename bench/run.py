@@ -9,14 +9,17 @@ Phases (all against the same tansu broker, same topics and partition count):
              path's ceiling: what `ratio_noop` compares with)
   noop inbox bench/noop_app.py with NOOP_INBOX=1: the worker's path (an inbox, streams/inbox.py),
              each record only acknowledged -> noop_inbox_eps (the ceiling of the worker's path)
-  worker     `upsell worker`: all rules, tables, outputs, Redis     -> worker_eps
+  worker     `upsell worker`: all rules, tables, outputs, Redis     -> worker_eps, and the CPU time
+             the worker process used per event meanwhile -> backlog_cpu_us_per_event
   raw lat.   raw aiokafka consumer at half of worker_eps, same broker and fetch wait: produce time
              -> record in the consumer -> raw_p50_ms, raw_p99_ms (the floor under the worker's)
   latency    a fresh worker fed at half of worker_eps, events stamped with their produce time;
              produce time -> decision (proposal or suppression) on its topic -> p50_ms, p99_ms
-             (and p99_after_warmup_ms: without the first WARM_S seconds of load)
+             (and p99_after_warmup_ms: without the first WARM_S seconds of load); the worker's
+             CPU time per event sent meanwhile -> live_cpu_us_per_event
   fixed      both again at --fixed-rate (3,000 events/s) -> fixed_p50_ms, fixed_p99_ms,
-             fixed_raw_p99_ms: a load that does not grow with the worker's backlog rate
+             fixed_raw_p99_ms, fixed_live_cpu_us_per_event: a load that does not grow with the
+             worker's backlog rate
   state      100k customers (a profile and a usage sample each) through a fresh worker -> rss_mb_100k
              (its peak: every event waits for stream time, then all are applied and written); then
              a second worker restores them from the changelog -> rss_mb_100k_restored
@@ -86,27 +89,27 @@ def worker_events(p: WorkerProcess) -> int | None:
         return None
 
 
-def consume_rate(p: WorkerProcess, counter, total: int, timeout: float) -> float:
+def consume_rate(p: WorkerProcess, counter, total: int, timeout: float) -> tuple[float, float]:
     """Events/s of another process (nothing to await), from polls of its count every 200 ms (at
     50 ms, each poll's /metrics page was about 5% of the worker's time in a profile): from the
-    first poll that saw events to the first that saw them all. Its progress is not even: on a
-    backlog the worker reads most events within a few hundred milliseconds, holding them until
-    the other topics reach their event time, and spends the rest applying and writing them, so
-    the rate runs to the end. The poll interval makes it read slow by up to 200 ms over the run
-    (about 10% for a 2 s backlog)."""
+    first poll that saw events to the first that saw them all; and the CPU time it used per event
+    meanwhile, in µs. Its progress is not even: on a backlog the worker reads most events within a
+    few hundred milliseconds, holding them until the other topics reach their event time, and
+    spends the rest applying and writing them, so the rate runs to the end. The poll interval
+    makes it read slow by up to 200 ms over the run (about 10% for a 2 s backlog)."""
     deadline = time.monotonic() + timeout
     first = None
     while time.monotonic() < deadline:
         p.alive()
         n = counter(p)
-        now = time.monotonic()
+        now, cpu = time.monotonic(), p.cpu_seconds()
         if n:
             if first is None:
-                first = (now, n)
+                first = (now, n, cpu)
             if n >= total:
                 if first[1] >= total:
                     raise RuntimeError(f"{total} events consumed between two polls: too fast to time")
-                return (n - first[1]) / max(now - first[0], 1e-9)
+                return (n - first[1]) / max(now - first[0], 1e-9), (cpu - first[2]) / (n - first[1]) * 1e6
         time.sleep(0.2)
     raise RuntimeError(f"{total} events not consumed within {timeout:.0f} s (see {p.log})")
 
@@ -203,7 +206,9 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
                             lat.append((at, now - at))
 
         task = asyncio.create_task(collect())
+        cpu = w.cpu_seconds()
         n, start_ms = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
+        cpu = w.cpu_seconds() - cpu
         await asyncio.sleep(2)           # let the last decisions arrive
         stop.set()
         await task
@@ -217,7 +222,8 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
     return {"p50_ms": _quantile(every, 0.50), "p99_ms": _quantile(every, 0.99),
             "p99_after_warmup_ms": _quantile(warm, 0.99), "latency_samples": len(every),
             "latency_rate_eps": round(rate), "latency_sent": n, "lateness_ms": lateness, "tick_s": tick,
-            "fetch_max_wait_ms": fetch_wait, "pace_ms": a.pace_ms}
+            "fetch_max_wait_ms": fetch_wait, "pace_ms": a.pace_ms,
+            "live_cpu_us_per_event": round(cpu / n * 1e6, 1)}
 
 
 async def pace(producer, prefix: str, events, rate: float, seconds: float, every: float) -> tuple[int, float]:
@@ -400,7 +406,8 @@ async def main(a) -> dict:
 
         w = WorkerProcess(env_for(broker, redis, prefix, tmp), tmp / "worker.log")
         try:
-            res["worker_eps"] = round(consume_rate(w, worker_events, total, a.timeout))
+            rate, cpu_us = consume_rate(w, worker_events, total, a.timeout)
+            res["worker_eps"], res["backlog_cpu_us_per_event"] = round(rate), round(cpu_us, 1)
         finally:
             w.stop()
         log(f"upsell worker: {res['worker_eps']:,} events/s")
@@ -421,7 +428,8 @@ async def main(a) -> dict:
             fixed = await raw_latency(broker, events, a.fixed_rate, a, prefix="bench-rawlat-fixed.")
             fixed.update(await latency(broker, redis, tmp, events, a.fixed_rate, a, prefix="bench-lat-fixed."))
             res.update({"fixed_rate_eps": a.fixed_rate, "fixed_p50_ms": fixed["p50_ms"],
-                        "fixed_p99_ms": fixed["p99_ms"], "fixed_raw_p99_ms": fixed["raw_p99_ms"]})
+                        "fixed_p99_ms": fixed["p99_ms"], "fixed_raw_p99_ms": fixed["raw_p99_ms"],
+                        "fixed_live_cpu_us_per_event": fixed["live_cpu_us_per_event"]})
             log(f"latency at {a.fixed_rate:,} events/s: p50 {res['fixed_p50_ms']} ms, p99 {res['fixed_p99_ms']} ms "
                 f"(raw aiokafka p99 {res['fixed_raw_p99_ms']} ms)")
 
@@ -452,7 +460,12 @@ def table(res: dict) -> str:
             ("noop_inbox_eps", "no-op Faust app, inbox path, events/s"),
             ("worker_eps", "upsell worker, events/s"), ("ratio_noop", "worker / no-op  (goal >= 0.8)"),
             ("ratio_noop_inbox", "worker / no-op on the inbox path"),
-            ("ratio_raw", "worker / raw"), ("p50_ms", "latency p50, ms (half load)"),
+            ("ratio_raw", "worker / raw"),
+            ("backlog_cpu_us_per_event", "worker CPU per event on the backlog, µs"),
+            ("live_cpu_us_per_event", "worker CPU per event live at half load, µs"),
+            ("fixed_live_cpu_us_per_event",
+             f"worker CPU per event live at {res.get('fixed_rate_eps', 0):,} events/s, µs"),
+            ("p50_ms", "latency p50, ms (half load)"),
             ("p99_ms", "latency p99, ms (goal <= 100)"),
             ("p99_after_warmup_ms", f"latency p99 after the first {WARM_S} s, ms"),
             ("raw_p99_ms", "raw aiokafka p99 at that rate, ms (the floor)"),
