@@ -7,10 +7,13 @@ from types import SimpleNamespace
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from faust.types.tuples import ConsumerMessage
 
 from agents import readmodel
 from agents.readmodel import KEEP, read_decision, record, record_events
 from streams import topics as T
+from streams.app import app
+from streams.embedded import free_port
 from rules.timeutil import DAY, format_ts
 
 pytestmark = pytest.mark.integration
@@ -97,8 +100,7 @@ async def test_unreadable_records_are_dead_letters_and_the_rest_of_their_batch_i
     monkeypatch.setattr(readmodel, "client", lambda: r)
     monkeypatch.setattr(T, "dead_letters", DeadLetters())
     values = [_doc(1, "c0", "proposals"), b"{oops", b'{"customer_id": "c0"}', _doc(2, "c0", "proposals")]
-    events = [SimpleNamespace(value=v, message=SimpleNamespace(topic="x.proposals", partition=1, offset=i, key=b"c0",
-                                                               value=v, timestamp=T0 / 1000))
+    events = [SimpleNamespace(topic="x.proposals", partition=1, offset=i, key=b"c0", value=v, timestamp=T0 / 1000)
               for i, v in enumerate(values)]
     try:
         assert await record_events(events, "proposals") == 2
@@ -108,3 +110,33 @@ async def test_unreadable_records_are_dead_letters_and_the_rest_of_their_batch_i
         assert sent[0]["original"] == "{oops"
     finally:
         await r.aclose()
+
+
+async def test_a_batch_is_written_again_while_redis_is_down_and_acknowledged_once_written(redis_server, monkeypatch):
+    """`write`, the read model's task's step: a connection error is not the end of the worker nor
+    of the batch; it is written again (idempotent) and only then acknowledged."""
+    r = aioredis.from_url(redis_server.url.rsplit("/", 1)[0] + "/4")
+    await r.flushdb()
+    down = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0")       # nothing listens there
+    msgs = [ConsumerMessage(T.proposals.get_topic_name(), 1, 0, T0 / 1000, 0, None, b"c0",
+                            _doc(1, "c0", "proposals"), None, generation_id=0),
+            ConsumerMessage(T.suppressed.get_topic_name(), 1, 0, T0 / 1000, 0, None, b"c0",
+                            _doc(2, "c0", "suppressed"), None, generation_id=0)]
+    calls = []
+
+    def client():
+        calls.append(not any(m.acked for m in msgs))
+        return down if len(calls) == 1 else r
+    monkeypatch.setattr(readmodel, "client", client)
+    monkeypatch.setattr(readmodel, "RETRY_S", (0,))
+    try:
+        await readmodel.write(msgs)
+        assert len(calls) >= 2 and all(calls)        # written again, nothing acknowledged before
+        assert all(m.acked for m in msgs)
+        assert await r.zrange("upsell:customer:c0:proposals", 0, -1) == [b"proposals-0001"]
+        assert await r.zrange("upsell:customer:c0:suppressed", 0, -1) == [b"suppressed-0002"]
+    finally:
+        for m in msgs:
+            app.consumer.unacked.discard(m)
+        await r.aclose()
+        await down.aclose()
