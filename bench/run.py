@@ -254,7 +254,9 @@ async def pace(producer, prefix: str, events, rate: float, seconds: float, every
             if p is None:
                 p = partition[key] = partition_for(key.decode(), PARTITIONS)
             tp = (prefix + e.topic, p)
-            batch = batches.get(tp) or batches.setdefault(tp, producer.create_batch())
+            batch = batches.get(tp)
+            if batch is None:
+                batch = batches[tp] = producer.create_batch()
             if batch.append(key=key, value=value, timestamp=stamp) is None:      # full: send it
                 await producer.send_batch(batch, tp[0], partition=p)
                 batch = batches[tp] = producer.create_batch()
