@@ -117,9 +117,9 @@ async def record(r: aioredis.Redis, items: list[tuple[dict, bytes]], kind: str) 
     return sum(written)
 
 
-async def record_events(messages, kind: str) -> int:
-    """A batch of the topic's records (Faust consumer messages): the readable ones written
-    (`record`), the others sent to dead-letters with the reason and their bytes."""
+async def readable(messages, kind: str) -> list[tuple[dict, bytes]]:
+    """A batch of the topic's records (Faust consumer messages) as `record` takes them; the
+    unreadable ones are sent to dead-letters with the reason and their bytes."""
     topic = "proposals" if kind == "proposals" else "proposals.suppressed"
     items = []
     for msg in messages:
@@ -128,7 +128,7 @@ async def record_events(messages, kind: str) -> int:
         except ValueError as exc:
             metrics.dead_letters[topic] += 1
             await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, f"read model: {exc}", None))
-    return await record(client(), items, kind) if items else 0
+    return items
 
 
 async def customer_view(r: aioredis.Redis, cid: str) -> dict:
@@ -150,17 +150,19 @@ RETRY_S = (0.1, 0.5, 2.0, 5.0)      # waits between attempts while Redis cannot 
 
 
 async def write(messages: list) -> None:
-    """A batch from `INBOX`: each topic's records written (`record_events`), then acknowledged.
-    While Redis cannot be reached the batch is written again, after a wait that grows to 5 s:
-    the writes are idempotent, and nothing is acknowledged before it is written."""
+    """A batch from `INBOX`: each topic's readable records written (`record`; the others are
+    dead letters, sent once), then all acknowledged. While Redis cannot be reached the batch is
+    written again, after a wait that grows to 5 s: the writes are idempotent, and nothing is
+    acknowledged before it is written."""
     kinds = {"proposals": [], "suppressed": []}
     for msg in messages:
         kinds[INBOX.names[msg.topic]].append(msg)
+    items = [(kind, await readable(batch, kind)) for kind, batch in kinds.items() if batch]
     for attempt in itertools.count():
         try:
-            for kind, batch in kinds.items():
+            for kind, batch in items:
                 if batch:
-                    await record_events(batch, kind)
+                    await record(client(), batch, kind)
             break
         except (RedisConnectionError, RedisTimeoutError) as exc:
             wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -10,7 +9,7 @@ import redis.asyncio as aioredis
 from faust.types.tuples import ConsumerMessage
 
 from agents import readmodel
-from agents.readmodel import KEEP, read_decision, record, record_events
+from agents.readmodel import KEEP, read_decision, record
 from streams import topics as T
 from streams.app import app
 from streams.embedded import free_port
@@ -88,40 +87,50 @@ def test_read_decision_says_what_is_wrong(raw, reason):
         read_decision(raw, "proposals")
 
 
+def _messages(values, topic=None) -> list[ConsumerMessage]:
+    """Records of `proposals` (or `topic`) as the read model's inbox hands them on."""
+    name = (topic or T.proposals).get_topic_name()
+    return [ConsumerMessage(name, 1, i, T0 / 1000, 0, None, b"c0", v, None, generation_id=0)
+            for i, v in enumerate(values)]
+
+
+class _DeadLetters:
+    def __init__(self):
+        self.sent = []
+
+    async def send(self, key, value):
+        self.sent.append(orjson.loads(value))
+
+
 async def test_unreadable_records_are_dead_letters_and_the_rest_of_their_batch_is_written(redis_server, monkeypatch):
     r = aioredis.from_url(redis_server.url.rsplit("/", 1)[0] + "/3")
     await r.flushdb()
-    sent = []
-
-    class DeadLetters:
-        async def send(self, key, value):
-            sent.append(orjson.loads(value))
-
+    dead = _DeadLetters()
     monkeypatch.setattr(readmodel, "client", lambda: r)
-    monkeypatch.setattr(T, "dead_letters", DeadLetters())
-    values = [_doc(1, "c0", "proposals"), b"{oops", b'{"customer_id": "c0"}', _doc(2, "c0", "proposals")]
-    events = [SimpleNamespace(topic="x.proposals", partition=1, offset=i, key=b"c0", value=v, timestamp=T0 / 1000)
-              for i, v in enumerate(values)]
+    monkeypatch.setattr(T, "dead_letters", dead)
+    msgs = _messages([_doc(1, "c0", "proposals"), b"{oops", b'{"customer_id": "c0"}', _doc(2, "c0", "proposals")])
     try:
-        assert await record_events(events, "proposals") == 2
+        await readmodel.write(msgs)
         assert set(await r.zrange("upsell:customer:c0:proposals", 0, -1)) == {b"proposals-0001", b"proposals-0002"}
-        assert [(d["topic"], d["offset"], d["error"].split(":")[1].strip()) for d in sent] == [
+        assert [(d["topic"], d["offset"], d["error"].split(":")[1].strip()) for d in dead.sent] == [
             ("proposals", 1, "malformed JSON"), ("proposals", 2, "field 'proposal_id'")]
-        assert sent[0]["original"] == "{oops"
+        assert dead.sent[0]["original"] == "{oops"
+        assert all(m.acked for m in msgs)           # the dead letters too: they are dealt with
     finally:
+        for m in msgs:
+            app.consumer.unacked.discard(m)
         await r.aclose()
 
 
 async def test_a_batch_is_written_again_while_redis_is_down_and_acknowledged_once_written(redis_server, monkeypatch):
     """`write`, the read model's task's step: a connection error is not the end of the worker nor
-    of the batch; it is written again (idempotent) and only then acknowledged."""
+    of the batch; it is written again (idempotent) and only then acknowledged. Its dead letters
+    are sent once."""
     r = aioredis.from_url(redis_server.url.rsplit("/", 1)[0] + "/4")
     await r.flushdb()
     down = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0")       # nothing listens there
-    msgs = [ConsumerMessage(T.proposals.get_topic_name(), 1, 0, T0 / 1000, 0, None, b"c0",
-                            _doc(1, "c0", "proposals"), None, generation_id=0),
-            ConsumerMessage(T.suppressed.get_topic_name(), 1, 0, T0 / 1000, 0, None, b"c0",
-                            _doc(2, "c0", "suppressed"), None, generation_id=0)]
+    dead = _DeadLetters()
+    msgs = _messages([_doc(1, "c0", "proposals"), b"{oops"]) + _messages([_doc(2, "c0", "suppressed")], T.suppressed)
     calls = []
 
     def client():
@@ -129,12 +138,14 @@ async def test_a_batch_is_written_again_while_redis_is_down_and_acknowledged_onc
         return down if len(calls) == 1 else r
     monkeypatch.setattr(readmodel, "client", client)
     monkeypatch.setattr(readmodel, "RETRY_S", (0,))
+    monkeypatch.setattr(T, "dead_letters", dead)
     try:
         await readmodel.write(msgs)
         assert len(calls) >= 2 and all(calls)        # written again, nothing acknowledged before
         assert all(m.acked for m in msgs)
         assert await r.zrange("upsell:customer:c0:proposals", 0, -1) == [b"proposals-0001"]
         assert await r.zrange("upsell:customer:c0:suppressed", 0, -1) == [b"suppressed-0002"]
+        assert [d["offset"] for d in dead.sent] == [1]
     finally:
         for m in msgs:
             app.consumer.unacked.discard(m)
