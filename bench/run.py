@@ -1,6 +1,6 @@
 """The benchmark: one run, one embedded broker, one generated stream, every number we report.
 
-    python bench/run.py [--quick] [--customers N --days D] [--json-only]
+    python bench/run.py [--quick] [--customers N --days D] [--pace-ms MS] [--fixed-rate EPS]
 
 Phases (all against the same tansu broker, same topics and partition count):
 
