@@ -13,10 +13,14 @@ Phases (all against the same tansu broker, same topics and partition count):
              the worker process used per event meanwhile -> backlog_cpu_us_per_event
   raw lat.   raw aiokafka consumer at half of worker_eps, same broker and fetch wait: produce time
              -> record in the consumer -> raw_p50_ms, raw_p99_ms (the floor under the worker's)
+             and raw_p99_ms_by_span (per third of the load, by produce time), with the broker's
+             CPU per third -> raw_broker_cores_by_span
   latency    a fresh worker fed at half of worker_eps, events stamped with their produce time;
              produce time -> decision (proposal or suppression) on its topic -> p50_ms, p99_ms
              (and p99_after_warmup_ms: without the first WARM_S seconds of load); the worker's
-             CPU time per event sent meanwhile -> live_cpu_us_per_event
+             CPU time per event sent meanwhile -> live_cpu_us_per_event; per third of the load,
+             p99_ms_by_span and the broker's CPU, broker_cores_by_span (it grows through the
+             phase: item 42)
   fixed      both again at --fixed-rate (3,000 events/s) -> fixed_p50_ms, fixed_p99_ms,
              fixed_raw_p99_ms, fixed_live_cpu_us_per_event: a load that does not grow with the
              worker's backlog rate
@@ -67,6 +71,7 @@ PARTITIONS = 8
 EVENT_DRIVEN = {"usage_limit", "usage_forecast", "purchase", "co_purchase", "volume"}
 OUTPUTS = ("ticks", "proposals", "proposals.suppressed", "dead-letters")
 WARM_S = 2      # the latency phase also reports its p99 without the first WARM_S seconds of load
+SPANS = 3       # the latency phases report p99 and the broker's CPU per third of the load (item 42)
 
 
 def log(msg: str) -> None:
@@ -206,6 +211,7 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
                             lat.append((at, now - at))
 
         task = asyncio.create_task(collect())
+        broker_cpu = asyncio.create_task(cpu_by_span(broker, a.latency_seconds, SPANS))
         cpu = w.cpu_seconds()
         n, start_ms = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
         cpu = w.cpu_seconds() - cpu
@@ -221,6 +227,8 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
     warm = sorted(ms for at, ms in lat if at >= start_ms + WARM_S * 1000)
     return {"p50_ms": _quantile(every, 0.50), "p99_ms": _quantile(every, 0.99),
             "p99_after_warmup_ms": _quantile(warm, 0.99), "latency_samples": len(every),
+            "p99_ms_by_span": p99_by_span(lat, start_ms, a.latency_seconds),
+            "broker_cores_by_span": await broker_cpu,
             "latency_rate_eps": round(rate), "latency_sent": n, "lateness_ms": lateness, "tick_s": tick,
             "fetch_max_wait_ms": fetch_wait, "pace_ms": a.pace_ms,
             "live_cpu_us_per_event": round(cpu / n * 1e6, 1)}
@@ -300,17 +308,42 @@ async def raw_latency(broker, events, rate: float, a, prefix: str = "bench-rawla
             while not (sent.done() and len(lat) >= sent.result()):
                 batch = await consumer.getmany(timeout_ms=200)
                 now = time.time() * 1000
-                lat.extend(now - m.timestamp for msgs in batch.values() for m in msgs)
+                lat.extend((m.timestamp, now - m.timestamp) for msgs in batch.values() for m in msgs)
 
         task = asyncio.create_task(collect())
-        n, _ = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
+        broker_cpu = asyncio.create_task(cpu_by_span(broker, a.latency_seconds, SPANS))
+        n, start_ms = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
         sent.set_result(n)
         await asyncio.wait_for(task, a.timeout)
     finally:
         await producer.stop()
         await consumer.stop()
-    every = sorted(lat)
-    return {"raw_p50_ms": _quantile(every, 0.50), "raw_p99_ms": _quantile(every, 0.99)}
+    every = sorted(ms for _, ms in lat)
+    return {"raw_p50_ms": _quantile(every, 0.50), "raw_p99_ms": _quantile(every, 0.99),
+            "raw_p99_ms_by_span": p99_by_span(lat, start_ms, a.latency_seconds),
+            "raw_broker_cores_by_span": await broker_cpu}
+
+
+def p99_by_span(lat: list[tuple[float, float]], start_ms: float, seconds: float, spans: int = SPANS) -> list:
+    """The p99 of the (produce time ms, latency ms) samples in each of `spans` equal spans of the
+    load, by produce time (a sample stamped after the load's end counts in the last span)."""
+    width = seconds * 1000 / spans
+    parts: list[list[float]] = [[] for _ in range(spans)]
+    for at, ms in lat:
+        parts[min(spans - 1, max(0, int((at - start_ms) // width)))].append(ms)
+    return [_quantile(sorted(p), 0.99) for p in parts]
+
+
+async def cpu_by_span(service, seconds: float, spans: int) -> list[float]:
+    """The CPU `service` (a process: `cpu_seconds()`) used in each of `spans` equal spans of the
+    next `seconds`, in cores."""
+    width, out, last = seconds / spans, [], service.cpu_seconds()
+    for _ in range(spans):
+        await asyncio.sleep(width)      # sampling a process's CPU counter at fixed times
+        now = service.cpu_seconds()
+        out.append(round((now - last) / width, 2))
+        last = now
+    return out
 
 
 def _quantile(sorted_ms: list[float], f: float) -> float:
@@ -419,11 +452,13 @@ async def main(a) -> dict:
 
         res.update(await raw_latency(broker, events, res["worker_eps"] / 2, a))
         log(f"raw aiokafka at {res['worker_eps'] / 2:,.0f} events/s: p50 {res['raw_p50_ms']} ms, "
-            f"p99 {res['raw_p99_ms']} ms")
+            f"p99 {res['raw_p99_ms']} ms; p99 by third of the load {res['raw_p99_ms_by_span']} ms, "
+            f"broker CPU {res['raw_broker_cores_by_span']} cores")
         res.update(await latency(broker, redis, tmp, events, res["worker_eps"] / 2, a))
         log(f"latency at {res['latency_rate_eps']:,} events/s: p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms "
             f"({res['p99_after_warmup_ms']} ms after the first {WARM_S} s) "
-            f"({res['latency_samples']} decisions)")
+            f"({res['latency_samples']} decisions); p99 by third of the load {res['p99_ms_by_span']} ms, "
+            f"broker CPU {res['broker_cores_by_span']} cores")
         if a.fixed_rate:
             # the same at a rate that does not move with the backlog rate: comparable between runs
             # and code versions (half of a faster worker is more load on the same two cores)
@@ -470,7 +505,11 @@ def table(res: dict) -> str:
             ("p50_ms", "latency p50, ms (half load)"),
             ("p99_ms", "latency p99, ms (goal <= 100)"),
             ("p99_after_warmup_ms", f"latency p99 after the first {WARM_S} s, ms"),
+            ("p99_ms_by_span", "latency p99 by third of the load, ms"),
+            ("broker_cores_by_span", "broker CPU by third of the load, cores"),
             ("raw_p99_ms", "raw aiokafka p99 at that rate, ms (the floor)"),
+            ("raw_p99_ms_by_span", "raw aiokafka p99 by third of the load, ms"),
+            ("raw_broker_cores_by_span", "broker CPU then, by third, cores"),
             ("fixed_p99_ms", f"latency p99 at {res.get('fixed_rate_eps', 0):,} events/s, ms"),
             ("fixed_raw_p99_ms", "raw aiokafka p99 at that rate, ms"),
             ("simulate_eps", "backtest, events/s (goal >= 50k)"),

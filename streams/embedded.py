@@ -56,6 +56,12 @@ def tansu_binary() -> str:
     return str(path)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used, all its threads (Linux: /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Service:
     def __init__(self, argv: list[str], port: int, what: str, log: Path | None):
         self.port, self.what = port, what
@@ -65,6 +71,9 @@ class Service:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
 
     def __enter__(self):
         return self
@@ -140,9 +149,7 @@ class WorkerProcess:
         return float("nan")
 
     def cpu_seconds(self) -> float:
-        """User and system CPU time the process has used, all its threads (Linux: /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def stop(self, timeout: float = 20.0, kill: bool = False) -> None:
         stop_process(self.proc, timeout, kill=kill)
