@@ -1,6 +1,8 @@
 """HTTP views on Faust's web server: /customers/{id}, /health, /metrics."""
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 
 from agents.engine import ENGINES, LOCAL
@@ -65,7 +67,9 @@ def assigned_partitions() -> list[int]:
 @app.page("/health")
 async def health(web, request):
     return web.json({"status": "ok", "assigned": assigned_partitions(), "partitions": sorted(ENGINES),
-                     "stream_time": {p: _ts(e.watermark) for p, e in sorted(ENGINES.items())}})
+                     "stream_time": {p: _ts(e.watermark) for p, e in sorted(ENGINES.items())},
+                     "event_loop": "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+                     else "aio"})
 
 
 def _highwater(topic: str, partition: int):

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rules.engine import INPUT_TOPICS  # noqa: E402
 from streams.inbox import Inbox  # noqa: E402
-from streams.settings import Settings  # noqa: E402
+from streams.settings import Settings, use_event_loop  # noqa: E402
 from streams.transport import App  # noqa: E402
 
 INBOX_MODE = os.environ.get("NOOP_INBOX") == "1"
@@ -79,4 +79,5 @@ async def count(web, request):
 
 
 if __name__ == "__main__":
+    use_event_loop(settings.event_loop)     # the worker's loop, so ratio_noop compares like with like
     app.main()

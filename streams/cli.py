@@ -80,6 +80,8 @@ def cmd_tail(a) -> None:
 def cmd_worker(a) -> None:
     if a.rules:
         os.environ["UPSELL_RULES"] = a.rules
+    from streams.settings import Settings, use_event_loop
+    use_event_loop(Settings.from_env().event_loop)      # before the worker makes its loop
     from streams.app import app
     sys.argv = ["upsell", "worker", "-l", a.loglevel, *(["--without-web"] if a.without_web else [])]
     app.main()

@@ -1,8 +1,11 @@
 """Every setting of the worker, read from the environment (documented in README.md)."""
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
+
+EVENT_LOOPS = ("uvloop", "aio")
 
 
 def _env(name: str, default: str) -> str:
@@ -40,12 +43,16 @@ class Settings:
     data_dir: str
     session_timeout: float
     fetch_max_wait_ms: int
+    event_loop: str         # uvloop or aio (asyncio's own): see use_event_loop
 
     @classmethod
     def from_env(cls) -> "Settings":
         clock = _env("UPSELL_CLOCK", "wall")
         if clock not in ("wall", "event"):
             raise ValueError(f"UPSELL_CLOCK must be 'wall' or 'event', got {clock!r}")
+        event_loop = _env("UPSELL_EVENT_LOOP", "uvloop")
+        if event_loop not in EVENT_LOOPS:
+            raise ValueError(f"UPSELL_EVENT_LOOP must be 'uvloop' or 'aio', got {event_loop!r}")
         return cls(
             app_id=_env("UPSELL_APP_ID", "upsell-engine"),
             broker=_env("UPSELL_BROKER", "kafka://localhost:9092"),
@@ -64,4 +71,19 @@ class Settings:
             data_dir=_env("UPSELL_DATA_DIR", "upsell-data"),
             session_timeout=float(_env("UPSELL_SESSION_TIMEOUT", "10")),
             fetch_max_wait_ms=int(_env("UPSELL_FETCH_MAX_WAIT_MS", "100")),
+            event_loop=event_loop,
         )
+
+
+def use_event_loop(name: str) -> None:
+    """Makes every event loop created from now on (the worker's, and its consumer thread's) a
+    `name` loop: "uvloop" (libuv's, the default: the live worker used about 7% less CPU per event,
+    bench/README.md item 43) or "aio" (asyncio's own). Call it before the worker makes its loop:
+    `upsell worker` and the benchmark's no-op app do; `faust -A streams.app worker` takes `-L`."""
+    if name == "uvloop":
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif name == "aio":
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+    else:
+        raise ValueError(f"unknown event loop {name!r}: one of {', '.join(EVENT_LOOPS)}")

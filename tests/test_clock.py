@@ -1,10 +1,12 @@
 """`streams.clock.LocalClock`: when the live worker moves its stream time (plain integers)."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from streams.clock import LocalClock, ManualClock
-from streams.settings import Settings
+from streams.settings import Settings, use_event_loop
 
 
 def _clock(lateness=20, tick=1000, resolution=5):
@@ -50,6 +52,30 @@ def test_the_resolution_setting_is_checked(monkeypatch):
         monkeypatch.setenv("UPSELL_CLOCK_RESOLUTION_MS", bad)
         with pytest.raises(ValueError, match=f"UPSELL_CLOCK_RESOLUTION_MS must be .* got '{bad}'"):
             Settings.from_env()
+
+
+def test_the_event_loop_setting_is_checked_and_applied(monkeypatch):
+    monkeypatch.delenv("UPSELL_EVENT_LOOP", raising=False)
+    assert Settings.from_env().event_loop == "uvloop"
+    monkeypatch.setenv("UPSELL_EVENT_LOOP", "aio")
+    assert Settings.from_env().event_loop == "aio"
+    monkeypatch.setenv("UPSELL_EVENT_LOOP", "tokio")
+    with pytest.raises(ValueError, match="UPSELL_EVENT_LOOP must be 'uvloop' or 'aio', got 'tokio'"):
+        Settings.from_env()
+    policy = asyncio.get_event_loop_policy()
+    try:
+        use_event_loop("uvloop")
+        loop = asyncio.new_event_loop()
+        assert type(loop).__module__.startswith("uvloop")
+        loop.close()
+        use_event_loop("aio")
+        loop = asyncio.new_event_loop()
+        assert isinstance(loop, asyncio.BaseEventLoop) and not type(loop).__module__.startswith("uvloop")
+        loop.close()
+        with pytest.raises(ValueError, match="unknown event loop 'tokio'"):
+            use_event_loop("tokio")
+    finally:
+        asyncio.set_event_loop_policy(policy)
 
 
 async def test_a_wall_clock_set_back_does_not_stop_the_clock():
