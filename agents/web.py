@@ -12,6 +12,7 @@ from rules.timeutil import format_ts
 from streams import metrics
 from streams import topics as T
 from streams.app import app, rules
+from streams.settings import event_loop_name
 
 
 def _ts(ms):
@@ -68,8 +69,7 @@ def assigned_partitions() -> list[int]:
 async def health(web, request):
     return web.json({"status": "ok", "assigned": assigned_partitions(), "partitions": sorted(ENGINES),
                      "stream_time": {p: _ts(e.watermark) for p, e in sorted(ENGINES.items())},
-                     "event_loop": "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop")
-                     else "aio"})
+                     "event_loop": event_loop_name(asyncio.get_running_loop())})
 
 
 def _highwater(topic: str, partition: int):

@@ -87,3 +87,8 @@ def use_event_loop(name: str) -> None:
         asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
     else:
         raise ValueError(f"unknown event loop {name!r}: one of {', '.join(EVENT_LOOPS)}")
+
+
+def event_loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """What `loop` is, in the setting's terms: "uvloop" or "aio"."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "aio"

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from streams.clock import LocalClock, ManualClock
-from streams.settings import Settings, use_event_loop
+from streams.settings import Settings, event_loop_name, use_event_loop
 
 
 def _clock(lateness=20, tick=1000, resolution=5):
@@ -66,11 +66,11 @@ def test_the_event_loop_setting_is_checked_and_applied(monkeypatch):
     try:
         use_event_loop("uvloop")
         loop = asyncio.new_event_loop()
-        assert type(loop).__module__.startswith("uvloop")
+        assert type(loop).__module__.startswith("uvloop") and event_loop_name(loop) == "uvloop"
         loop.close()
         use_event_loop("aio")
         loop = asyncio.new_event_loop()
-        assert isinstance(loop, asyncio.BaseEventLoop) and not type(loop).__module__.startswith("uvloop")
+        assert isinstance(loop, asyncio.BaseEventLoop) and event_loop_name(loop) == "aio"
         loop.close()
         with pytest.raises(ValueError, match="unknown event loop 'tokio'"):
             use_event_loop("tokio")
