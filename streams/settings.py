@@ -52,7 +52,7 @@ class Settings:
             raise ValueError(f"UPSELL_CLOCK must be 'wall' or 'event', got {clock!r}")
         event_loop = _env("UPSELL_EVENT_LOOP", "uvloop")
         if event_loop not in EVENT_LOOPS:
-            raise ValueError(f"UPSELL_EVENT_LOOP must be 'uvloop' or 'aio', got {event_loop!r}")
+            raise ValueError(f"UPSELL_EVENT_LOOP must be {' or '.join(map(repr, EVENT_LOOPS))}, got {event_loop!r}")
         return cls(
             app_id=_env("UPSELL_APP_ID", "upsell-engine"),
             broker=_env("UPSELL_BROKER", "kafka://localhost:9092"),
