@@ -10,7 +10,10 @@ Phases (all against the same tansu broker, same topics and partition count):
   noop inbox bench/noop_app.py with NOOP_INBOX=1: the worker's path (an inbox, streams/inbox.py),
              each record only acknowledged -> noop_inbox_eps (the ceiling of the worker's path)
   worker     `upsell worker`: all rules, tables, outputs, Redis     -> worker_eps, and the CPU time
-             the worker process used per event meanwhile -> backlog_cpu_us_per_event
+             the worker process used per event meanwhile -> backlog_cpu_us_per_event; timed until
+             it has read every event and sent as many decisions as the backtest of the same
+             file (simulate_decisions) -> worker_decisions (the same number: same input, same
+             output)
   raw lat.   raw aiokafka consumer at half of worker_eps, same broker and fetch wait: produce time
              -> record in the consumer -> raw_p50_ms, raw_p99_ms (the floor under the worker's)
              and raw_p99_ms_by_span (per third of the load, by produce time), with the broker's
@@ -94,14 +97,18 @@ def worker_events(p: WorkerProcess) -> int | None:
         return None
 
 
-def consume_rate(p: WorkerProcess, counter, total: int, timeout: float) -> tuple[float, float]:
+def consume_rate(p: WorkerProcess, counter, total: int, timeout: float,
+                 finished=None) -> tuple[float, float]:
     """Events/s of another process (nothing to await), from polls of its count every 200 ms (at
     50 ms, each poll's /metrics page was about 5% of the worker's time in a profile): from the
-    first poll that saw events to the first that saw them all; and the CPU time it used per event
-    meanwhile, in µs. Its progress is not even: on a backlog the worker reads most events within a
-    few hundred milliseconds, holding them until the other topics reach their event time, and
-    spends the rest applying and writing them, so the rate runs to the end. The poll interval
-    makes it read slow by up to 200 ms over the run (about 10% for a 2 s backlog)."""
+    first poll that saw events to the first that saw them all and, if `finished` is given, found
+    `finished(p)` true; and the CPU time it used per event meanwhile, in µs. Its progress is not
+    even: on a backlog the worker reads most events within a few hundred milliseconds, holding
+    them until the other topics reach their event time, and spends the rest applying and writing
+    them. Read counts alone would end the rate when the last event is read, which only the
+    inbox's backpressure keeps after the work: the worker's phase also waits for its decisions
+    (`finished`, item 44). The poll interval makes it read slow by up to 200 ms over the run
+    (about 10% for a 2 s backlog)."""
     deadline = time.monotonic() + timeout
     first = None
     while time.monotonic() < deadline:
@@ -111,12 +118,13 @@ def consume_rate(p: WorkerProcess, counter, total: int, timeout: float) -> tuple
         if n:
             if first is None:
                 first = (now, n, cpu)
-            if n >= total:
+            if n >= total and (finished is None or finished(p)):
                 if first[1] >= total:
                     raise RuntimeError(f"{total} events consumed between two polls: too fast to time")
                 return (n - first[1]) / max(now - first[0], 1e-9), (cpu - first[2]) / (n - first[1]) * 1e6
         time.sleep(0.2)
-    raise RuntimeError(f"{total} events not consumed within {timeout:.0f} s (see {p.log})")
+    raise RuntimeError(f"{total} events not consumed{' and finished' if finished else ''} within "
+                       f"{timeout:.0f} s (see {p.log})")
 
 
 def noop_rate(env: dict, log_to: Path, total: int, timeout: float) -> int:
@@ -135,7 +143,8 @@ def noop_rate(env: dict, log_to: Path, total: int, timeout: float) -> int:
             if got["events"] >= total:
                 return round((got["events"] - 1) / max(got["seconds"], 1e-9))
             time.sleep(0.2)
-        raise RuntimeError(f"{total} events not consumed within {timeout:.0f} s (see {p.log})")
+        raise RuntimeError(f"{total} events not consumed{' and finished' if finished else ''} within "
+                       f"{timeout:.0f} s (see {p.log})")
     finally:
         p.stop()
 
@@ -441,11 +450,16 @@ async def main(a) -> dict:
 
         w = WorkerProcess(env_for(broker, redis, prefix, tmp), tmp / "worker.log")
         try:
-            rate, cpu_us = consume_rate(w, worker_events, total, a.timeout)
+            # done once it has read every event and sent every decision the backtest made
+            expected = len(result.proposals) + len(result.suppressed)
+            rate, cpu_us = consume_rate(w, worker_events, total, a.timeout,
+                                        finished=lambda p: p.decisions() >= expected)
             res["worker_eps"], res["backlog_cpu_us_per_event"] = round(rate), round(cpu_us, 1)
+            res["worker_decisions"], res["simulate_decisions"] = w.decisions(), expected
         finally:
             w.stop()
-        log(f"upsell worker: {res['worker_eps']:,} events/s")
+        log(f"upsell worker: {res['worker_eps']:,} events/s, {res['worker_decisions']:,} decisions "
+            f"(the backtest: {expected:,})")
         res["ratio_noop"] = round(res["worker_eps"] / res["noop_eps"], 3)
         res["ratio_noop_inbox"] = round(res["worker_eps"] / res["noop_inbox_eps"], 3)
         res["ratio_raw"] = round(res["worker_eps"] / res["raw_eps"], 4)
@@ -498,6 +512,8 @@ def table(res: dict) -> str:
             ("worker_eps", "upsell worker, events/s"), ("ratio_noop", "worker / no-op  (goal >= 0.8)"),
             ("ratio_noop_inbox", "worker / no-op on the inbox path"),
             ("ratio_raw", "worker / raw"),
+            ("worker_decisions", "worker's decisions on the backlog"),
+            ("simulate_decisions", "the backtest's decisions, same file"),
             ("backlog_cpu_us_per_event", "worker CPU per event on the backlog, µs"),
             ("live_cpu_us_per_event", "worker CPU per event live at half load, µs"),
             ("fixed_live_cpu_us_per_event",

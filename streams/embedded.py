@@ -103,6 +103,12 @@ class EmbeddedRedis(Service):
         self.url = f"redis://127.0.0.1:{port}/0"
 
 
+def metric_sum(body: str, family: str) -> int:
+    """The sum of a counter family's samples, every label set, in a Prometheus text page."""
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in body.splitlines()
+               if line.startswith(family + "{") or line.startswith(family + " "))
+
+
 class WorkerProcess:
     """A worker (or any Faust app: `argv`) in its own process, configured by `env` (UPSELL_*),
     logging to `log`, with its web port to poll."""
@@ -138,9 +144,12 @@ class WorkerProcess:
 
     def events_in(self) -> int:
         """Input events the worker has read (valid or not), from /metrics."""
+        return metric_sum(self.get("/metrics")[1].decode(), "upsell_events_in_total")
+
+    def decisions(self) -> int:
+        """Decisions the worker has sent (proposals and suppressions), from /metrics."""
         body = self.get("/metrics")[1].decode()
-        return sum(int(float(line.rsplit(" ", 1)[1])) for line in body.splitlines()
-                   if line.startswith("upsell_events_in_total{"))
+        return metric_sum(body, "upsell_proposals_total") + metric_sum(body, "upsell_suppressed_total")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -1,0 +1,62 @@
+"""The benchmark's throughput timing (`bench/run.py`): what ends a worker's backlog phase, and the
+counters it reads from a worker's /metrics page."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from bench import run as B
+from streams import metrics
+from streams.embedded import metric_sum
+
+
+class _Polled:
+    """What `consume_rate` polls: a process whose read count and decisions move with each poll."""
+
+    def __init__(self, reads: list[int], decided_at_poll: int):
+        self.reads, self.decided_at_poll, self.polls, self.log = reads, decided_at_poll, 0, "-"
+
+    def alive(self) -> None:
+        pass
+
+    def cpu_seconds(self) -> float:
+        return 0.1 * self.polls
+
+    def read(self, _p) -> int:
+        self.polls += 1
+        return self.reads[min(self.polls, len(self.reads)) - 1]
+
+    def finished(self, _p) -> bool:
+        return self.polls >= self.decided_at_poll
+
+
+def test_the_rate_runs_until_the_work_is_finished_not_only_read():
+    # every event read by the second poll, the decisions all sent at the fifth
+    read_only = _Polled([100, 1000], decided_at_poll=5)
+    rate_read, _ = B.consume_rate(read_only, read_only.read, 1000, timeout=30)
+    waited = _Polled([100, 1000], decided_at_poll=5)
+    rate_done, cpu_us = B.consume_rate(waited, waited.read, 1000, timeout=30, finished=waited.finished)
+    assert read_only.polls == 2 and waited.polls == 5
+    # the same 900 events over four poll intervals instead of one
+    assert rate_done < rate_read / 3
+    assert cpu_us == pytest.approx((0.5 - 0.1) / 900 * 1e6)
+
+
+def test_a_phase_that_never_finishes_fails_and_says_so():
+    never = _Polled([100, 1000], decided_at_poll=10**9)
+    with pytest.raises(RuntimeError, match="not consumed and finished within 1 s"):
+        B.consume_rate(never, never.read, 1000, timeout=1, finished=never.finished)
+
+
+def test_metric_sum_adds_every_label_set_of_one_family_from_the_real_page(monkeypatch):
+    monkeypatch.setattr(metrics, "events_in", Counter({"usage": 7, "purchases": 5}))
+    monkeypatch.setattr(metrics, "proposals_out", Counter({"usage_limit": 3, "cross_sell": 2}))
+    monkeypatch.setattr(metrics, "suppressed_out", Counter({("usage_limit", "cooldown"): 4}))
+    monkeypatch.setattr(metrics, "late_events", Counter({"usage": 11}))
+    page = metrics.render(lambda topic, partition: None, clock_moves=9)
+    assert metric_sum(page, "upsell_events_in_total") == 12
+    assert metric_sum(page, "upsell_proposals_total") == 5
+    assert metric_sum(page, "upsell_suppressed_total") == 4
+    assert metric_sum(page, "upsell_clock_moves_total") == 9     # a family without labels
+    assert metric_sum(page, "upsell_events_in") == 0              # a prefix is not a family
