@@ -21,12 +21,13 @@ Phases (all against the same tansu broker, same topics and partition count):
   latency    a fresh worker fed at half of worker_eps, events stamped with their produce time;
              produce time -> decision (proposal or suppression) on its topic -> p50_ms, p99_ms
              (and p99_after_warmup_ms: without the first WARM_S seconds of load); the worker's
-             CPU time per event sent meanwhile -> live_cpu_us_per_event; per third of the load,
-             p99_ms_by_span and the broker's CPU, broker_cores_by_span (it grows through the
-             phase: item 42)
+             CPU time per event sent meanwhile -> live_cpu_us_per_event, and before the load,
+             idle for IDLE_S seconds -> idle_cores; per third of the load, p99_ms_by_span and
+             the broker's CPU, broker_cores_by_span (it grows through the phase: item 42)
   fixed      both again at --fixed-rate (3,000 events/s) -> fixed_p50_ms, fixed_p99_ms,
              fixed_raw_p99_ms, fixed_live_cpu_us_per_event: a load that does not grow with the
-             worker's backlog rate
+             worker's backlog rate; with the half-load phase, the live worker's CPU as a fixed
+             part and a part per event -> live_fixed_cores, live_marginal_us_per_event (item 45)
   state      100k customers (a profile and a usage sample each) through a fresh worker -> rss_mb_100k
              (its peak: every event waits for stream time, then all are applied and written); then
              a second worker restores them from the changelog -> rss_mb_100k_restored
@@ -75,6 +76,7 @@ EVENT_DRIVEN = {"usage_limit", "usage_forecast", "purchase", "co_purchase", "vol
 OUTPUTS = ("ticks", "proposals", "proposals.suppressed", "dead-letters")
 WARM_S = 2      # the latency phase also reports its p99 without the first WARM_S seconds of load
 SPANS = 3       # the latency phases report p99 and the broker's CPU per third of the load (item 42)
+IDLE_S = 2      # the latency phases first measure the live worker's CPU without load (item 45)
 
 
 def log(msg: str) -> None:
@@ -219,6 +221,9 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
                             lat.append((at, now - at))
 
         task = asyncio.create_task(collect())
+        idle = w.cpu_seconds()
+        await asyncio.sleep(IDLE_S)      # measuring the idle worker's CPU over a wall-clock span
+        idle = (w.cpu_seconds() - idle) / IDLE_S
         broker_cpu = asyncio.create_task(cpu_by_span(broker, a.latency_seconds, SPANS))
         cpu = w.cpu_seconds()
         n, start_ms = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
@@ -239,7 +244,7 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
             "broker_cores_by_span": await broker_cpu,
             "latency_rate_eps": round(rate), "latency_sent": n, "lateness_ms": lateness, "tick_s": tick,
             "fetch_max_wait_ms": fetch_wait, "pace_ms": a.pace_ms,
-            "live_cpu_us_per_event": round(cpu / n * 1e6, 1)}
+            "live_cpu_us_per_event": round(cpu / n * 1e6, 1), "idle_cores": round(idle, 3)}
 
 
 async def pace(producer, prefix: str, events, rate: float, seconds: float, every: float) -> tuple[int, float]:
@@ -330,6 +335,18 @@ async def raw_latency(broker, events, rate: float, a, prefix: str = "bench-rawla
     return {"raw_p50_ms": _quantile(every, 0.50), "raw_p99_ms": _quantile(every, 0.99),
             "raw_p99_ms_by_span": p99_by_span(lat, start_ms, a.latency_seconds),
             "raw_broker_cores_by_span": await broker_cpu}
+
+
+def live_cost(rate: float, us_per_event: float, other_rate: float, other_us_per_event: float) -> dict:
+    """The live worker's CPU, read from two loads as a fixed part (cores, whatever the rate) and a
+    part per event (µs): us_per_event = fixed / rate + per_event at both (item 45). At half load
+    the fixed part does not shrink with a cheaper event, and the load grows with the backlog rate;
+    so the worker's share of a core there is about fixed + 0.5 * per_event / backlog µs per event."""
+    if rate == other_rate:
+        return {"live_fixed_cores": None, "live_marginal_us_per_event": None}
+    fixed = (us_per_event - other_us_per_event) / (1 / rate - 1 / other_rate)    # µs per second
+    return {"live_fixed_cores": round(fixed / 1e6, 3),
+            "live_marginal_us_per_event": round(us_per_event - fixed / rate, 1)}
 
 
 def p99_by_span(lat: list[tuple[float, float]], start_ms: float, seconds: float, spans: int = SPANS) -> list:
@@ -480,6 +497,8 @@ async def main(a) -> dict:
             res.update({"fixed_rate_eps": a.fixed_rate, "fixed_p50_ms": fixed["p50_ms"],
                         "fixed_p99_ms": fixed["p99_ms"], "fixed_raw_p99_ms": fixed["raw_p99_ms"],
                         "fixed_live_cpu_us_per_event": fixed["live_cpu_us_per_event"]})
+            res.update(live_cost(res["latency_rate_eps"], res["live_cpu_us_per_event"],
+                                 a.fixed_rate, fixed["live_cpu_us_per_event"]))
             log(f"latency at {a.fixed_rate:,} events/s: p50 {res['fixed_p50_ms']} ms, p99 {res['fixed_p99_ms']} ms "
                 f"(raw aiokafka p99 {res['fixed_raw_p99_ms']} ms)")
 
@@ -517,6 +536,9 @@ def table(res: dict) -> str:
             ("live_cpu_us_per_event", "worker CPU per event live at half load, µs"),
             ("fixed_live_cpu_us_per_event",
              f"worker CPU per event live at {res.get('fixed_rate_eps', 0):,} events/s, µs"),
+            ("idle_cores", "live worker's CPU before the load, cores"),
+            ("live_fixed_cores", "live worker's CPU, fixed part, cores"),
+            ("live_marginal_us_per_event", "live worker's CPU, part per event, µs"),
             ("p50_ms", "latency p50, ms (half load)"),
             ("p99_ms", "latency p99, ms (goal <= 100)"),
             ("p99_after_warmup_ms", f"latency p99 after the first {WARM_S} s, ms"),

@@ -60,3 +60,16 @@ def test_metric_sum_adds_every_label_set_of_one_family_from_the_real_page(monkey
     assert metric_sum(page, "upsell_suppressed_total") == 4
     assert metric_sum(page, "upsell_clock_moves_total") == 9     # a family without labels
     assert metric_sum(page, "upsell_events_in") == 0              # a prefix is not a family
+
+
+def test_live_cost_splits_two_loads_into_a_fixed_part_and_a_part_per_event():
+    # 0.3 of a core whatever the rate, plus 32 µs per event: 132 µs per event at 3,000 events/s,
+    # 53.4 at 14,000
+    fixed, per_event = 0.3e6, 32.0
+    at = {r: fixed / r + per_event for r in (3000, 14000)}
+    cost = B.live_cost(14000, at[14000], 3000, at[3000])
+    assert cost == {"live_fixed_cores": 0.3, "live_marginal_us_per_event": 32.0}
+    # the same either way round; one load alone cannot be split
+    assert B.live_cost(3000, at[3000], 14000, at[14000]) == cost
+    assert B.live_cost(3000, 140.0, 3000, 140.0) == {"live_fixed_cores": None,
+                                                     "live_marginal_us_per_event": None}
