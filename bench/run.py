@@ -22,8 +22,10 @@ Phases (all against the same tansu broker, same topics and partition count):
              produce time -> decision (proposal or suppression) on its topic -> p50_ms, p99_ms
              (and p99_after_warmup_ms: without the first WARM_S seconds of load); the worker's
              CPU time per event sent meanwhile -> live_cpu_us_per_event, and before the load,
-             idle for IDLE_S seconds -> idle_cores; per third of the load, p99_ms_by_span and
-             the broker's CPU, broker_cores_by_span (it grows through the phase: item 42)
+             idle for IDLE_S seconds -> idle_cores; the worker's main thread and its other
+             threads (Faust's consumer thread) during the load -> live_main_thread_cores,
+             live_other_threads_cores; per third of the load, p99_ms_by_span and the broker's
+             CPU, broker_cores_by_span (it grows through the phase: item 42)
   fixed      both again at --fixed-rate (3,000 events/s) -> fixed_p50_ms, fixed_p99_ms,
              fixed_raw_p99_ms, fixed_live_cpu_us_per_event: a load that does not grow with the
              worker's backlog rate; with the half-load phase, the live worker's CPU as a fixed
@@ -225,9 +227,10 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
         await asyncio.sleep(IDLE_S)      # measuring the idle worker's CPU over a wall-clock span
         idle = (w.cpu_seconds() - idle) / IDLE_S
         broker_cpu = asyncio.create_task(cpu_by_span(broker, a.latency_seconds, SPANS))
-        cpu = w.cpu_seconds()
+        cpu, main_cpu, began = w.cpu_seconds(), w.main_thread_cpu_seconds(), time.monotonic()
         n, start_ms = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
-        cpu = w.cpu_seconds() - cpu
+        cpu, main_cpu = w.cpu_seconds() - cpu, w.main_thread_cpu_seconds() - main_cpu
+        took = time.monotonic() - began
         await asyncio.sleep(2)           # let the last decisions arrive
         stop.set()
         await task
@@ -244,7 +247,9 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
             "broker_cores_by_span": await broker_cpu,
             "latency_rate_eps": round(rate), "latency_sent": n, "lateness_ms": lateness, "tick_s": tick,
             "fetch_max_wait_ms": fetch_wait, "pace_ms": a.pace_ms,
-            "live_cpu_us_per_event": round(cpu / n * 1e6, 1), "idle_cores": round(idle, 3)}
+            "live_cpu_us_per_event": round(cpu / n * 1e6, 1), "idle_cores": round(idle, 3),
+            "live_main_thread_cores": round(main_cpu / took, 3),
+            "live_other_threads_cores": round((cpu - main_cpu) / took, 3)}
 
 
 async def pace(producer, prefix: str, events, rate: float, seconds: float, every: float) -> tuple[int, float]:
@@ -539,6 +544,8 @@ def table(res: dict) -> str:
             ("idle_cores", "live worker's CPU before the load, cores"),
             ("live_fixed_cores", "live worker's CPU, fixed part, cores"),
             ("live_marginal_us_per_event", "live worker's CPU, part per event, µs"),
+            ("live_main_thread_cores", "live worker's main thread at half load, cores"),
+            ("live_other_threads_cores", "its consumer thread (and any other), cores"),
             ("p50_ms", "latency p50, ms (half load)"),
             ("p99_ms", "latency p99, ms (goal <= 100)"),
             ("p99_after_warmup_ms", f"latency p99 after the first {WARM_S} s, ms"),

@@ -58,7 +58,17 @@ def tansu_binary() -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used, all its threads (Linux: /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """The CPU time of a process's main thread alone (its thread id is the process id). The
+    worker's other thread is Faust's consumer thread, where aiokafka fetches."""
+    return _stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def _stat_cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -159,6 +169,9 @@ class WorkerProcess:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.proc.pid)
+
+    def main_thread_cpu_seconds(self) -> float:
+        return main_thread_cpu_seconds(self.proc.pid)
 
     def stop(self, timeout: float = 20.0, kill: bool = False) -> None:
         stop_process(self.proc, timeout, kill=kill)

@@ -1,13 +1,14 @@
 """The benchmark's per-span figures (`bench/run.py`): p99 per third of the load, by produce time,
-and a process's CPU per span, read from a real process."""
+and a process's CPU per span and its main thread's apart, read from real processes."""
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 import sys
 
 from bench import run as B
-from streams.embedded import cpu_seconds, stop_process
+from streams.embedded import cpu_seconds, main_thread_cpu_seconds, stop_process
 
 
 def test_p99_by_span_puts_each_sample_in_the_span_of_its_produce_time():
@@ -43,3 +44,23 @@ async def test_cpu_by_span_reads_a_busy_process_as_busy_and_an_idle_one_as_idle(
     assert len(busy_cores) == 3 and len(idle_cores) == 3
     assert all(c > 0.2 for c in busy_cores), busy_cores       # a core's worth, less what others take
     assert all(c <= 0.05 for c in idle_cores), idle_cores
+
+
+async def test_the_main_thread_is_told_apart_from_the_others():
+    # a process whose main thread sleeps while another thread spins, and one the other way round
+    spinner = "import threading, time\ndef spin():\n    while True: pass\n"
+    off_main = subprocess.Popen([sys.executable, "-c", spinner +
+                                 "threading.Thread(target=spin, daemon=True).start()\ntime.sleep(60)"])
+    on_main = subprocess.Popen([sys.executable, "-c", spinner +
+                                "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\nspin()"])
+    try:
+        before = {p: (cpu_seconds(p.pid), main_thread_cpu_seconds(p.pid)) for p in (off_main, on_main)}
+        await asyncio.sleep(0.9)       # a span of wall-clock time to measure over
+        used = {p: (cpu_seconds(p.pid) - a, main_thread_cpu_seconds(p.pid) - m) for p, (a, m) in before.items()}
+    finally:
+        stop_process(off_main, kill=True)
+        stop_process(on_main, kill=True)
+    total, main = used[off_main]
+    assert total > 0.2 and main <= 0.05, used[off_main]
+    total, main = used[on_main]
+    assert main > 0.2 and main >= total - 0.05, used[on_main]
