@@ -13,7 +13,8 @@ Phases (all against the same tansu broker, same topics and partition count):
              the worker process used per event meanwhile -> backlog_cpu_us_per_event; timed until
              it has read every event and sent as many decisions as the backtest of the same
              file (simulate_decisions) -> worker_decisions (the same number: same input, same
-             output)
+             output), and how long after the poll that found every event read that came, in
+             polls of 200 ms -> worker_decided_after_read_s
   raw lat.   raw aiokafka consumer at half of worker_eps, same broker and fetch wait: produce time
              -> record in the consumer -> raw_p50_ms, raw_p99_ms (the floor under the worker's)
              and raw_p99_ms_by_span (per third of the load, by produce time), with the broker's
@@ -102,11 +103,12 @@ def worker_events(p: WorkerProcess) -> int | None:
 
 
 def consume_rate(p: WorkerProcess, counter, total: int, timeout: float,
-                 finished=None) -> tuple[float, float]:
+                 finished=None) -> tuple[float, float, float]:
     """Events/s of another process (nothing to await), from polls of its count every 200 ms (at
     50 ms, each poll's /metrics page was about 5% of the worker's time in a profile): from the
     first poll that saw events to the first that saw them all and, if `finished` is given, found
-    `finished(p)` true; and the CPU time it used per event meanwhile, in µs. Its progress is not
+    `finished(p)` true; the CPU time it used per event meanwhile, in µs; and the seconds from the
+    first poll that saw them all to that end (0 without `finished`). Its progress is not
     even: on a backlog the worker reads most events within a few hundred milliseconds, holding
     them until the other topics reach their event time, and spends the rest applying and writing
     them. Read counts alone would end the rate when the last event is read, which only the
@@ -114,7 +116,7 @@ def consume_rate(p: WorkerProcess, counter, total: int, timeout: float,
     (`finished`, item 44). The poll interval makes it read slow by up to 200 ms over the run
     (about 10% for a 2 s backlog)."""
     deadline = time.monotonic() + timeout
-    first = None
+    first = read = None
     while time.monotonic() < deadline:
         p.alive()
         n = counter(p)
@@ -122,10 +124,13 @@ def consume_rate(p: WorkerProcess, counter, total: int, timeout: float,
         if n:
             if first is None:
                 first = (now, n, cpu)
-            if n >= total and (finished is None or finished(p)):
+            if n >= total:
                 if first[1] >= total:
                     raise RuntimeError(f"{total} events consumed between two polls: too fast to time")
-                return (n - first[1]) / max(now - first[0], 1e-9), (cpu - first[2]) / (n - first[1]) * 1e6
+                read = read or now
+                if finished is None or finished(p):
+                    return ((n - first[1]) / max(now - first[0], 1e-9), (cpu - first[2]) / (n - first[1]) * 1e6,
+                            now - read)
         time.sleep(0.2)
     raise RuntimeError(f"{total} events not consumed{' and finished' if finished else ''} within "
                        f"{timeout:.0f} s (see {p.log})")
@@ -473,9 +478,10 @@ async def main(a) -> dict:
         try:
             # done once it has read every event and sent every decision the backtest made
             expected = len(result.proposals) + len(result.suppressed)
-            rate, cpu_us = consume_rate(w, worker_events, total, a.timeout,
-                                        finished=lambda p: p.decisions() >= expected)
+            rate, cpu_us, waited = consume_rate(w, worker_events, total, a.timeout,
+                                                finished=lambda p: p.decisions() >= expected)
             res["worker_eps"], res["backlog_cpu_us_per_event"] = round(rate), round(cpu_us, 1)
+            res["worker_decided_after_read_s"] = round(waited, 2)   # > 0: read alone would time it fast
             res["worker_decisions"], res["simulate_decisions"] = w.decisions(), expected
         finally:
             w.stop()
@@ -536,6 +542,7 @@ def table(res: dict) -> str:
             ("ratio_noop_inbox", "worker / no-op on the inbox path"),
             ("ratio_raw", "worker / raw"),
             ("worker_decisions", "worker's decisions on the backlog"),
+            ("worker_decided_after_read_s", "its last decision after its last read, s (by polls)"),
             ("simulate_decisions", "the backtest's decisions, same file"),
             ("backlog_cpu_us_per_event", "worker CPU per event on the backlog, µs"),
             ("live_cpu_us_per_event", "worker CPU per event live at half load, µs"),

@@ -34,13 +34,16 @@ class _Polled:
 def test_the_rate_runs_until_the_work_is_finished_not_only_read():
     # every event read by the second poll, the decisions all sent at the fifth
     read_only = _Polled([100, 1000], decided_at_poll=5)
-    rate_read, _ = B.consume_rate(read_only, read_only.read, 1000, timeout=30)
+    rate_read, _, not_waited = B.consume_rate(read_only, read_only.read, 1000, timeout=30)
     waited = _Polled([100, 1000], decided_at_poll=5)
-    rate_done, cpu_us = B.consume_rate(waited, waited.read, 1000, timeout=30, finished=waited.finished)
+    rate_done, cpu_us, after_read = B.consume_rate(waited, waited.read, 1000, timeout=30,
+                                                   finished=waited.finished)
     assert read_only.polls == 2 and waited.polls == 5
     # the same 900 events over four poll intervals instead of one
     assert rate_done < rate_read / 3
     assert cpu_us == pytest.approx((0.5 - 0.1) / 900 * 1e6)
+    # three poll intervals (200 ms each) between the last read and the last decision
+    assert not_waited == 0 and 0.55 < after_read < 1.5
 
 
 def test_a_phase_that_never_finishes_fails_and_says_so():
