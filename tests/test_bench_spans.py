@@ -47,19 +47,23 @@ async def test_cpu_by_span_reads_a_busy_process_as_busy_and_an_idle_one_as_idle(
 
 
 async def test_the_main_thread_is_told_apart_from_the_others():
-    # a process whose main thread sleeps while another thread spins, and one the other way round
+    # a process whose main thread sleeps while another thread spins, and one the other way round;
+    # each says "ready" once its start-up is over, so that is not counted
     spinner = "import threading, time\ndef spin():\n    while True: pass\n"
-    off_main = subprocess.Popen([sys.executable, "-c", spinner +
-                                 "threading.Thread(target=spin, daemon=True).start()\ntime.sleep(60)"])
-    on_main = subprocess.Popen([sys.executable, "-c", spinner +
-                                "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\nspin()"])
+    off_main = subprocess.Popen([sys.executable, "-c", spinner + "threading.Thread(target=spin, daemon=True)"
+                                 ".start()\nprint('ready', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE)
+    on_main = subprocess.Popen([sys.executable, "-c", spinner + "threading.Thread(target=time.sleep, args=(60,), "
+                                "daemon=True).start()\nprint('ready', flush=True)\nspin()"], stdout=subprocess.PIPE)
     try:
+        for p in (off_main, on_main):
+            assert await asyncio.to_thread(p.stdout.readline) == b"ready\n"
         before = {p: (cpu_seconds(p.pid), main_thread_cpu_seconds(p.pid)) for p in (off_main, on_main)}
         await asyncio.sleep(0.9)       # a span of wall-clock time to measure over
         used = {p: (cpu_seconds(p.pid) - a, main_thread_cpu_seconds(p.pid) - m) for p, (a, m) in before.items()}
     finally:
-        stop_process(off_main, kill=True)
-        stop_process(on_main, kill=True)
+        for p in (off_main, on_main):
+            stop_process(p, kill=True)
+            p.stdout.close()
     total, main = used[off_main]
     assert total > 0.2 and main <= 0.05, used[off_main]
     total, main = used[on_main]
