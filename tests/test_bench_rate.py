@@ -76,3 +76,22 @@ def test_live_cost_splits_two_loads_into_a_fixed_part_and_a_part_per_event():
     assert B.live_cost(3000, at[3000], 14000, at[14000]) == cost
     assert B.live_cost(3000, 140.0, 3000, 140.0) == {"live_fixed_cores": None,
                                                      "live_marginal_us_per_event": None}
+
+
+def test_ratio_noop_is_the_median_of_the_pairs_own_ratios():
+    pairs = [{"noop_eps": 20_000, "worker_eps": 15_000, "backlog_cpu_us_per_event": 50.0,
+              "worker_decisions": 2077, "worker_decided_after_read_s": 0.0},
+             {"noop_eps": 30_000, "worker_eps": 27_000, "backlog_cpu_us_per_event": 40.0,
+              "worker_decisions": 2077, "worker_decided_after_read_s": 0.2},
+             {"noop_eps": 10_000, "worker_eps": 12_000, "backlog_cpu_us_per_event": 60.0,
+              "worker_decisions": 2076, "worker_decided_after_read_s": 0.0}]
+    res = B.pair_summary(pairs)
+    assert res["ratio_noop_pairs"] == [0.75, 0.9, 1.2]
+    # the middle pair's own ratio, not the medians' (15,000 / 20,000 = 0.75)
+    assert res["ratio_noop"] == 0.9
+    assert (res["noop_eps"], res["worker_eps"], res["backlog_cpu_us_per_event"]) == (20_000, 15_000, 50.0)
+    assert res["worker_eps_pairs"] == [15_000, 27_000, 12_000]
+    # every pair's decisions are kept, so one that differs shows; the longest wait is reported
+    assert res["worker_decisions"] == [2077, 2077, 2076] and res["worker_decided_after_read_s"] == 0.2
+    # two pairs: the middle of the two
+    assert B.pair_summary(pairs[:2])["ratio_noop"] == 0.825
