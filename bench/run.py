@@ -44,10 +44,11 @@ tansu's cost per fetch grows with the number of produce batches a partition hold
 
 Throughput is measured on a backlog (everything produced first), while the consumer works through
 it, so start-up and group joins are not counted: the worker's from polls of its /metrics (from the
-first poll that saw events to the first that saw them all: up to 200 ms slow), the no-op apps' in
-their own process (from the first record counted to the last; the inbox variant drains the
-backlog in a fraction of a second). Absolute numbers on a shared
-machine are noisy: compare the ratios, which come from one run on one broker.
+first poll that saw events to the first that saw them all read and the backtest's number of
+decisions sent: up to 200 ms slow), the no-op apps' in their own process (from the first record
+counted to the last; the inbox variant drains the backlog in a fraction of a second). Absolute
+numbers on a shared machine are noisy: compare the ratios, which come from one run on one broker
+(`ratio_noop` from alternating pairs within it).
 The last line printed is one JSON object with every key.
 """
 from __future__ import annotations
