@@ -13,6 +13,7 @@ from streams import metrics
 from streams import topics as T
 from streams.app import app, rules
 from streams.settings import event_loop_name
+from streams.transport import consumer_runs_on
 
 
 def _ts(ms):
@@ -69,7 +70,8 @@ def assigned_partitions() -> list[int]:
 async def health(web, request):
     return web.json({"status": "ok", "assigned": assigned_partitions(), "partitions": sorted(ENGINES),
                      "stream_time": {p: _ts(e.watermark) for p, e in sorted(ENGINES.items())},
-                     "event_loop": event_loop_name(asyncio.get_running_loop())})
+                     "event_loop": event_loop_name(asyncio.get_running_loop()),
+                     "consumer": consumer_runs_on(app, asyncio.get_running_loop())})
 
 
 def _highwater(topic: str, partition: int):

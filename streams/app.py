@@ -35,5 +35,6 @@ app = App(
     stream_wait_empty=False,
     producer_linger_ms=5,
     fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    consumer_thread=settings.consumer_thread,
 )
 

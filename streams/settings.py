@@ -24,6 +24,13 @@ def _positive_ms(name: str, default: str) -> int:
     return n
 
 
+def _flag(name: str, default: str) -> bool:
+    value = _env(name, default)
+    if value not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 @dataclass(frozen=True)
 class Settings:
     app_id: str
@@ -44,6 +51,7 @@ class Settings:
     session_timeout: float
     fetch_max_wait_ms: int
     event_loop: str         # uvloop or aio (asyncio's own): see use_event_loop
+    consumer_thread: bool   # the Kafka consumer in a thread of its own (Faust's way), not on the app's loop
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -72,6 +80,7 @@ class Settings:
             session_timeout=float(_env("UPSELL_SESSION_TIMEOUT", "10")),
             fetch_max_wait_ms=int(_env("UPSELL_FETCH_MAX_WAIT_MS", "100")),
             event_loop=event_loop,
+            consumer_thread=_flag("UPSELL_CONSUMER_THREAD", "0"),
         )
 
 

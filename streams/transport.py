@@ -1,4 +1,4 @@
-"""`App`: faust.App with nine fixes the worker and the benchmark's no-op app share.
+"""`App`: faust.App with ten fixes the worker and the benchmark's no-op app share.
 
 1. The consumer's fetch wait, a setting Faust does not expose.
 
@@ -55,17 +55,27 @@ topics (agents/engine.py) and the decisions (agents/readmodel.py); the no-op app
 topics through an inbox only with NOOP_INBOX=1, else its agents measure Faust's own per-record
 path.
 
-Fixes 1, 3, 5, 6, 7, 8 and 9 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
+10. The consumer on the app's event loop (`_ConsumerInLoop`, unless `UPSELL_CONSUMER_THREAD=1`).
+Faust runs aiokafka's consumer in a thread of its own with its own event loop. Under the GIL that
+thread runs only while the main thread lets go: a busy main thread holds the GIL for up to its
+switch interval (5 ms) each time the consumer thread wakes (a fetch response to decode, a call
+to serve), and every call between the two (each `getmany`) is a method-queue round trip through
+both loops. On the worker's own loop, the fetches are aiokafka's tasks among the app's. Measured:
+the same CPU per event, and a shorter tail under load (bench/README.md item 47); that the GIL
+handoffs are why is my reading, not measured.
+
+Fixes 1, 3, 5, 6, 7, 8, 9 and 10 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
 asyncio.Queue (`_putters`, `_wakeup_next`; fixes 8 and 9: the conductor's `_build_handler`,
 the consumer's `_wait_next_records`, `_read_offset`, `_add_gap`, `_n_acked` and Faust's
-current-event context variable): pyproject.toml pins the packages; asyncio.Queue's are CPython's
-(checked on 3.11 only). The tests in tests/test_transport.py and tests/test_inbox.py and the
+current-event context variable; fix 10: mode's `ServiceThread` start and stop steps):
+pyproject.toml pins the packages; asyncio.Queue's are CPython's (checked on 3.11 only). The tests in tests/test_transport.py and tests/test_inbox.py and the
 integration suite check them on every run.
 """
 from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import types
 
@@ -73,6 +83,7 @@ import aiokafka
 import faust
 import faust.transport.conductor
 from faust.transport.drivers import aiokafka as driver
+from mode import Service
 from mode.services import WaitResults
 from mode.utils.queues import ThrowableQueue
 
@@ -217,9 +228,53 @@ class InboxFetch:
             await self.commit()
 
 
+class _ConsumerInLoop(_ConsumerThread):
+    """Fix 10: Faust's consumer "thread" run as a service of the worker's own event loop, with no
+    thread of its own. mode's `ServiceThread` makes a loop and a thread for it, and every call
+    from Faust's consumer (each `getmany` included) crosses to that thread through a method queue
+    and comes back through `call_soon_threadsafe`. Here the thread's loop is the worker's loop,
+    `start` and `stop` do in place what the thread would do, and `call_thread` calls directly."""
+
+    def __init__(self, consumer, *, loop, **kwargs):
+        super().__init__(consumer, loop=loop, thread_loop=loop, **kwargs)
+
+    async def start(self) -> None:
+        assert not self._thread_started.is_set()
+        self._thread_started.set()
+        await self._default_start()
+        await self.on_thread_started()          # the method queue: the rebalance callbacks use it
+
+    async def stop(self) -> None:
+        if self._started.is_set():
+            # what the thread does once stopped (`ServiceThread._shutdown_thread`), then what the
+            # parent does, which waits for it; not `_gather_remaining_tasks`: this loop is the app's
+            await self.on_thread_stop()            # the method queue, then the aiokafka consumer
+            await self._default_stop_children()
+            await self._default_stop_futures()
+            await self._default_stop_exit_stacks()
+            self._shutdown.set()
+            await Service.stop(self)
+
+    async def call_thread(self, fun, *args, **kwargs):
+        result = fun(*args, **kwargs)
+        return (await result) if inspect.isawaitable(result) else result
+
+    async def cast_thread(self, fun, *args, **kwargs) -> None:
+        result = fun(*args, **kwargs)
+        if inspect.isawaitable(result):
+            self.add_future(result)
+
+
+def consumer_runs_on(app, loop) -> str:
+    """Where `app`'s Kafka consumer runs, seen from `loop` (the app's): "loop" (fix 10) or
+    "thread" (its own, `UPSELL_CONSUMER_THREAD=1`)."""
+    return "loop" if app.consumer._thread.thread_loop is loop else "thread"
+
+
 class _Consumer(InboxFetch, PausedInTheClient, InPlaceWaitFirst, driver.Consumer):
     def _new_consumer_thread(self):
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        cls = _ConsumerThread if self.app.consumer_thread else _ConsumerInLoop
+        return cls(self, loop=self.loop, beacon=self.beacon)
 
 
 async def _resume(coro, waiting_on):
@@ -268,10 +323,12 @@ class Transport(driver.Transport):
 
 
 class App(faust.App):
-    """`faust.App` on the aiokafka transport, with `fetch_max_wait_ms` (milliseconds)."""
+    """`faust.App` on the aiokafka transport, with `fetch_max_wait_ms` (milliseconds), and with
+    its consumer on the app's own event loop unless `consumer_thread` (fix 10)."""
 
-    def __init__(self, *args, fetch_max_wait_ms: int = 100, **kwargs):
+    def __init__(self, *args, fetch_max_wait_ms: int = 100, consumer_thread: bool = False, **kwargs):
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.consumer_thread = consumer_thread
         self.inboxes: dict = {}      # topic name -> streams.inbox.Inbox taking its records (fix 8)
         super().__init__(*args, **kwargs)
         self.task(_root_log_level)

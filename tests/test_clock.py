@@ -54,6 +54,17 @@ def test_the_resolution_setting_is_checked(monkeypatch):
             Settings.from_env()
 
 
+def test_the_consumer_thread_setting_is_checked(monkeypatch):
+    monkeypatch.delenv("UPSELL_CONSUMER_THREAD", raising=False)
+    assert Settings.from_env().consumer_thread is False
+    monkeypatch.setenv("UPSELL_CONSUMER_THREAD", "1")
+    assert Settings.from_env().consumer_thread is True
+    for bad in ("yes", "true", "2"):
+        monkeypatch.setenv("UPSELL_CONSUMER_THREAD", bad)
+        with pytest.raises(ValueError, match=f"UPSELL_CONSUMER_THREAD must be 0 or 1, got '{bad}'"):
+            Settings.from_env()
+
+
 def test_the_event_loop_setting_is_checked_and_applied(monkeypatch):
     monkeypatch.delenv("UPSELL_EVENT_LOOP", raising=False)
     assert Settings.from_env().event_loop == "uvloop"

@@ -1,4 +1,5 @@
-"""streams.transport fixes 5 to 7: Faust's fetcher, its stream buffers, the partitions it pauses."""
+"""streams.transport fixes 5 to 7 and 10: Faust's fetcher, its stream buffers, the partitions it pauses,
+the consumer on the app's loop."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,8 @@ import mode
 import pytest
 from faust.types import TP
 
-from streams.transport import App, InPlaceWaitFirst, PausedInTheClient, RefillAtHalf, _Consumer
+from streams.transport import (App, InPlaceWaitFirst, PausedInTheClient, RefillAtHalf, _Consumer, _ConsumerInLoop,
+                               _ConsumerThread, consumer_runs_on)
 
 
 class Fetching(InPlaceWaitFirst, mode.Service):
@@ -235,3 +237,35 @@ async def test_pausing_after_the_client_thread_has_stopped_is_faust_s_alone():
         assert consumer.faust_paused == {TP("x-changelog", 0)}
     finally:
         await client.stop()
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+async def test_the_consumer_runs_on_the_app_s_loop_unless_asked_for_a_thread(in_thread):
+    app = App("t-consumer", broker="kafka://127.0.0.1:9", consumer_thread=in_thread)
+    loop = asyncio.get_running_loop()
+    app.loop = loop
+    thread = app.consumer._thread
+    assert type(thread) is (_ConsumerThread if in_thread else _ConsumerInLoop)
+    assert (thread.thread_loop is loop) is not in_thread
+    assert consumer_runs_on(app, loop) == ("thread" if in_thread else "loop")
+
+
+async def test_the_in_loop_consumer_calls_in_place():
+    app = App("t-consumer-loop", broker="kafka://127.0.0.1:9")
+    app.loop = asyncio.get_running_loop()
+    thread = app.consumer._thread
+    here = threading.get_ident()
+
+    async def coro(x):
+        return (x, threading.get_ident())
+
+    # what Faust's consumer asks of its thread, coroutine or plain function, runs in place
+    assert await asyncio.wait_for(thread.call_thread(coro, 1), 5) == (1, here)
+    assert await asyncio.wait_for(thread.call_thread(lambda x: (x, threading.get_ident()), 2), 5) == (2, here)
+    done = asyncio.Event()
+
+    async def cast():
+        done.set()
+
+    await thread.cast_thread(cast)
+    await asyncio.wait_for(done.wait(), 5)

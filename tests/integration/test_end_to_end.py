@@ -181,6 +181,7 @@ async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker)
     health = orjson.loads((await asyncio.to_thread(worker.get, "/health"))[1])
     assert all(parse_ts(t) > now for t in health["stream_time"].values())
     assert health["event_loop"] == "uvloop"        # the default (UPSELL_EVENT_LOOP)
+    assert health["consumer"] == "loop"            # the default (UPSELL_CONSUMER_THREAD=0)
     metrics = (await asyncio.to_thread(worker.get, "/metrics"))[1].decode()
     moves = [line for line in metrics.splitlines() if line.startswith("upsell_clock_moves_total ")]
     assert len(moves) == 1 and int(moves[0].split()[1]) > 0
@@ -190,11 +191,14 @@ async def test_two_workers_share_partitions_and_take_over(broker, redis_server, 
     lines = b"".join(generate(customers=80, days=90, seed=33, start="2025-01-01")).splitlines()
     expected = backtest_lines(lines, load_rules(), PARTITIONS)
     await replay([], broker.bootstrap, PARTITIONS, prefix=start_worker.prefix, progress=False)  # topics
-    # one worker on each event loop: the group, the tables and the decisions do not depend on it
-    w1, w2 = start_worker("w1"), start_worker("w2", UPSELL_EVENT_LOOP="aio")
+    # one worker on each event loop, and with its consumer on that loop or in a thread of its
+    # own: the group, the rebalances, the tables and the decisions do not depend on either
+    w1, w2 = start_worker("w1"), start_worker("w2", UPSELL_EVENT_LOOP="aio", UPSELL_CONSUMER_THREAD="1")
     await asyncio.to_thread(w1.wait_healthy)
     await asyncio.to_thread(w2.wait_healthy)
-    assert orjson.loads((await asyncio.to_thread(w2.get, "/health"))[1])["event_loop"] == "aio"
+    h1, h2 = [orjson.loads((await asyncio.to_thread(w.get, "/health"))[1]) for w in (w1, w2)]
+    assert (h1["event_loop"], h1["consumer"]) == ("uvloop", "loop")
+    assert (h2["event_loop"], h2["consumer"]) == ("aio", "thread")
     # the group settles with partitions on both workers (polling another process's view)
     for _ in range(300):
         a1 = orjson.loads((await asyncio.to_thread(w1.get, "/health"))[1])["assigned"]
