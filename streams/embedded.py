@@ -63,7 +63,8 @@ def cpu_seconds(pid: int) -> float:
 
 def main_thread_cpu_seconds(pid: int) -> float:
     """The CPU time of a process's main thread alone (its thread id is the process id). The
-    worker's other thread is Faust's consumer thread, where aiokafka fetches."""
+    worker fetches on its main thread since fix 10 of streams/transport.py; with
+    UPSELL_CONSUMER_THREAD=1, in Faust's consumer thread."""
     return _stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 

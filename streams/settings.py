@@ -85,10 +85,11 @@ class Settings:
 
 
 def use_event_loop(name: str) -> None:
-    """Makes every event loop created from now on (the worker's, and its consumer thread's) a
-    `name` loop: "uvloop" (libuv's, the default: the live worker used about 7% less CPU per event,
-    bench/README.md item 43) or "aio" (asyncio's own). Call it before the worker makes its loop:
-    `upsell worker` and the benchmark's no-op app do; `faust -A streams.app worker` takes `-L`."""
+    """Makes every event loop created from now on (the worker's, and with UPSELL_CONSUMER_THREAD=1
+    its consumer thread's) a `name` loop: "uvloop" (libuv's, the default: the live worker used
+    about 7% less CPU per event, bench/README.md item 43) or "aio" (asyncio's own). Call it before
+    the worker makes its loop: `upsell worker` and the benchmark's no-op app do; `faust -A
+    streams.app worker` takes `-L`."""
     if name == "uvloop":
         import uvloop
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

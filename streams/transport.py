@@ -64,11 +64,12 @@ both loops. On the worker's own loop, the fetches are aiokafka's tasks among the
 the same CPU per event, and a shorter tail under load (bench/README.md item 47); that the GIL
 handoffs are why is my reading, not measured.
 
-Fixes 1, 3, 5, 6, 7, 8, 9 and 10 lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and
-asyncio.Queue (`_putters`, `_wakeup_next`; fixes 8 and 9: the conductor's `_build_handler`,
-the consumer's `_wait_next_records`, `_read_offset`, `_add_gap`, `_n_acked` and Faust's
-current-event context variable; fix 10: mode's `ServiceThread` start and stop steps):
-pyproject.toml pins the packages; asyncio.Queue's are CPython's (checked on 3.11 only). The tests in tests/test_transport.py and tests/test_inbox.py and the
+Fixes 1, 3, 5, 6, 7, 8, 9 and 10 lean on internals of faust-streaming 0.15.3, mode-streaming
+0.7.1 and asyncio.Queue (`_putters`, `_wakeup_next`; fixes 8 and 9: the conductor's
+`_build_handler`, the consumer's `_wait_next_records`, `_read_offset`, `_add_gap`, `_n_acked` and
+Faust's current-event context variable; fix 10: mode's `ServiceThread` start and stop steps):
+pyproject.toml pins the packages; asyncio.Queue's are CPython's (checked on 3.11 only). The tests
+in tests/test_transport.py, tests/test_inbox.py and tests/integration/test_consumer_loop.py and the
 integration suite check them on every run.
 """
 from __future__ import annotations
