@@ -30,6 +30,10 @@ Phases (all against the same tansu broker, same topics and partition count):
              threads (Faust's consumer thread with UPSELL_CONSUMER_THREAD=1) during the load -> live_main_thread_cores,
              live_other_threads_cores; per third of the load, p99_ms_by_span and the broker's
              CPU, broker_cores_by_span (it grows through the phase: item 42)
+  ramp       if p99_ms misses 100 ms: the latency phase again at --ramp shares of worker_eps (0.4,
+             0.3, 0.2), highest first, until one meets it -> ramp ([rate, p99 ms] of each, half
+             load first), goal_rate_eps (the highest of them that met it, or null) and
+             goal_rate_share (it / worker_eps): what a live worker can be sized for here (item 48)
   fixed      both again at --fixed-rate (3,000 events/s) -> fixed_p50_ms, fixed_p99_ms,
              fixed_raw_p99_ms, fixed_live_cpu_us_per_event: a load that does not grow with the
              worker's backlog rate; with the half-load phase, the live worker's CPU as a fixed
@@ -84,6 +88,7 @@ OUTPUTS = ("ticks", "proposals", "proposals.suppressed", "dead-letters")
 WARM_S = 2      # the latency phase also reports its p99 without the first WARM_S seconds of load
 SPANS = 3       # the latency phases report p99 and the broker's CPU per third of the load (item 42)
 IDLE_S = 2      # the latency phases first measure the live worker's CPU without load (item 45)
+GOAL_P99_MS = 100   # the issue's latency goal; the ramp looks for the highest rate that meets it
 
 
 def log(msg: str) -> None:
@@ -405,6 +410,20 @@ def live_cost(rate: float, us_per_event: float, other_rate: float, other_us_per_
             "live_marginal_us_per_event": round(us_per_event - fixed / rate, 1)}
 
 
+def goal_rate(tried: list[list[float]], goal_ms: float = GOAL_P99_MS) -> float | None:
+    """The highest rate of `tried` ([rate, p99 ms] pairs) whose p99 met `goal_ms`, or None."""
+    met = [rate for rate, p99 in tried if p99 <= goal_ms]
+    return max(met) if met else None
+
+
+def ramp_shares(arg: str) -> list[float]:
+    """--ramp "0.4,0.3,0.2": shares of worker_eps, highest first, each in (0, 0.5)."""
+    shares = [float(x) for x in arg.split(",") if x.strip()]
+    if any(not 0 < x < 0.5 for x in shares):
+        raise argparse.ArgumentTypeError(f"ramp shares must lie between 0 and 0.5 (half load), got {arg!r}")
+    return sorted(shares, reverse=True)
+
+
 def p99_by_span(lat: list[tuple[float, float]], start_ms: float, seconds: float, spans: int = SPANS) -> list:
     """The p99 of the (produce time ms, latency ms) samples in each of `spans` equal spans of the
     load, by produce time (a sample stamped after the load's end counts in the last span)."""
@@ -536,6 +555,19 @@ async def main(a) -> dict:
             f"({res['p99_after_warmup_ms']} ms after the first {WARM_S} s) "
             f"({res['latency_samples']} decisions); p99 by third of the load {res['p99_ms_by_span']} ms, "
             f"broker CPU {res['broker_cores_by_span']} cores")
+        # below half load, down the --ramp shares of worker_eps until p99 meets the goal: the
+        # rate to size a live worker for on this machine, measured (item 48)
+        tried = [[res["latency_rate_eps"], res["p99_ms"]]]
+        for i, share in enumerate(a.ramp if res["p99_ms"] > GOAL_P99_MS else []):
+            step = await latency(broker, redis, tmp, events, res["worker_eps"] * share, a, prefix=f"bench-lat-ramp-{i}.")
+            tried.append([step["latency_rate_eps"], step["p99_ms"]])
+            log(f"ramp: latency at {step['latency_rate_eps']:,} events/s ({share:.0%} of the backlog rate): "
+                f"p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms")
+            if step["p99_ms"] <= GOAL_P99_MS:
+                break
+        res["ramp"] = tried
+        res["goal_rate_eps"] = goal_rate(tried)
+        res["goal_rate_share"] = res["goal_rate_eps"] and round(res["goal_rate_eps"] / res["worker_eps"], 3)
         if a.fixed_rate:
             # the same at a rate that does not move with the backlog rate: comparable between runs
             # and code versions (half of a faster worker is more load on the same two cores)
@@ -598,6 +630,9 @@ def table(res: dict) -> str:
             ("raw_p99_ms", "raw aiokafka p99 at that rate, ms (the floor)"),
             ("raw_p99_ms_by_span", "raw aiokafka p99 by third of the load, ms"),
             ("raw_broker_cores_by_span", "broker CPU then, by third, cores"),
+            ("ramp", "[rate, p99 ms] at half load, then down the ramp"),
+            ("goal_rate_eps", "highest of those rates with p99 <= 100 ms"),
+            ("goal_rate_share", "it / the worker's backlog rate"),
             ("fixed_p99_ms", f"latency p99 at {res.get('fixed_rate_eps', 0):,} events/s, ms"),
             ("fixed_raw_p99_ms", "raw aiokafka p99 at that rate, ms"),
             ("simulate_eps", "backtest, events/s (goal >= 50k)"),
@@ -624,6 +659,9 @@ if __name__ == "__main__":
                     help="latency phases again at this rate, events/s (0: not run)")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=10,
                     help="latency phase: UPSELL_FETCH_MAX_WAIT_MS (tansu holds an empty fetch this long)")
+    ap.add_argument("--ramp", type=ramp_shares, default="0.4,0.3,0.2",
+                    help="if p99 at half load misses 100 ms, latency again at these shares of worker_eps, "
+                         "highest first, until one meets it ('' for none; item 48)")
     ap.add_argument("--pace-ms", type=int, default=20,
                     help="latency phases: the load generator sends what is due every this many ms (5 before run L1)")
     a = ap.parse_args()

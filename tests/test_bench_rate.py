@@ -95,3 +95,18 @@ def test_ratio_noop_is_the_median_of_the_pairs_own_ratios():
     assert res["worker_decisions"] == [2077, 2077, 2076] and res["worker_decided_after_read_s"] == 0.2
     # two pairs: the middle of the two
     assert B.pair_summary(pairs[:2])["ratio_noop"] == 0.825
+
+
+def test_the_goal_rate_is_the_highest_rate_tried_that_met_the_goal():
+    assert B.goal_rate([[14_000, 139.0], [11_200, 120.5], [8_400, 88.0]]) == 8_400
+    assert B.goal_rate([[9_000, 100.0], [7_200, 60.0]]) == 9_000          # the goal is <= 100 ms
+    assert B.goal_rate([[14_000, 139.0], [11_200, 101.0]]) is None
+    assert B.goal_rate([[12_000, 95.0], [9_000, 110.0]], goal_ms=120) == 12_000
+
+
+def test_ramp_shares_are_read_highest_first_and_below_half_load():
+    assert B.ramp_shares("0.2,0.4,0.3") == [0.4, 0.3, 0.2]
+    assert B.ramp_shares("") == []
+    for bad in ("0.5", "0", "0.3,0.6", "-0.1"):
+        with pytest.raises(Exception, match="between 0 and 0.5"):
+            B.ramp_shares(bad)
