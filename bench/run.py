@@ -27,9 +27,10 @@ Phases (all against the same tansu broker, same topics and partition count):
              (and p99_after_warmup_ms: without the first WARM_S seconds of load); the worker's
              CPU time per event sent meanwhile -> live_cpu_us_per_event, and before the load,
              idle for IDLE_S seconds -> idle_cores; the worker's main thread and its other
-             threads (Faust's consumer thread with UPSELL_CONSUMER_THREAD=1) during the load -> live_main_thread_cores,
-             live_other_threads_cores; per third of the load, p99_ms_by_span and the broker's
-             CPU, broker_cores_by_span (it grows through the phase: item 42)
+             threads (Faust's consumer thread, with UPSELL_CONSUMER_THREAD=1) during the load ->
+             live_main_thread_cores, live_other_threads_cores; per third of the load,
+             p99_ms_by_span and the broker's CPU, broker_cores_by_span (it grows through the
+             phase: item 42)
   ramp       if p99_ms misses 100 ms: the latency phase again at --ramp shares of worker_eps (0.4,
              0.3, 0.2), highest first, until one meets it -> ramp ([rate, p99 ms] of each, half
              load first), goal_rate_eps (the highest of them that met it, or null) and
@@ -559,7 +560,8 @@ async def main(a) -> dict:
         # rate to size a live worker for on this machine, measured (item 48)
         tried = [[res["latency_rate_eps"], res["p99_ms"]]]
         for i, share in enumerate(a.ramp if res["p99_ms"] > GOAL_P99_MS else []):
-            step = await latency(broker, redis, tmp, events, res["worker_eps"] * share, a, prefix=f"bench-lat-ramp-{i}.")
+            step = await latency(broker, redis, tmp, events, res["worker_eps"] * share, a,
+                                 prefix=f"bench-lat-ramp-{i}.")
             tried.append([step["latency_rate_eps"], step["p99_ms"]])
             log(f"ramp: latency at {step['latency_rate_eps']:,} events/s ({share:.0%} of the backlog rate): "
                 f"p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms")

@@ -246,7 +246,7 @@ class _ConsumerInLoop(_ConsumerThread):
         await self.on_thread_started()          # the method queue: the rebalance callbacks use it
 
     async def stop(self) -> None:
-        if self._started.is_set():
+        if self._started.is_set() and not self._stopped.is_set():
             # what the thread does once stopped (`ServiceThread._shutdown_thread`), then what the
             # parent does, which waits for it; not `_gather_remaining_tasks`: this loop is the app's
             await self.on_thread_stop()            # the method queue, then the aiokafka consumer
