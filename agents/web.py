@@ -68,10 +68,10 @@ def assigned_partitions() -> list[int]:
 
 @app.page("/health")
 async def health(web, request):
+    loop = asyncio.get_running_loop()
     return web.json({"status": "ok", "assigned": assigned_partitions(), "partitions": sorted(ENGINES),
                      "stream_time": {p: _ts(e.watermark) for p, e in sorted(ENGINES.items())},
-                     "event_loop": event_loop_name(asyncio.get_running_loop()),
-                     "consumer": consumer_runs_on(app, asyncio.get_running_loop())})
+                     "event_loop": event_loop_name(loop), "consumer": consumer_runs_on(app, loop)})
 
 
 def _highwater(topic: str, partition: int):
