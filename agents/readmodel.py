@@ -14,22 +14,34 @@ event time may be far in the past in a replay):
   upsell:customer:<cid>:suppressed      sorted set of ids by created_at; latest 50; 180 days after the last write
   upsell:stats                          hash: proposals:<trigger>, suppressed:<trigger>:<reason>
 
-The records come through an inbox (`INBOX`, streams/inbox.py), as the input records do, to one
-task (`readmodel`) that writes them in batches and acknowledges each batch once it is written.
-While Redis cannot be reached, a batch is written again after a growing wait (up to 5 s), so
-nothing is acknowledged unwritten; decisions queue meanwhile, and once the inbox is full the
-fetcher waits for it, as for any full inbox. Any other error ends the task and stops the worker,
-like an error in the ingest.
+The decisions come from a Kafka consumer of their own (`consumer`: aiokafka on the worker's
+event loop, consumer group `<UPSELL_APP_ID>-readmodel`), not from the engine's Faust consumer.
+One task (`readmodel`, `feed`) writes what it fetches in batches and commits a batch's offsets
+once it is written, so a record is written at least once (a batch written twice changes nothing).
+While Redis cannot be reached, a batch is written again after a growing wait (up to 5 s), nothing
+is committed meanwhile, and only this consumer waits: the engine goes on reading its inputs and
+sending decisions, and the read model catches up once Redis is back (before, the decisions came
+through the engine's consumer, and a full queue of them held that consumer's every fetch).
+Any other error ends the task and stops the worker, like an error in the ingest.
+
+Its own group also keeps it off the engine's fetches, which are the worker's latency path: with
+the decisions fetched, decoded and written by the engine's consumer, p99 at 12,000 events/s was
+about twice as long (bench/README.md, item 49). A group of its own has partitions of its own: a
+worker's read model writes the decisions of whichever partitions its group gives it, which need
+not be its engine's; Redis is one store, so any worker can write any customer.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import types
 import weakref
 
 import orjson
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -38,12 +50,13 @@ from rules.timeutil import DAY, parse_ts
 from streams import metrics
 from streams import topics as T
 from streams.app import app, settings
-from streams.inbox import Inbox
+from streams.kafka import bootstrap_of
 
 log = logging.getLogger(__name__)
 
 KEEP = 50
-# Records are written in batches of up to BATCH, or what came within BATCH_WITHIN seconds: one
+# Records are written in batches of up to BATCH, or what came within BATCH_WITHIN seconds of the
+# first: one
 # Redis round trip a batch instead of two a record (measured live at 2,800 events/s: the
 # per-record writes took about a tenth of the worker's main thread). The read model trails the
 # topics by about BATCH_WITHIN; the proposals topic itself is not delayed.
@@ -118,7 +131,7 @@ async def record(r: aioredis.Redis, items: list[tuple[dict, bytes]], kind: str) 
 
 
 async def readable(messages, kind: str) -> list[tuple[dict, bytes]]:
-    """A batch of the topic's records (Faust consumer messages) as `record` takes them; the
+    """A batch of the topic's records (aiokafka's ConsumerRecord) as `record` takes them; the
     unreadable ones are sent to dead-letters with the reason and their bytes."""
     topic = "proposals" if kind == "proposals" else "proposals.suppressed"
     items = []
@@ -127,7 +140,10 @@ async def readable(messages, kind: str) -> list[tuple[dict, bytes]]:
             items.append((read_decision(msg.value, kind), msg.value))
         except ValueError as exc:
             metrics.dead_letters[topic] += 1
-            await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, f"read model: {exc}", None))
+            # dead_letter() reads a Faust message's timestamp, in seconds; aiokafka's is in ms
+            seen = types.SimpleNamespace(key=msg.key, value=msg.value, partition=msg.partition, offset=msg.offset,
+                                         timestamp=None if msg.timestamp is None else msg.timestamp / 1000)
+            await T.dead_letters.send(key=msg.key, value=dead_letter(topic, seen, f"read model: {exc}", None))
     return items
 
 
@@ -140,41 +156,86 @@ async def customer_view(r: aioredis.Redis, cid: str) -> dict:
     return out
 
 
-# The decisions, from Faust's consumer in batches (streams/inbox.py), not through agents: an
-# agent's channel is cleared when Faust resumes flow after recovery, after it has sought the
-# partitions back to their committed offsets, so decisions fetched in between would not be
-# written to Redis until a restart (the fetcher's read offset is past them; bench/README, items
-# 36 and 40). The inbox keeps them.
-INBOX = Inbox(app, {"proposals": T.proposals, "suppressed": T.suppressed})
+# Topic name -> kind ("proposals", "suppressed"), prefixed as the worker's topics are.
+KINDS = {T.proposals.get_topic_name(): "proposals", T.suppressed.get_topic_name(): "suppressed"}
 RETRY_S = (0.1, 0.5, 2.0, 5.0)      # waits between attempts while Redis cannot be written
 
 
+def consumer() -> AIOKafkaConsumer:
+    """The read model's consumer: its own group, offsets committed by `feed` once written, from the
+    earliest record when the group has none (a new read model is built from the whole topics).
+    The session timeout is the engine's (UPSELL_SESSION_TIMEOUT); an empty fetch waits up to
+    BATCH_WITHIN (the engine's wait, UPSELL_FETCH_MAX_WAIT_MS, is short for latency's sake)."""
+    return AIOKafkaConsumer(
+        *KINDS, bootstrap_servers=bootstrap_of(settings.broker), group_id=f"{settings.app_id}-readmodel",
+        client_id=f"{settings.app_id}-readmodel", enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=round(BATCH_WITHIN * 1000), max_poll_records=BATCH,
+        session_timeout_ms=int(settings.session_timeout * 1000),
+        heartbeat_interval_ms=int(min(3.0, settings.session_timeout / 3) * 1000))
+
+
 async def write(messages: list) -> None:
-    """A batch from `INBOX`: each topic's readable records written (`record`; the others are
-    dead letters, sent once), then all acknowledged. While Redis cannot be reached the batch is
-    written again, after a wait that grows to 5 s: the writes are idempotent, and nothing is
-    acknowledged before it is written."""
+    """A batch of records (aiokafka's): each topic's readable records written (`record`; the
+    others are dead letters, sent once). While Redis cannot be reached the batch is written again,
+    after a wait that grows to 5 s: the writes are idempotent. Returns once all are written."""
     kinds = {"proposals": [], "suppressed": []}
     for msg in messages:
-        kinds[INBOX.names[msg.topic]].append(msg)
+        kinds[KINDS[msg.topic]].append(msg)
     items = [(kind, await readable(batch, kind)) for kind, batch in kinds.items() if batch]
     for attempt in itertools.count():
         try:
             for kind, batch in items:
                 if batch:
-                    await record(client(), batch, kind)
-            break
+                    metrics.readmodel_written[kind] += await record(client(), batch, kind)
+            return
         except (RedisConnectionError, RedisTimeoutError) as exc:
             wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]
             log.warning("read model: Redis not written (%s); again in %.1f s", exc, wait)
             await asyncio.sleep(wait)      # a backoff, not a synchronisation
-    ack = app.consumer.ack
-    for msg in messages:
-        ack(msg)
+
+
+async def take(c: AIOKafkaConsumer, most: int = BATCH) -> list:
+    """The next batch: what the consumer has fetched, up to `most` records, once there is any;
+    each partition's records in offset order."""
+    messages: list = []
+    while not messages:
+        for records in (await c.getmany(timeout_ms=1000, max_records=most)).values():
+            messages.extend(records)
+    return messages
+
+
+async def feed(c: AIOKafkaConsumer, most: int = BATCH, within: float = BATCH_WITHIN) -> None:
+    """Forever: a batch (`take`) written (`write`), then its offsets committed; at most one batch
+    every `within` seconds, the consumer paused in between (no fetch), so a batch holds what came
+    meanwhile. A commit refused because the group rebalanced meanwhile is not an error: the
+    partition's new owner reads those records again from the last commit and writes them again,
+    which changes nothing."""
+    loop = asyncio.get_running_loop()
+    while True:
+        began = loop.time()
+        messages = await take(c, most)
+        await write(messages)
+        offsets = {TopicPartition(m.topic, m.partition): m.offset + 1 for m in messages}
+        try:
+            await c.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.info("read model: offsets not committed (%s); the records will be written again", exc)
+        rest = began + within - loop.time()
+        if rest > 0 and len(messages) < most:
+            paused = c.assignment()
+            c.pause(*paused)
+            try:
+                await asyncio.sleep(rest)          # a linger: what comes meanwhile is the next batch
+            finally:
+                c.resume(*(paused & c.assignment()))
 
 
 @app.task
 async def readmodel() -> None:
-    """Every worker: the decisions of its partitions into Redis, a batch of up to BATCH, or what
-    came within BATCH_WITHIN seconds, at a time."""
-    await INBOX.run_batches(write, BATCH, BATCH_WITHIN)
+    """Every worker: the decisions of the partitions its read model's group gives it, into Redis."""
+    c = consumer()
+    await c.start()
+    try:
+        await feed(c)
+    finally:
+        await c.stop()

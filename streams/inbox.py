@@ -129,24 +129,6 @@ class Inbox:
         while True:
             await self.deliver(await self.take(), handler)
 
-    async def run_batches(self, handler: Callable[[list], Awaitable[None]], most: int = 1000,
-                          within: float = 0.0) -> None:
-        """Hand `handler` what is queued, up to `most` messages at a time, in the order fetched,
-        but those fetched before the latest rebalance; while Faust has flow suspended, wait. A
-        batch of fewer than `most` also takes what comes within `within` seconds of its first."""
-        app = self.app
-        while True:
-            messages = await self.take(most)
-            if within and len(messages) < most:
-                await asyncio.sleep(within)         # a batching window, not a synchronisation
-                if self._items:
-                    messages += await self.take(most - len(messages))
-            if not app.flow_control.is_active():
-                await app.flow_control.acquire()
-            current = [m for m in messages if m.generation_id == app.consumer_generation_id]
-            if current:
-                await handler(current)
-
     async def deliver(self, messages, handler: Handler) -> None:
         """Hand `handler` each of `messages` but those fetched before the latest rebalance; while
         Faust has flow suspended (rebalancing), wait until it resumes."""

@@ -8,6 +8,7 @@ dead_letters: Counter = Counter()       # topic
 proposals_out: Counter = Counter()      # trigger
 suppressed_out: Counter = Counter()     # (trigger, reason)
 late_events: Counter = Counter()        # topic
+readmodel_written: Counter = Counter()  # kind (proposals, suppressed): new in Redis
 read_offsets: dict = {}                 # (topic, partition) -> last offset read
 
 
@@ -29,6 +30,9 @@ def render(highwater, clock_moves: int | None = None) -> str:
            [((("topic", t),), n) for t, n in sorted(dead_letters.items())])
     family("upsell_late_events_total", "Events older than the partition watermark.", "counter",
            [((("topic", t),), n) for t, n in sorted(late_events.items())])
+    family("upsell_readmodel_written_total", "Decisions the read model wrote to Redis for the first time "
+           "(a record written again is not counted).", "counter",
+           [((("kind", k),), n) for k, n in sorted(readmodel_written.items())])
     family("upsell_proposals_total", "Proposals emitted.", "counter",
            [((("trigger", t),), n) for t, n in sorted(proposals_out.items())])
     family("upsell_suppressed_total", "Proposals suppressed by a guardrail.", "counter",

@@ -50,8 +50,8 @@ streams: should one of its records reach the conductor, it goes to the inbox's h
 9. Inbox records skip the fetcher's per-record path (`InboxFetch`): each fetch's records of an
 inbox topic go to the inbox as one list of the consumer's messages, with the bookkeeping Faust's
 fetcher does per record (read offsets, gaps, the commit count, the monitor's end offsets). The
-other topics' records go on through Faust's per-record path. The worker's inboxes take the input
-topics (agents/engine.py) and the decisions (agents/readmodel.py); the no-op app takes its input
+other topics' records go on through Faust's per-record path. The worker's inbox takes the input
+topics (agents/engine.py; the read model has a consumer of its own); the no-op app takes its input
 topics through an inbox only with NOOP_INBOX=1, else its agents measure Faust's own per-record
 path.
 

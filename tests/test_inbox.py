@@ -60,17 +60,14 @@ async def test_the_conductor_hands_the_input_topics_to_the_inbox(flowing):
     assert handler.__qualname__.startswith("Inbox.handler") and type(ticks) is not type(handler)
 
 
-async def test_the_conductor_hands_the_decisions_to_the_read_models_inbox(flowing):
-    """Not to agents' channels, which Faust clears when it resumes flow after recovery."""
+def test_the_engines_consumer_does_not_read_the_decisions():
+    """The read model reads them with a consumer of its own (agents/readmodel.py): not the
+    engine's Faust consumer, whose fetches are the worker's latency path."""
     import agents.readmodel as R
     for topic in (T.proposals, T.suppressed):
         name = topic.get_topic_name()
-        assert app.inboxes[name] is R.INBOX and topic in app.topics
-        handler = app.topics._build_handler(TP(name, 1), {topic})
-        message = _message(name, 1, 5)
-        await handler(message)
-        assert await R.INBOX.take() == [message]
-        app.consumer.unacked.discard(message)
+        assert name in R.KINDS and name not in app.inboxes and topic not in app.topics
+        assert name not in {t for sub in app.topics for t in sub.topics}
 
 
 async def test_deliver_skips_an_earlier_generation_and_waits_while_flow_is_suspended(flowing):
@@ -221,40 +218,3 @@ async def test_an_error_in_the_handler_ends_the_run(scratch):
     with pytest.raises(RuntimeError, match="engine bug"):
         await asyncio.wait_for(inbox.run(handle), 5)
     assert seen == [0]
-
-
-async def test_run_batches_hands_what_queued_as_one_batch_of_the_current_generation(scratch, flowing):
-    """The read model's way (agents/readmodel.py): what queued while the last batch was handled
-    is the next batch, up to `most`; fetched before the latest rebalance, it is dropped; while
-    flow is suspended nothing is handed on."""
-    make, name = scratch
-    inbox = make(100)
-    now = app.consumer_generation_id
-    sent = [_message(name, 0, 0), _message(name, 0, 1, generation_id=now - 1), _message(name, 0, 2),
-            _message(name, 0, 3), _message(name, 0, 4)]
-    await inbox.put(sent[:4])
-    batches, handed, gate = [], asyncio.Queue(), asyncio.Event()
-
-    async def handler(batch):
-        batches.append([m.offset for m in batch])
-        await handed.put(None)
-        if len(batches) == 2:
-            await gate.wait()
-    run = asyncio.ensure_future(inbox.run_batches(handler, most=3))
-    try:
-        await asyncio.wait_for(handed.get(), 5)
-        await asyncio.wait_for(handed.get(), 5)
-        assert batches == [[0, 2], [3]]          # 3 at most (one of an earlier generation), then the rest
-        await inbox.put(sent[4:])                # fetched while the second batch is being written
-        flowing.suspend()                        # then a rebalance begins
-        gate.set()
-        await asyncio.sleep(0)                   # loop turns: it runs until it waits
-        await asyncio.sleep(0)
-        assert batches == [[0, 2], [3]] and handed.empty()
-        flowing.resume()
-        await asyncio.wait_for(handed.get(), 5)
-        assert batches == [[0, 2], [3], [4]]
-    finally:
-        run.cancel()
-        for m in sent:
-            app.consumer.unacked.discard(m)

@@ -16,6 +16,7 @@ from rules.config import load_rules
 from rules.engine import INPUT_TOPICS
 from rules.timeutil import format_ts, parse_ts
 from streams.backtest import backtest_lines
+from streams.embedded import EmbeddedRedis, free_port
 from streams.generate import generate
 from streams.recorded import load_sorted
 from streams.kafka import ensure_topics
@@ -294,3 +295,33 @@ async def test_restart_on_rocksdb_store_resumes_from_local_state(broker, redis_s
     for p in loads(got):
         assert by_id.setdefault(p["proposal_id"], p) == p
     assert by_id == want, _differences(by_id, want)
+
+
+async def test_redis_down_does_not_hold_the_engine_and_the_read_model_catches_up(broker, logs, start_worker):
+    """A worker whose Redis is not there yet sends every decision to its topics as usual; its read
+    model retries meanwhile, and once a Redis server listens at that address, writes them all."""
+    port = free_port()
+    lines = SCENARIO.read_bytes().splitlines()
+    expected = backtest_lines(lines, load_rules(), PARTITIONS)
+    worker = start_worker(UPSELL_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    await asyncio.to_thread(worker.wait_healthy)
+    await replay(lines, broker.bootstrap, PARTITIONS, prefix=start_worker.prefix, progress=False)
+    got = loads(await consume(broker.bootstrap, start_worker.prefix + "proposals", len(expected.proposals)))
+    assert sorted(got, key=_key) == sorted(expected.proposals, key=_key)
+    for _ in range(300):     # the read model's group joins on its own, a few seconds after the engine's
+        if "read model: Redis not written" in worker.tail(200_000):
+            break
+        worker.alive()
+        await asyncio.sleep(0.1)    # another process's log: polled
+    assert "read model: Redis not written" in worker.tail(200_000)     # it tried, and goes on
+    worker.alive()
+    with EmbeddedRedis(port=port, log=logs / f"redis-{port}.log") as redis:
+        customers = {p["customer_id"] for p in expected.proposals}
+        ids = {p["proposal_id"] for p in expected.proposals}
+        for _ in range(150):
+            if await _redis_ids(redis.url, customers) == ids:
+                break
+            await asyncio.sleep(0.1)    # the read model's retry wait (up to 5 s) runs in the worker
+        assert await _redis_ids(redis.url, customers) == ids
+        status, body = await asyncio.to_thread(worker.get, "/metrics")
+        assert f'upsell_readmodel_written_total{{kind="proposals"}} {len(ids)}'.encode() in body

@@ -1,19 +1,24 @@
-"""The Redis read model's batched writer, against a real redis-server."""
+"""The Redis read model: its batched writer against a real redis-server, and its consumer
+(`feed`) against the real broker too."""
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from faust.types.tuples import ConsumerMessage
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from agents import readmodel
 from agents.readmodel import KEEP, read_decision, record
 from streams import topics as T
-from streams.app import app
 from streams.embedded import free_port
+from streams.kafka import ensure_topics
 from rules.timeutil import DAY, format_ts
+from tests.integration.conftest import produce
 
 pytestmark = pytest.mark.integration
 T0 = 1_767_225_600_000      # 2026-01-01
@@ -87,10 +92,10 @@ def test_read_decision_says_what_is_wrong(raw, reason):
         read_decision(raw, "proposals")
 
 
-def _messages(values, topic=None) -> list[ConsumerMessage]:
-    """Records of `proposals` (or `topic`) as the read model's inbox hands them on."""
+def _messages(values, topic=None) -> list[ConsumerRecord]:
+    """Records of `proposals` (or `topic`) as the read model's consumer returns them."""
     name = (topic or T.proposals).get_topic_name()
-    return [ConsumerMessage(name, 1, i, T0 / 1000, 0, None, b"c0", v, None, generation_id=0)
+    return [ConsumerRecord(name, 1, i, T0, 0, b"c0", v, None, 2, len(v or b""), [])
             for i, v in enumerate(values)]
 
 
@@ -115,17 +120,15 @@ async def test_unreadable_records_are_dead_letters_and_the_rest_of_their_batch_i
         assert [(d["topic"], d["offset"], d["error"].split(":")[1].strip()) for d in dead.sent] == [
             ("proposals", 1, "malformed JSON"), ("proposals", 2, "field 'proposal_id'")]
         assert dead.sent[0]["original"] == "{oops"
-        assert all(m.acked for m in msgs)           # the dead letters too: they are dealt with
+        assert dead.sent[0]["timestamp"] == format_ts(T0)       # the record's (ms), not a thousand times it
     finally:
-        for m in msgs:
-            app.consumer.unacked.discard(m)
         await r.aclose()
 
 
-async def test_a_batch_is_written_again_while_redis_is_down_and_acknowledged_once_written(redis_server, monkeypatch):
-    """`write`, the read model's task's step: a connection error is not the end of the worker nor
-    of the batch; it is written again (idempotent) and only then acknowledged. Its dead letters
-    are sent once."""
+async def test_a_batch_is_written_again_while_redis_is_down(redis_server, monkeypatch):
+    """`write`, the read model's step: a connection error is not the end of the worker nor of the
+    batch; it is written again (idempotent) and `write` returns only then. Its dead letters are
+    sent once."""
     r = aioredis.from_url(redis_server.url.rsplit("/", 1)[0] + "/4")
     await r.flushdb()
     down = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0")       # nothing listens there
@@ -134,20 +137,81 @@ async def test_a_batch_is_written_again_while_redis_is_down_and_acknowledged_onc
     calls = []
 
     def client():
-        calls.append(not any(m.acked for m in msgs))
+        calls.append(None)
         return down if len(calls) == 1 else r
     monkeypatch.setattr(readmodel, "client", client)
     monkeypatch.setattr(readmodel, "RETRY_S", (0,))
     monkeypatch.setattr(T, "dead_letters", dead)
     try:
         await readmodel.write(msgs)
-        assert len(calls) >= 2 and all(calls)        # written again, nothing acknowledged before
-        assert all(m.acked for m in msgs)
+        assert len(calls) >= 2                       # the first attempt failed: written again
         assert await r.zrange("upsell:customer:c0:proposals", 0, -1) == [b"proposals-0001"]
         assert await r.zrange("upsell:customer:c0:suppressed", 0, -1) == [b"suppressed-0002"]
         assert [d["offset"] for d in dead.sent] == [1]
     finally:
-        for m in msgs:
-            app.consumer.unacked.discard(m)
+        await r.aclose()
+        await down.aclose()
+
+
+async def test_feed_commits_a_batch_once_it_is_written_then_pauses_the_consumer(broker, redis_server, monkeypatch):
+    """Against the broker: the read model's consumer takes what was fetched, `write` writes it (here
+    Redis is down for the first attempt), and only then are the offsets committed, one past each
+    partition's last record; until the next batch is due the consumer is paused, so it fetches
+    nothing meanwhile."""
+    prefix = f"it-readmodel-feed-{os.getpid()}."
+    kinds = {prefix + "proposals": "proposals", prefix + "proposals.suppressed": "suppressed"}
+    await ensure_topics(broker.bootstrap, list(kinds), 2)
+    docs = [(prefix + "proposals", _doc(i, f"c{i}", "proposals")) for i in range(5)]
+    docs += [(prefix + "proposals.suppressed", _doc(9, "c9", "suppressed")), (prefix + "proposals", b"{oops")]
+    await produce(broker.bootstrap, [(topic, b"k%d" % (i % 2), v, T0) for i, (topic, v) in enumerate(docs)])
+    r = aioredis.from_url(redis_server.url.rsplit("/", 1)[0] + "/5")
+    await r.flushdb()
+    down = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    dead, attempts, committed = _DeadLetters(), [], asyncio.Queue()
+    monkeypatch.setattr(readmodel, "KINDS", kinds)
+    monkeypatch.setattr(readmodel, "RETRY_S", (0,))
+    monkeypatch.setattr(T, "dead_letters", dead)
+    c = AIOKafkaConsumer(*kinds, bootstrap_servers=broker.bootstrap, group_id=prefix + "readmodel",
+                         enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000,
+                         heartbeat_interval_ms=2000)
+
+    def client():
+        attempts.append(committed.qsize())
+        return down if len(attempts) == 1 else r
+    monkeypatch.setattr(readmodel, "client", client)
+    commit = c.commit
+
+    async def commit_and_tell(offsets):
+        await commit(offsets)
+        await committed.put(offsets)
+    monkeypatch.setattr(c, "commit", commit_and_tell)
+    await c.start()
+    feed = asyncio.ensure_future(readmodel.feed(c, within=0.05))
+    try:
+        seen: dict = {}
+        while sum(seen.values()) < len(docs):
+            seen.update(await asyncio.wait_for(committed.get(), 30))
+        assert attempts[0] == 0 and len(attempts) >= 2       # written again, and committed after
+        assert sorted(await r.keys("upsell:proposal:*")) == [b"upsell:proposal:proposals-%04d" % i for i in range(5)]
+        assert await r.exists("upsell:suppressed:suppressed-0009")
+        assert [d["original"] for d in dead.sent] == ["{oops"]
+        for tp, offset in seen.items():
+            assert await c.committed(tp) == offset
+        # a long linger: after its batch the consumer stays paused, and a cancelled feed resumes it
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
+        feed = asyncio.ensure_future(readmodel.feed(c, within=60))
+        await produce(broker.bootstrap, [(prefix + "proposals", b"k0", _doc(7, "c7", "proposals"), T0)])
+        await asyncio.wait_for(committed.get(), 30)
+        await asyncio.sleep(0)                                # feed's turn: it pauses after the commit
+        assert c.paused() == c.assignment() and c.assignment()
+        assert await r.exists("upsell:proposal:proposals-0007")
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
+        assert c.paused() == set()
+    finally:
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
+        await c.stop()
         await r.aclose()
         await down.aclose()
