@@ -3,8 +3,8 @@
 Redis is a read model, never the source of truth: it can be dropped and
 rebuilt by replaying `proposals` and `proposals.suppressed` from the start.
 Writes are idempotent by proposal_id: the first write of an id claims
-`upsell:proposal:<id>` with SET NX and, in the same Lua script, indexes it and
-counts it; a redelivered record changes nothing.
+`upsell:proposal:<id>` with SET NX and, in the same Lua script run (one per batch
+of a kind), indexes it and counts it; a redelivered record changes nothing.
 
 Keys (TTL policy in README.md; TTLs run on the Redis clock from the write, because
 event time may be far in the past in a replay):
@@ -93,41 +93,45 @@ def read_decision(raw: bytes | None, kind: str) -> dict:
     return p
 
 
-# One record, atomically: the first write of a proposal_id claims its document (SET NX) and
-# adds it to the customer's index and the stats; a record seen before changes nothing.
-# KEYS: document, customer index, stats. ARGV: bytes, document TTL (ms), proposal_id,
-# created_at (ms), KEEP, index TTL (ms), stats field.
+# A batch of one kind, atomically (one script run): the first write of each proposal_id claims its
+# document (SET NX) and adds it to the customer's index and the stats; a record seen before, in this
+# batch or an earlier one, changes nothing. KEYS: stats, then each record's document and customer
+# index. ARGV: document TTL (ms), KEEP, index TTL (ms), then each record's bytes, proposal_id,
+# created_at (ms) and stats field. Returns how many were new.
 _RECORD_LUA = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 0
+local n = 0
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  local doc, index, a = KEYS[2 + 2 * i], KEYS[3 + 2 * i], 4 + 4 * i
+  if redis.call('SET', doc, ARGV[a], 'NX', 'PX', ARGV[1]) then
+    redis.call('ZADD', index, ARGV[a + 2], ARGV[a + 1])
+    redis.call('ZREMRANGEBYRANK', index, 0, -tonumber(ARGV[2]) - 1)
+    redis.call('PEXPIRE', index, ARGV[3])
+    redis.call('HINCRBY', KEYS[1], ARGV[a + 3], 1)
+    n = n + 1
+  end
 end
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[5]) - 1)
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('HINCRBY', KEYS[3], ARGV[7], 1)
-return 1
+return n
 """
 _scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # client -> its registered script
 
 
 async def record(r: aioredis.Redis, items: list[tuple[dict, bytes]], kind: str) -> int:
-    """Write a batch of (decision, its bytes) from `read_decision` in one round trip, each record
-    atomically (`_RECORD_LUA`), in the order of the batch. A record seen before, in this batch or
+    """Write a batch of (decision, its bytes) from `read_decision` in one round trip and one
+    script run (`_RECORD_LUA`), in the order of the batch. A record seen before, in this batch or
     an earlier one, changes nothing. Returns how many were new."""
+    if not items:
+        return 0
     script = _scripts.get(r)
     if script is None:
         script = _scripts[r] = r.register_script(_RECORD_LUA)
     prefix = "proposal" if kind == "proposals" else "suppressed"
-    async with r.pipeline(transaction=False) as pipe:
-        for p, raw in items:
-            stat = (f"proposals:{p['trigger']}" if kind == "proposals"
-                    else f"suppressed:{p['trigger']}:{p['suppressed']['reason']}")
-            await script(keys=[f"upsell:{prefix}:{p['proposal_id']}", f"upsell:customer:{p['customer_id']}:{kind}",
-                               "upsell:stats"],
-                         args=[raw, PROPOSAL_TTL_MS, p["proposal_id"], parse_ts(p["created_at"]), KEEP,
-                               CUSTOMER_TTL_MS, stat], client=pipe)
-        written = await pipe.execute()
-    return sum(written)
+    keys, args = ["upsell:stats"], [PROPOSAL_TTL_MS, KEEP, CUSTOMER_TTL_MS]
+    for p, raw in items:
+        stat = (f"proposals:{p['trigger']}" if kind == "proposals"
+                else f"suppressed:{p['trigger']}:{p['suppressed']['reason']}")
+        keys += (f"upsell:{prefix}:{p['proposal_id']}", f"upsell:customer:{p['customer_id']}:{kind}")
+        args += (raw, p["proposal_id"], parse_ts(p["created_at"]), stat)
+    return int(await script(keys=keys, args=args, client=r))
 
 
 async def readable(messages, kind: str) -> list[tuple[dict, bytes]]:
