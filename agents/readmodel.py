@@ -41,7 +41,7 @@ import weakref
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -211,9 +211,10 @@ async def take(c: AIOKafkaConsumer, most: int = BATCH) -> list:
 async def feed(c: AIOKafkaConsumer, most: int = BATCH, within: float = BATCH_WITHIN) -> None:
     """Forever: a batch (`take`) written (`write`), then its offsets committed; at most one batch
     every `within` seconds, the consumer paused in between (no fetch), so a batch holds what came
-    meanwhile. A commit refused because the group rebalanced meanwhile is not an error: the
-    partition's new owner reads those records again from the last commit and writes them again,
-    which changes nothing."""
+    meanwhile. A commit that fails (the group rebalanced meanwhile, the broker could not be
+    reached) is logged, not an error: the partition's owner reads those records again from the
+    last commit that went through and writes them again, which changes nothing; the next commit
+    covers them."""
     loop = asyncio.get_running_loop()
     while True:
         began = loop.time()
@@ -222,8 +223,8 @@ async def feed(c: AIOKafkaConsumer, most: int = BATCH, within: float = BATCH_WIT
         offsets = {TopicPartition(m.topic, m.partition): m.offset + 1 for m in messages}
         try:
             await c.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            log.info("read model: offsets not committed (%s); the records will be written again", exc)
+        except KafkaError as exc:      # a rebalance meanwhile (CommitFailedError), the broker away
+            log.warning("read model: offsets not committed (%s); the records will be written again", exc)
         rest = began + within - loop.time()
         if rest > 0 and len(messages) < most:
             paused = c.assignment()
@@ -234,12 +235,26 @@ async def feed(c: AIOKafkaConsumer, most: int = BATCH, within: float = BATCH_WIT
                 c.resume(*(paused & c.assignment()))
 
 
+_running: list = []       # the worker's read model consumer, while it runs
+
+
+def assigned() -> dict[str, list[int]]:
+    """The decision partitions this worker's read model has now, by kind (for /health)."""
+    out: dict[str, list[int]] = {kind: [] for kind in KINDS.values()}
+    for c in _running:
+        for tp in c.assignment():
+            out[KINDS[tp.topic]].append(tp.partition)
+    return {kind: sorted(ps) for kind, ps in out.items()}
+
+
 @app.task
 async def readmodel() -> None:
     """Every worker: the decisions of the partitions its read model's group gives it, into Redis."""
     c = consumer()
     await c.start()
+    _running.append(c)
     try:
         await feed(c)
     finally:
+        _running.remove(c)
         await c.stop()

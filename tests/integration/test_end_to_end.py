@@ -231,6 +231,18 @@ async def test_two_workers_share_partitions_and_take_over(broker, redis_server, 
     health = orjson.loads((await asyncio.to_thread(w1.get, "/health"))[1])
     assert health["assigned"] == list(range(PARTITIONS))
     assert w1.proc.poll() is None
+    # the read models' own group hands w2's decision partitions to w1 too, whose read model
+    # writes every proposal to Redis, those w2 had fetched but not committed included
+    everything = {"proposals": list(range(PARTITIONS)), "suppressed": list(range(PARTITIONS))}
+    customers = {p["customer_id"] for p in want.values()}
+    for _ in range(300):
+        health = orjson.loads((await asyncio.to_thread(w1.get, "/health"))[1])
+        if health["readmodel"]["assigned"] == everything and \
+                await _redis_ids(redis_server.url, customers) >= set(want):
+            break
+        await asyncio.sleep(0.1)    # another process's group and writes: polled
+    assert health["readmodel"]["assigned"] == everything
+    assert await _redis_ids(redis_server.url, customers) >= set(want)
 
 
 def _differences(got: dict, want: dict) -> str:
