@@ -24,9 +24,9 @@ sending decisions, and the read model catches up once Redis is back (before, the
 through the engine's consumer, and a full queue of them held that consumer's every fetch).
 Any other error ends the task and stops the worker, like an error in the ingest.
 
-Its own group also keeps it off the engine's fetches, which are the worker's latency path: with
-the decisions fetched, decoded and written by the engine's consumer, p99 at 12,000 events/s was
-about twice as long (bench/README.md, item 49). A group of its own has partitions of its own: a
+Its own group also keeps it off the engine's fetches, which are the worker's latency path
+(bench/README.md, item 49: on a backlog the worker was faster in three of three alternating pairs;
+at 12,000 events/s live, p99 was shorter in five of seven). A group of its own has partitions of its own: a
 worker's read model writes the decisions of whichever partitions its group gives it, which need
 not be its engine's; Redis is one store, so any worker can write any customer.
 """
@@ -55,11 +55,11 @@ from streams.kafka import bootstrap_of
 log = logging.getLogger(__name__)
 
 KEEP = 50
-# Records are written in batches of up to BATCH, or what came within BATCH_WITHIN seconds of the
-# first: one
-# Redis round trip a batch instead of two a record (measured live at 2,800 events/s: the
-# per-record writes took about a tenth of the worker's main thread). The read model trails the
-# topics by about BATCH_WITHIN; the proposals topic itself is not delayed.
+# Records are written in batches of up to BATCH, at most one batch every BATCH_WITHIN seconds
+# (`feed`): one Redis round trip and one script run a batch of a kind, not a round trip a record
+# (measured live at 2,800 events/s: the per-record writes took about a tenth of the worker's main
+# thread). The read model trails the topics by about BATCH_WITHIN; the proposals topic itself is
+# not delayed.
 BATCH = 500
 BATCH_WITHIN = 0.05
 CUSTOMER_TTL_MS = 180 * DAY
