@@ -175,7 +175,7 @@ def consumer() -> AIOKafkaConsumer:
         client_id=f"{settings.app_id}-readmodel", enable_auto_commit=False, auto_offset_reset="earliest",
         fetch_max_wait_ms=round(BATCH_WITHIN * 1000), max_poll_records=BATCH,
         session_timeout_ms=int(settings.session_timeout * 1000),
-        heartbeat_interval_ms=int(min(3.0, settings.session_timeout / 3) * 1000))
+        heartbeat_interval_ms=int(settings.heartbeat_interval * 1000))
 
 
 async def write(messages: list) -> None:

@@ -6,8 +6,7 @@ import asyncio
 import orjson
 
 from agents.engine import ENGINES, LOCAL
-from agents import readmodel
-from agents.readmodel import client, customer_view
+from agents.readmodel import assigned as readmodel_assigned, client, customer_view
 from rules.guardrails import unhappy_reason
 from rules.timeutil import format_ts
 from streams import metrics
@@ -73,7 +72,7 @@ async def health(web, request):
     return web.json({"status": "ok", "assigned": assigned_partitions(), "partitions": sorted(ENGINES),
                      "stream_time": {p: _ts(e.watermark) for p, e in sorted(ENGINES.items())},
                      "event_loop": event_loop_name(loop), "consumer": consumer_runs_on(app, loop),
-                     "readmodel": {"assigned": readmodel.assigned()}})
+                     "readmodel": {"assigned": readmodel_assigned()}})
 
 
 def _highwater(topic: str, partition: int):

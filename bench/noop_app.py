@@ -29,7 +29,7 @@ app = App(
     broker=settings.broker, store="memory://", topic_partitions=settings.partitions,
     key_serializer="raw", value_serializer="raw", web_port=settings.web_port, web_host=settings.web_host,
     web_bind=settings.web_host, datadir=settings.data_dir, broker_session_timeout=settings.session_timeout,
-    broker_heartbeat_interval=min(3.0, settings.session_timeout / 3), topic_allow_declare=False,
+    broker_heartbeat_interval=settings.heartbeat_interval, topic_allow_declare=False,
     fetch_max_wait_ms=settings.fetch_max_wait_ms, consumer_thread=settings.consumer_thread,
 )
 COUNT = [0]

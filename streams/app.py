@@ -28,7 +28,7 @@ app = App(
     # embedded broker (Faust's default 60 s gave a ~30 s start); 6-10 s gives a
     # start in seconds and a take-over within that time when a worker dies.
     broker_session_timeout=settings.session_timeout,
-    broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
+    broker_heartbeat_interval=settings.heartbeat_interval,
     topic_allow_declare=True,
     # Events waiting for stream time stay unacknowledged (agents/engine.py); a rebalance
     # must not wait for them: they are read again by the partition's next owner.

@@ -53,6 +53,12 @@ class Settings:
     event_loop: str         # uvloop or aio (asyncio's own): see use_event_loop
     consumer_thread: bool   # the Kafka consumer in a thread of its own (Faust's way), not on the app's loop
 
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between a consumer's heartbeats: a third of the session timeout, at most 3
+        (Faust's and the read model's consumers alike)."""
+        return min(3.0, self.session_timeout / 3)
+
     @classmethod
     def from_env(cls) -> "Settings":
         clock = _env("UPSELL_CLOCK", "wall")
