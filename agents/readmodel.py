@@ -251,10 +251,11 @@ def assigned() -> dict[str, list[int]]:
 async def readmodel() -> None:
     """Every worker: the decisions of the partitions its read model's group gives it, into Redis."""
     c = consumer()
-    await c.start()
-    _running.append(c)
     try:
+        await c.start()         # a worker stopped during the first group join cancels this
+        _running.append(c)
         await feed(c)
     finally:
-        _running.remove(c)
+        if c in _running:
+            _running.remove(c)
         await c.stop()

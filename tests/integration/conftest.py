@@ -64,6 +64,8 @@ def start_worker(broker, redis_server, logs, request):
     yield start
     for w in workers:
         w.stop()
+    for w in workers:      # every consumer and producer closed, also when stopped while starting
+        assert "Unclosed AIOKafka" not in w.log.read_text(errors="replace"), w.name
 
 
 async def consume(bootstrap: str, topic: str, count: int, timeout: float = 90, until=None) -> list:
