@@ -18,7 +18,8 @@ Tick records still come through an agent (`ticks`). The code is thin. All decisi
   interval), after PERSIST_EVERY records, and, with the event clock (no ticks),
   when the consumer knows of no later record on the event's topic-partition;
 * a batch end waits while Faust's producer buffer holds more than PRODUCER_BACKLOG messages
-  (`ebb`): one batch end can hand it thousands of writes, and the stream must not run ahead;
+  (`ebb`), or more than UNSENT_STATE_BYTES of table writes are not yet in the broker: one
+  batch end can make thousands of writes, and the stream must not run ahead;
 * live, stream time moves on a local clock (`advance`, `LOCAL`), without a broker hop, as soon
   as a waiting event falls due: released events are applied and decided at once, and written at
   the batch end;
@@ -63,6 +64,7 @@ MARKS: dict[int, list] = {}   # partition -> watermark records read since its la
 PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
 META_EVERY = 1000       # records between writes of the partition document (at a batch end)
 PRODUCER_BACKLOG = 10_000   # messages in Faust's producer buffer beyond which a batch end waits (`ebb`)
+UNSENT_STATE_BYTES = 16 << 20   # bytes of table writes not yet in the broker beyond which it waits
 # The topic whose partition p a write of partition p's state stands for (tables are written for a
 # current event; an input topic's partition count is checked against the changelog's)
 STATE_SOURCE = T.ticks.get_topic_name()
@@ -136,23 +138,25 @@ def engine_for(partition: int) -> PartitionEngine:
 
 def persist(eng: PartitionEngine, records: int) -> list:
     """End the partition's batch: write the customers that changed, and every META_EVERY records
-    the partition document (watermarks and counters); returns the records to acknowledge now: the
-    events applied, and the watermark records read once a partition document holds them.
-    Synchronous, so nothing else runs meanwhile; the writes go to partition p of the changelog
-    (`writing_for`: a table writes to its current event's partition)."""
+    the partition document (watermarks and counters) after them; returns the records to
+    acknowledge now: the events applied, and the watermark records read once a partition
+    document holds them. Synchronous, so nothing else runs meanwhile; the writes go to partition
+    p of the changelog, as one `write_many` (record batches, not a message per key)."""
     p = eng.partition
-    blobs = {}
-    with writing_for(STATE_SOURCE, p):
-        for cid, c in eng.take_dirty():
-            blobs[cid] = T.customer_state[cid.encode()] = dumps(c)
-        eng.written(blobs)      # customers idle since the batch before are kept as these bytes
-        held = HELD[p]
-        done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]
-        n = _since_meta[p] = _since_meta.get(p, 0) + records
-        if n >= META_EVERY:
-            T.customer_state[meta_key(p)] = dumps(eng.meta())
-            _since_meta[p] = 0
-            done += MARKS.pop(p, [])
+    blobs, items = {}, []
+    for cid, c in eng.take_dirty():
+        blob = blobs[cid] = dumps(c)
+        items.append((cid.encode(), blob))
+    eng.written(blobs)      # customers idle since the batch before are kept as these bytes
+    held = HELD[p]
+    done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]
+    n = _since_meta[p] = _since_meta.get(p, 0) + records
+    if n >= META_EVERY:
+        items.append((meta_key(p), dumps(eng.meta())))
+        _since_meta[p] = 0
+        done += MARKS.pop(p, [])
+    with writing_for(STATE_SOURCE, p):     # a table writes to its current event's partition
+        T.customer_state.write_many(p, items)
     return done
 
 
@@ -185,14 +189,16 @@ async def settle(eng: PartitionEngine, out: list, ended: int | None) -> None:
     if done:
         ack_when_written(done, written)
     await ebb(app.producer.buffer)
+    await T.customer_state.drain(UNSENT_STATE_BYTES)
 
 
 async def ebb(buffer, high: int = PRODUCER_BACKLOG) -> None:
-    """Once more than `high` messages (state writes, decisions) wait in Faust's producer buffer,
-    wait until it is down to half. A batch end can hand it thousands of writes at once (a
-    watermark releasing every held event of a partition: 12,500 customers each in the
-    benchmark's state phase); Faust's own check before each record (`wait_until_ebb`) sends 100
-    of them and lets the stream go on, so they piled up (99,000 seen) and so did the memory.
+    """Once more than `high` messages (decisions, dead letters) wait in Faust's producer buffer,
+    wait until it is down to half. A batch end can hand it thousands of decisions at once (a
+    watermark releasing every held event of a partition); Faust's own check before each record
+    (`wait_until_ebb`) sends 100 of them and lets the stream go on, so they piled up (99,000
+    seen, when table writes still went through it) and so did the memory. Table writes have
+    their own limit (`Table.drain`).
     Stopping the stream here stops the fetcher too, once the buffers fill: backpressure."""
     while buffer.size > high and buffer.state == "running":
         try:
@@ -222,6 +228,10 @@ def _delivered(events: list, written) -> None:
         # left unacknowledged: Kafka's committed offset stops before them, and a restart reads
         # them again; a worker whose state cannot be written should stop
         exc = RuntimeError("state write cancelled") if written.cancelled() else written.exception()
+        if app.should_stop:
+            log.info("a state write did not land while the worker stops (%s): its events are not "
+                     "acknowledged, so the partition's next owner reads them again", exc)
+            return
         log.error("a state write failed (%s): stopping; its events are not acknowledged", exc)
         asyncio.ensure_future(app.crash(exc))
         return

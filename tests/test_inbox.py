@@ -203,6 +203,20 @@ async def test_table_writes_go_to_the_partition_written_for():
     T.customer_state.data.pop(b"inbox-test")
 
 
+async def test_batched_table_writes_without_a_producer_are_faust_writes():
+    """The agents' test driver runs no producer: `write_many` is `table[key] = value` for each
+    key, in order, to the partition written for."""
+    with writing_for(T.ticks.get_topic_name(), 6):
+        T.customer_state.write_many(6, [(b"inbox-a", b"1"), (b"inbox-b", b"2"), (b"inbox-a", b"3")])
+    assert T.customer_state.last_write[6].message.key == b"inbox-a"
+    assert T.customer_state.last_write[6].message.value == b"3"
+    assert T.customer_state.last_write[6].message.partition == 6
+    assert T.customer_state[b"inbox-a"] == b"3" and T.customer_state[b"inbox-b"] == b"2"
+    assert T.customer_state.unsent_bytes == 0
+    T.customer_state.data.pop(b"inbox-a")
+    T.customer_state.data.pop(b"inbox-b")
+
+
 async def test_an_error_in_the_handler_ends_the_run(scratch):
     """Not swallowed: the ingest task ends with it and Faust stops the worker (mode crashes a
     service whose task raises). The failing record is never acknowledged, so no commit passes it:
