@@ -11,20 +11,20 @@ Tick records still come through an agent (`ticks`). The code is thin. All decisi
   to `dead-letters` with the reason and the original bytes, and the stream
   moves on (its offset is committed like any other);
 * feed the partition's engine; send its proposals and suppressions at once,
-  keyed by customer_id;
+  keyed by customer_id, as record batches (`emit`, `streams.topics.WRITES`);
 * write behind: the tables are written once per batch of records on a
   partition, not once per event, so a customer with several events in a batch
   is written once. A batch ends at every tick record (live: each commit
   interval), after PERSIST_EVERY records, and, with the event clock (no ticks),
   when the consumer knows of no later record on the event's topic-partition;
 * a batch end waits while Faust's producer buffer holds more than PRODUCER_BACKLOG messages
-  (`ebb`), or more than UNSENT_STATE_BYTES of table writes are not yet in the broker: one
-  batch end can make thousands of writes, and the stream must not run ahead;
+  (`ebb`), or more than UNSENT_BYTES of table writes and decisions are not yet in the broker:
+  one batch end can make thousands of writes, and the stream must not run ahead;
 * live, stream time moves on a local clock (`advance`, `LOCAL`), without a broker hop, as soon
   as a waiting event falls due: released events are applied and decided at once, and written at
   the batch end;
-* acknowledge an input event only once the engine has applied it, its
-  decisions are sent and the broker has its batch's writes (a watermark record:
+* acknowledge an input event only once the engine has applied it and the broker has its
+  decisions and its batch's writes (a watermark record:
   once it has a partition document holding it). Events waiting for stream time
   stay unacknowledged, so Kafka's committed offset never passes them (Faust
   commits up to the first unacknowledged record, as `InOrder` hands it the
@@ -61,10 +61,11 @@ log = logging.getLogger(__name__)
 ENGINES: dict[int, PartitionEngine] = {}
 HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, offset) -> unacked message
 MARKS: dict[int, list] = {}   # partition -> watermark records read since its last partition document
+DECIDED: dict[int, set] = {}   # engine partition -> the (topic, partition)s it sent decisions to
 PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
 META_EVERY = 1000       # records between writes of the partition document (at a batch end)
 PRODUCER_BACKLOG = 10_000   # messages in Faust's producer buffer beyond which a batch end waits (`ebb`)
-UNSENT_STATE_BYTES = 16 << 20   # bytes of table writes not yet in the broker beyond which it waits
+UNSENT_BYTES = 16 << 20   # bytes of table writes and decisions not yet in the broker beyond which it waits
 # The topic whose partition p a write of partition p's state stands for (tables are written for a
 # current event; an input topic's partition count is checked against the changelog's)
 STATE_SOURCE = T.ticks.get_topic_name()
@@ -173,23 +174,31 @@ def batch_end(partition: int, idle: bool) -> int | None:
 async def settle(eng: PartitionEngine, out: list, ended: int | None) -> None:
     """Send the decisions; if the partition's batch ended (`ended` records, from `batch_end`),
     first write what changed, then acknowledge the records written once the broker has the
-    writes. The write comes first, in the same step as the engine's change: after the send's
-    await the partition may have been revoked (Faust does not wait for agents,
-    `stream_wait_empty=False`), and a write then would put a dropped engine's state in the table
-    under its successor."""
+    writes and the decisions sent so far. The write comes first, in the same step as the
+    engine's change: after an await the partition may have been revoked (Faust does not wait for
+    agents, `stream_wait_empty=False`), and a write then would put a dropped engine's state in
+    the table under its successor."""
+    p = eng.partition
     if ended is None:
         if out:
-            await emit(out)
+            await emit(p, out)
         return
-    p = eng.partition
     done = [(ACKS.get(m.tp), m) for m in persist(eng, ended)]
-    written = T.customer_state.last_write.get(p)
     if out:
-        await emit(out)
+        await emit(p, out)
     if done:
-        ack_when_written(done, written)
+        ack_when_written(done, sent_for(p))
     await ebb(app.producer.buffer)
-    await T.customer_state.drain(UNSENT_STATE_BYTES)
+    await T.WRITES.drain(UNSENT_BYTES)
+
+
+def sent_for(partition: int) -> list:
+    """The latest state write of the engine's partition and the latest send to each
+    topic-partition it sent decisions to: once they are in the broker, so is everything it wrote
+    and decided before (`streams.topics.Batches`). Empty in the agents' test driver."""
+    writes = [T.WRITES.last[tp] for tp in DECIDED.get(partition, ())]
+    state = T.customer_state.last_write.get(partition)
+    return writes + [state] if state is not None else writes
 
 
 async def ebb(buffer, high: int = PRODUCER_BACKLOG) -> None:
@@ -197,8 +206,8 @@ async def ebb(buffer, high: int = PRODUCER_BACKLOG) -> None:
     wait until it is down to half. A batch end can hand it thousands of decisions at once (a
     watermark releasing every held event of a partition); Faust's own check before each record
     (`wait_until_ebb`) sends 100 of them and lets the stream go on, so they piled up (99,000
-    seen, when table writes still went through it) and so did the memory. Table writes have
-    their own limit (`Table.drain`).
+    seen, when table writes still went through it) and so did the memory. Table writes and
+    decisions have their own limit (`streams.topics.Batches.drain`).
     Stopping the stream here stops the fetcher too, once the buffers fill: backpressure."""
     while buffer.size > high and buffer.state == "running":
         try:
@@ -207,32 +216,43 @@ async def ebb(buffer, high: int = PRODUCER_BACKLOG) -> None:
             return
 
 
-def ack_when_written(events: list, written) -> None:
-    """Acknowledge the events ((InOrder, message) pairs) once `written`, the latest write to the
-    partition's changelog, is in the broker (a changelog partition's writes land in order, so
-    the batch's others are too). Earlier is not safe: Faust's commit flushes its own producer
-    buffer for at most 0.1 s, then aiokafka's producer, which does not hold the write the buffer
-    is handing over (aiokafka takes one batch per partition and makes the next wait for it), and
-    commits anyway. A worker that died then would leave its successor committed offsets past
-    events whose state it never gets."""
-    if written is None or app.producer.buffer.state != "running":   # no producer: the test driver
+def ack_when_written(events: list, writes: list) -> None:
+    """Acknowledge the events ((InOrder, message) pairs) once every future of `writes` is done:
+    the partition's latest state write and decision sends (`sent_for`), each of which stands for
+    every earlier one of its topic-partition. Earlier is not safe: Faust's commit flushes its
+    own producer buffer, then aiokafka's producer, which does not hold the sends still on their
+    way to it, and commits anyway. A worker that died then would leave its successor committed
+    offsets past events whose state or decisions it never gets."""
+    if not writes or app.producer.buffer.state != "running":   # no producer: the test driver
         _ack(events)
-    elif written.done():
-        _delivered(events, written)
-    else:
-        written.add_done_callback(functools.partial(_delivered, events))
+        return
+    pending = [w for w in writes if not w.done()]
+    if not pending:
+        _delivered(events, writes)
+        return
+    left = [len(pending)]
+
+    def one_done(_) -> None:
+        left[0] -= 1
+        if not left[0]:
+            _delivered(events, writes)
+
+    for w in pending:
+        w.add_done_callback(one_done)
 
 
-def _delivered(events: list, written) -> None:
-    if written.cancelled() or written.exception() is not None:
+def _delivered(events: list, writes: list) -> None:
+    failed = next((w for w in writes if w.cancelled() or w.exception() is not None), None)
+    if failed is not None:
         # left unacknowledged: Kafka's committed offset stops before them, and a restart reads
-        # them again; a worker whose state cannot be written should stop
-        exc = RuntimeError("state write cancelled") if written.cancelled() else written.exception()
+        # them again; a worker whose state or decisions cannot be written should stop
+        exc = RuntimeError("write cancelled") if failed.cancelled() else failed.exception()
         if app.should_stop:
-            log.info("a state write did not land while the worker stops (%s): its events are not "
+            log.info("a write did not land while the worker stops (%s): its events are not "
                      "acknowledged, so the partition's next owner reads them again", exc)
             return
-        log.error("a state write failed (%s): stopping; its events are not acknowledged", exc)
+        log.error("a state write or decision send failed (%s): stopping; its events are not "
+                  "acknowledged", exc)
         asyncio.ensure_future(app.crash(exc))
         return
     _ack(events)
@@ -244,14 +264,30 @@ def _ack(events: list) -> None:
             order.ack(message)
 
 
-async def emit(out: list) -> None:
+async def emit(partition: int, out: list) -> None:
+    """Send engine `partition`'s decisions, keyed by customer_id to the partition Kafka's default
+    partitioner gives the key (as Faust's `send` did): as record batches, one send per
+    topic-partition (`streams.topics.WRITES`), whose futures `sent_for` hands to the
+    acknowledgements. Without a running producer (the agents' test driver), Faust's `send`."""
+    producer = T.Batches.producer(app)
+    groups: dict[tuple[str, int], list] = {}
     for kind, p in out:
         if kind == PROPOSAL:
             metrics.proposals_out[p["trigger"]] += 1
-            await T.proposals.send(key=p["customer_id"].encode(), value=orjson.dumps(p))
+            topic = T.proposals
         else:
             metrics.suppressed_out[(p["trigger"], p["suppressed"]["reason"])] += 1
-            await T.suppressed.send(key=p["customer_id"].encode(), value=orjson.dumps(p))
+            topic = T.suppressed
+        key, value = p["customer_id"].encode(), orjson.dumps(p)
+        if producer is None:
+            await topic.send(key=key, value=value)
+            continue
+        tp = (topic.get_topic_name(), partition_for(p["customer_id"], settings.partitions))
+        groups.setdefault(tp, []).append((key, value))
+    if groups:
+        DECIDED.setdefault(partition, set()).update(groups)
+        for (topic_name, q), items in groups.items():
+            T.WRITES.send(producer, topic_name, q, items)
 
 
 def dead_letter(topic: str, msg, error: str, field: str | None) -> bytes:
@@ -390,7 +426,7 @@ async def advance(now_ms: int) -> None:
     `LOCAL` (streams.clock.LocalClock) calls it each tick interval and when an event falls due."""
     at = now_ms - settings.lateness_ms
     for eng in list(ENGINES.values()):
-        await emit(eng.tick(at))
+        await emit(eng.partition, eng.tick(at))
 
 
 def waiting() -> list:

@@ -31,24 +31,121 @@ suppressed = _topic("proposals.suppressed")
 dead_letters = _topic("dead-letters")
 
 
-class Table(faust.Table):
-    """A table whose writes a worker makes in batches (`write_many`), and that keeps, per
-    changelog partition, a future of its latest write (`last_write`): done once the broker has
-    that write and every earlier one to the partition.
+class Batches:
+    """Records sent as record batches, in order per topic-partition: aiokafka's public
+    `create_batch` and `send_batch`, one future per batch, where Faust's `topic.send` and
+    `table[key] = value` cost a message, a future, Faust's buffer or channel, aiokafka's `send`,
+    a delivery callback and sensors per record (bench/README.md, item 51).
 
-    Faust's `table[key] = value` costs a message, a future, a trip through Faust's producer
-    buffer and a delivery callback per key; live, with a changelog write for about one event in
-    seven, that path took a tenth of the worker's CPU (bench/README.md, item 51). `write_many`
-    sets the keys in the store just as `table[key] = value` does and hands the changelog the
-    partition's keys as record batches (aiokafka's `create_batch` and `send_batch`), one future
-    per batch."""
+    `send` is synchronous: it builds the batches and hands them to a task (or adds its records
+    to a send still waiting to be queued). A topic-partition's
+    sends are queued in the producer in the order made, each after the one before it, and
+    aiokafka keeps one batch of a partition in flight at a time, so they land in that order.
+    `last[(topic, partition)]` is the latest send's future: done once it is in the broker, and
+    failed if it or any earlier send to that topic-partition failed, so whoever waits on it
+    (acknowledgements) never passes a record that was lost. The worker's table writes and its
+    decisions share one (`WRITES`): one limit on what is not yet in the broker (`drain`), one
+    flush when the worker stops (`flush`, from `Table.on_stop`)."""
+
+    def __init__(self):
+        self.last: dict[tuple[str, int], asyncio.Future] = {}
+        self._queued: dict[tuple[str, int], asyncio.Future] = {}   # the latest send is queued
+        self._open: dict[tuple[str, int], tuple] = {}   # a send not yet queued: (batches, future)
+        self._unsent: dict[asyncio.Future, int] = {}   # send -> its bytes, until it is in the broker
+        self.unsent_bytes = 0
+
+    @staticmethod
+    def producer(app):
+        """aiokafka's producer under the app's Faust producer, if it runs (not in the agents'
+        test driver)."""
+        producer = app.producer
+        if producer.buffer.state != "running":
+            return None
+        return producer._ensure_producer()
+
+    def send(self, producer, topic: str, partition: int, items: list[tuple[bytes, bytes]]):
+        """Send `items`, (key, value) pairs, to the topic-partition; returns the future of the
+        send they went into (`last`), whose result is (the last batch's metadata, the last
+        record's offset). While a send to the topic-partition waits for the one before it to be
+        queued, later items join it, so a burst of small sends becomes a few record batches,
+        not one produce round trip each."""
+        tp = (topic, partition)
+        size = 0
+        joining = self._open.get(tp)
+        if joining is None:
+            batches, batch = [], None
+        else:
+            batches, sent = joining
+            batch = batches[-1]
+        for key, value in items:
+            size += len(key) + len(value)
+            if batch is None or batch.append(timestamp=None, key=key, value=value) is None:
+                batch = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=value)   # the first record always fits
+                batches.append(batch)
+        if joining is None:
+            queued = asyncio.get_running_loop().create_future()
+            sent = asyncio.ensure_future(self._send(
+                producer, topic, partition, batches, self._queued.get(tp), self.last.get(tp), queued))
+            self._open[tp] = (batches, sent)
+            self._queued[tp] = queued
+            self.last[tp] = sent
+            self._unsent[sent] = 0
+            sent.add_done_callback(functools.partial(self._done, tp, queued))
+        self._unsent[sent] += size
+        self.unsent_bytes += size
+        return sent
+
+    async def _send(self, producer, topic: str, partition: int, batches: list, queued_before,
+                    sent_before, queued: asyncio.Future):
+        try:
+            if queued_before is not None:
+                await queued_before                   # never fails: set in `finally`
+            del self._open[topic, partition]          # nothing joins it from here on
+            for batch in batches:
+                batch.close()     # ready to send at once, no linger
+            delivered = [await producer.send_batch(b, topic, partition=partition) for b in batches]
+        finally:
+            queued.set_result(None)
+        for fut in delivered:
+            last = await fut
+        if sent_before is not None:
+            await sent_before         # in the broker already (one batch in flight), or it failed
+        return last, last.offset + batches[-1].record_count() - 1
+
+    def _done(self, tp: tuple[str, int], queued: asyncio.Future, sent: asyncio.Future) -> None:
+        self.unsent_bytes -= self._unsent.pop(sent)
+        if not queued.done():         # cancelled before it ran: the next send must not wait
+            queued.set_result(None)
+        if self._open.get(tp, (None, None))[1] is sent:
+            del self._open[tp]
+        if not sent.cancelled():
+            sent.exception()          # retrieved: the waiters (acknowledgements) report a failure
+
+    async def drain(self, high: int) -> None:
+        """Wait while more than `high` bytes of sends are not yet in the broker."""
+        while self.unsent_bytes > high and self._unsent:
+            await asyncio.wait(list(self._unsent), return_when=asyncio.FIRST_COMPLETED)
+
+    async def flush(self, timeout: float) -> None:
+        """Wait, at most `timeout` seconds, for every send made so far."""
+        if self._unsent:
+            await asyncio.wait(list(self._unsent), timeout=timeout)
+
+
+WRITES = Batches()
+
+
+class Table(faust.Table):
+    """A table whose writes a worker makes in batches (`write_many`, through `WRITES`), and that
+    keeps, per changelog partition, a future of its latest write (`last_write`): done once the
+    broker has that write and every earlier one to the partition, failed if any of them failed.
+    Live, a changelog write comes with about one event in seven, and Faust's write per key took
+    a tenth of the worker's CPU (bench/README.md, item 51)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.last_write: dict[int, asyncio.Future] = {}
-        self._queued: dict[int, asyncio.Future] = {}   # partition -> its latest write is queued
-        self._unsent: dict[asyncio.Future, int] = {}   # write -> its bytes, until it is in the broker
-        self.unsent_bytes = 0
 
     def send_changelog(self, partition, key, value, key_serializer=None, value_serializer=None):
         fut = super().send_changelog(partition, key, value, key_serializer, value_serializer)
@@ -59,85 +156,38 @@ class Table(faust.Table):
         """Set each (key, value) of `items`, in order; every key belongs to changelog partition
         `partition`. Synchronous, like `table[key] = value`, and called where that can be (the
         RocksDB store asks the current event for the partition: `streams.inbox.writing_for`).
-        Without a running producer (the agents' test driver) it is `table[key] = value` for each.
-
-        A partition's writes reach the changelog in the order made: each is queued in the
-        producer only after the one before it, and aiokafka keeps one batch of a partition in
-        flight at a time. `last_write[partition]` fails if this write or an earlier one failed."""
-        producer = self._producer()
+        The store is set as `table[key] = value` sets it; the changelog gets the records as
+        record batches (`Batches`). Without a running producer (the agents' test driver) it is
+        `table[key] = value` for each."""
+        producer = Batches.producer(self.app)
         if producer is None:
             for key, value in items:
                 self[key] = value
             return
         if not items:
             return
-        data, batches, size = self.data, [], 0
-        batch = None
+        data = self.data
         for key, value in items:
             data[key] = value
-            size += len(key) + len(value)
-            if batch is None or batch.append(timestamp=None, key=key, value=value) is None:
-                batch = producer.create_batch()
-                batch.append(timestamp=None, key=key, value=value)   # the first record always fits
-                batches.append(batch)
-        for batch in batches:
-            batch.close()         # ready to send at once, no linger; nothing else joins it
-        queued = asyncio.get_running_loop().create_future()
-        write = asyncio.ensure_future(self._send(
-            producer, partition, batches, self._queued.get(partition), self.last_write.get(partition),
-            queued))
-        self._queued[partition] = queued
+        write = WRITES.send(producer, self.changelog_topic.get_topic_name(), partition, items)
         self.last_write[partition] = write
-        self._unsent[write] = size
-        self.unsent_bytes += size
-        write.add_done_callback(functools.partial(self._written, queued))
+        write.add_done_callback(self._persisted)
 
-    def _producer(self):
-        """aiokafka's producer under Faust's, if it runs."""
-        producer = self.app.producer
-        if producer.buffer.state != "running":
-            return None
-        return producer._ensure_producer()
-
-    async def _send(self, producer, partition: int, batches: list, queued_before, written_before,
-                    queued: asyncio.Future):
-        topic = self.changelog_topic.get_topic_name()
-        try:
-            if queued_before is not None:
-                await queued_before                   # never fails: set in `finally`
-            delivered = [await producer.send_batch(b, topic, partition=partition) for b in batches]
-        finally:
-            queued.set_result(None)
-        for fut in delivered:
-            last = await fut
-        if written_before is not None:
-            await written_before      # in the broker already (one batch in flight), or it failed
-        # as Faust's `_on_changelog_sent`: a store that keeps its changelog offset (RocksDB)
-        # learns the last record's (the batch's future has its first record's)
-        offset = last.offset + batches[-1].record_count() - 1
+    def _persisted(self, write: asyncio.Future) -> None:
+        """As Faust's `_on_changelog_sent`: a store that keeps its changelog offset (RocksDB)
+        learns the last record's."""
+        if write.cancelled() or write.exception() is not None:
+            return
+        last, offset = write.result()
         if self.app.in_transaction:
             self.app.tables.persist_offset_on_commit(self.data, last.topic_partition, offset)
         else:
             self.data.set_persisted_offset(last.topic_partition, offset)
-        return last
-
-    def _written(self, queued: asyncio.Future, write: asyncio.Future) -> None:
-        self.unsent_bytes -= self._unsent.pop(write)
-        if not queued.done():         # cancelled before it ran: the next write must not wait
-            queued.set_result(None)
-        if not write.cancelled():
-            write.exception()         # retrieved: the writes' waiters (acks) report a failure
-
-    async def drain(self, high: int) -> None:
-        """Wait while more than `high` bytes of writes are not yet in the broker."""
-        while self.unsent_bytes > high and self._unsent:
-            await asyncio.wait(list(self._unsent), return_when=asyncio.FIRST_COMPLETED)
 
     async def on_stop(self) -> None:
-        """Faust stops the tables before its producer: let the writes made so far land, so that
-        their events are acknowledged and committed."""
-        if self._unsent:
-            await asyncio.wait(list(self._unsent), timeout=STOP_FLUSH_S)
+        """Faust stops the tables before its producer: let the writes made so far (decisions
+        too) land, so that their events are acknowledged and committed."""
+        await WRITES.flush(STOP_FLUSH_S)
         await super().on_stop()
 
 

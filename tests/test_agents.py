@@ -260,15 +260,19 @@ async def test_events_are_acknowledged_once_the_broker_has_their_batch(monkeypat
     for r in records:
         order.read(r)
     monkeypatch.setattr(app, "crash", lambda exc: crashed.set_result(exc) or crashed)
-    written = loop.create_future()
-    A.ack_when_written([(order, r) for r in records[:3]], written)
+    state, decisions = loop.create_future(), loop.create_future()
+    A.ack_when_written([(order, r) for r in records[:3]], [decisions, state])
     assert acked == []                               # on its way: a commit now must not pass them
-    written.set_result(None)
+    state.set_result(None)
+    await asyncio.sleep(0)                           # the state write's callback has run
+    assert acked == []                               # the decisions are not in the broker yet
+    decisions.set_result(None)
     await asyncio.wait_for(all_acked, 5)
     assert acked == [0, 1, 2]
     # a write that failed: not acknowledged, and the worker stops
-    failed = loop.create_future()
-    A.ack_when_written([(order, records[3])], failed)
+    failed, fine = loop.create_future(), loop.create_future()
+    A.ack_when_written([(order, records[3])], [failed, fine])
+    fine.set_result(None)
     failed.set_exception(OSError("broker gone"))
     assert str(await asyncio.wait_for(crashed, 5)) == "broker gone"
     assert acked == [0, 1, 2]

@@ -212,7 +212,7 @@ async def test_batched_table_writes_without_a_producer_are_faust_writes():
     assert T.customer_state.last_write[6].message.value == b"3"
     assert T.customer_state.last_write[6].message.partition == 6
     assert T.customer_state[b"inbox-a"] == b"3" and T.customer_state[b"inbox-b"] == b"2"
-    assert T.customer_state.unsent_bytes == 0
+    assert T.WRITES.unsent_bytes == 0
     T.customer_state.data.pop(b"inbox-a")
     T.customer_state.data.pop(b"inbox-b")
 

@@ -20,6 +20,7 @@ from streams.embedded import EmbeddedRedis, free_port
 from streams.generate import generate
 from streams.recorded import load_sorted
 from streams.kafka import ensure_topics
+from streams.partitioning import partition_for
 from streams.replay import replay
 from tests.integration.conftest import PARTITIONS, consume, loads, produce
 
@@ -166,9 +167,13 @@ async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker)
             {"customer_id": cid, "metric": "seats", "value": 46}), now + 1))
     await produce(broker.bootstrap, records)
     usage_limit = lambda msgs: [p for p in loads(msgs) if p["trigger"] == "usage_limit"]   # noqa: E731
-    got = usage_limit(await consume(broker.bootstrap, prefix + "proposals", 1,
-                                    until=lambda msgs: len(usage_limit(msgs)) >= len(ids)))
+    msgs = await consume(broker.bootstrap, prefix + "proposals", 1,
+                         until=lambda msgs: len(usage_limit(msgs)) >= len(ids))
+    got = usage_limit(msgs)
     assert sorted(p["customer_id"] for p in got) == ids
+    # keyed by customer_id, on the partition Kafka's default partitioner gives the key
+    assert all(m.key == orjson.loads(m.value)["customer_id"].encode() for m in msgs)
+    assert all(m.partition == partition_for(m.key.decode(), PARTITIONS) for m in msgs)
     assert {p["created_at"] for p in got} == {format_ts(now + 1)}
     # the state reaches the table at a tick record; /customers reads the table (polled: another process)
     deadline, state = time.monotonic() + 30, None
