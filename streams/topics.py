@@ -33,7 +33,7 @@ dead_letters = _topic("dead-letters")
 
 class Batches:
     """Records sent as record batches, in order per topic-partition: aiokafka's public
-    `create_batch` and `send_batch`, one future per batch, where Faust's `topic.send` and
+    `create_batch` and `send_batch`, one future per send of many records, where Faust's `topic.send` and
     `table[key] = value` cost a message, a future, Faust's buffer or channel, aiokafka's `send`,
     a delivery callback and sensors per record (bench/README.md, item 51).
 
@@ -170,8 +170,9 @@ class Table(faust.Table):
         for key, value in items:
             data[key] = value
         write = WRITES.send(producer, self.changelog_topic.get_topic_name(), partition, items)
+        if self.last_write.get(partition) is not write:      # else it joined the send before
+            write.add_done_callback(self._persisted)
         self.last_write[partition] = write
-        write.add_done_callback(self._persisted)
 
     def _persisted(self, write: asyncio.Future) -> None:
         """As Faust's `_on_changelog_sent`: a store that keeps its changelog offset (RocksDB)
