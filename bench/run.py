@@ -32,7 +32,7 @@ Phases (all against the same tansu broker, same topics and partition count):
              p99_ms_by_span and the broker's CPU, broker_cores_by_span (it grows through the
              phase: item 42)
   ramp       if p99_ms misses 100 ms: the latency phase again at --ramp shares of worker_eps (0.4,
-             0.3, 0.2), highest first, until one meets it -> ramp ([rate, p99 ms] of each, half
+             0.3, 0.2, 0.15, 0.1), highest first, until one meets it -> ramp ([rate, p99 ms] of each, half
              load first), goal_rate_eps (the highest of them that met it, or null) and
              goal_rate_share (it / worker_eps): what a live worker can be sized for here (item 48)
   fixed      both again at --fixed-rate (3,000 events/s) -> fixed_p50_ms, fixed_p99_ms,
@@ -661,7 +661,7 @@ if __name__ == "__main__":
                     help="latency phases again at this rate, events/s (0: not run)")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=10,
                     help="latency phase: UPSELL_FETCH_MAX_WAIT_MS (tansu holds an empty fetch this long)")
-    ap.add_argument("--ramp", type=ramp_shares, default="0.4,0.3,0.2",
+    ap.add_argument("--ramp", type=ramp_shares, default="0.4,0.3,0.2,0.15,0.1",
                     help="if p99 at half load misses 100 ms, latency again at these shares of worker_eps, "
                          "highest first, until one meets it ('' for none; item 48)")
     ap.add_argument("--pace-ms", type=int, default=20,
