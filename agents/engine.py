@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import itertools
 import logging
 from collections import deque
@@ -290,7 +289,9 @@ async def emit(partition: int, out: list) -> None:
             T.WRITES.send(producer, topic_name, q, items)
 
 
-def dead_letter(topic: str, msg, error: str, field: str | None) -> bytes:
+def dead_letter(topic: str, msg, ts_ms: int | None, error: str, field: str | None) -> bytes:
+    """The dead letter of `msg` (a Faust message or an aiokafka record: key, value, partition,
+    offset), read from `topic` at record time `ts_ms` (ms since the epoch, or None)."""
     raw = msg.value if msg.value is not None else b""
     try:
         text = raw.decode("utf-8")
@@ -299,10 +300,9 @@ def dead_letter(topic: str, msg, error: str, field: str | None) -> bytes:
     key = None
     if msg.key is not None:
         key = msg.key.decode("utf-8", "replace")
-    ts = int(round(msg.timestamp * 1000)) if msg.timestamp is not None else None
     return orjson.dumps({
         "schema": 1, "topic": topic, "partition": msg.partition, "offset": msg.offset,
-        "timestamp": format_ts(ts) if ts is not None and event_time_ok(ts) else None,
+        "timestamp": format_ts(ts_ms) if ts_ms is not None and event_time_ok(ts_ms) else None,
         "key": key, "error": error, "field": field, "original": text,
         "original_b64": base64.b64encode(raw).decode("ascii"),
     })
@@ -360,7 +360,8 @@ async def handle(msg) -> None:
     except (ValidationError, UnicodeDecodeError) as exc:
         metrics.dead_letters[topic] += 1
         field = getattr(exc, "field", None)
-        await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, str(exc), field))
+        ts = int(round(msg.timestamp * 1000)) if msg.timestamp is not None else None   # Faust's: s
+        await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, ts, str(exc), field))
         _ack([(order, msg)])
         return
     if marker is not None:

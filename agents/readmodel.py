@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import types
 import weakref
 
 import orjson
@@ -144,10 +143,8 @@ async def readable(messages, kind: str) -> list[tuple[dict, bytes]]:
             items.append((read_decision(msg.value, kind), msg.value))
         except ValueError as exc:
             metrics.dead_letters[topic] += 1
-            # dead_letter() reads a Faust message's timestamp, in seconds; aiokafka's is in ms
-            seen = types.SimpleNamespace(key=msg.key, value=msg.value, partition=msg.partition, offset=msg.offset,
-                                         timestamp=None if msg.timestamp is None else msg.timestamp / 1000)
-            await T.dead_letters.send(key=msg.key, value=dead_letter(topic, seen, f"read model: {exc}", None))
+            letter = dead_letter(topic, msg, msg.timestamp, f"read model: {exc}", None)   # aiokafka's: ms
+            await T.dead_letters.send(key=msg.key, value=letter)
     return items
 
 

@@ -9,7 +9,7 @@ import random
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from agents import readmodel
