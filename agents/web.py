@@ -86,4 +86,4 @@ def _highwater(topic: str, partition: int):
 @app.page("/metrics")
 async def prometheus(web, request):
     moves = LOCAL.moves if LOCAL is not None else None
-    return web.text(metrics.render(_highwater, moves), content_type="text/plain")
+    return web.text(metrics.render(_highwater, moves, T.WRITES.unsent_bytes), content_type="text/plain")

@@ -12,9 +12,10 @@ readmodel_written: Counter = Counter()  # kind (proposals, suppressed): new in R
 read_offsets: dict = {}                 # (topic, partition) -> last offset read
 
 
-def render(highwater, clock_moves: int | None = None) -> str:
+def render(highwater, clock_moves: int | None = None, unsent_bytes: int | None = None) -> str:
     """`highwater(topic, partition)` -> next offset to be written, or None; `clock_moves`: how many
-    times the live clock has moved stream time (None with the event clock)."""
+    times the live clock has moved stream time (None with the event clock); `unsent_bytes`: bytes
+    of state writes and decisions handed to Kafka and not yet in the broker."""
     lines = []
 
     def family(name, help_, kind, samples):
@@ -43,6 +44,9 @@ def render(highwater, clock_moves: int | None = None) -> str:
         if hw is not None:
             lag.append(((("topic", topic), ("partition", partition)), max(0, hw - offset - 1)))
     family("upsell_consumer_lag", "Records not yet read, per input partition.", "gauge", lag)
+    if unsent_bytes is not None:
+        family("upsell_unsent_bytes", "State writes and decisions handed to Kafka, not yet confirmed "
+               "by the broker; a batch end waits while this is over 16 MiB.", "gauge", [((), unsent_bytes)])
     if clock_moves is not None:
         family("upsell_clock_moves_total", "Moves of this worker's live clock (stream time): one each "
                "UPSELL_TICK_INTERVAL, more while events wait (at most one per UPSELL_CLOCK_RESOLUTION_MS).",

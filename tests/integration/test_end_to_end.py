@@ -191,6 +191,16 @@ async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker)
     metrics = (await asyncio.to_thread(worker.get, "/metrics"))[1].decode()
     moves = [line for line in metrics.splitlines() if line.startswith("upsell_clock_moves_total ")]
     assert len(moves) == 1 and int(moves[0].split()[1]) > 0
+    # what it handed to Kafka (state, decisions) reaches the broker: the gauge comes back to 0
+    deadline = time.monotonic() + 30
+    while True:
+        page = (await asyncio.to_thread(worker.get, "/metrics"))[1].decode()
+        unsent = [int(line.split()[1]) for line in page.splitlines() if line.startswith("upsell_unsent_bytes ")]
+        assert len(unsent) == 1 and unsent[0] >= 0
+        if unsent[0] == 0:
+            break
+        assert time.monotonic() < deadline, f"{unsent[0]} bytes still unsent"
+        await asyncio.sleep(0.1)      # another process's progress: polled
 
 
 async def test_two_workers_share_partitions_and_take_over(broker, redis_server, start_worker):
