@@ -110,3 +110,17 @@ def test_ramp_shares_are_read_highest_first_and_below_half_load():
     for bad in ("0.5", "0", "0.3,0.6", "-0.1"):
         with pytest.raises(Exception, match="between 0 and 0.5"):
             B.ramp_shares(bad)
+
+
+def test_simulate_is_timed_several_times_and_reports_their_median(tmp_path):
+    from rules.config import load_rules
+    from streams.backtest import backtest_lines
+    from streams.generate import generate
+    rules = load_rules()
+    stream = tmp_path / "stream.jsonl"
+    stream.write_bytes(b"".join(generate(30, 10, 3, "2025-01-01", rules)))
+    got = B.simulate_rates(stream, rules, 3)
+    assert len(got["simulate_eps_runs"]) == 3 and all(r > 0 for r in got["simulate_eps_runs"])
+    assert got["simulate_eps"] == sorted(got["simulate_eps_runs"])[1]
+    alone = backtest_lines(stream.read_bytes().splitlines(), rules, B.PARTITIONS)
+    assert got["_result"].proposals == alone.proposals and got["_result"].suppressed == alone.suppressed
