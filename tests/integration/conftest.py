@@ -1,6 +1,7 @@
 """Real parts: the embedded tansu broker, a real redis-server and worker processes."""
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -48,7 +49,9 @@ class Worker(WorkerProcess):
 def start_worker(broker, redis_server, logs, request):
     """Start workers of one fresh app (own topics prefix and group) on the shared broker."""
     workers = []
-    app_id = f"it-{request.node.name[:30].replace('[', '-').replace(']', '')}-{os.getpid()}"
+    # the name is cut short, so a digest of the whole test id keeps parametrized tests apart
+    digest = hashlib.blake2b(request.node.nodeid.encode(), digest_size=3).hexdigest()
+    app_id = f"it-{request.node.name[:30].replace('[', '-').replace(']', '')}-{digest}-{os.getpid()}"
     prefix = app_id + "."
 
     def start(name: str = "w1", **extra) -> Worker:
