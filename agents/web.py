@@ -86,4 +86,5 @@ def _highwater(topic: str, partition: int):
 @app.page("/metrics")
 async def prometheus(web, request):
     moves = LOCAL.moves if LOCAL is not None else None
-    return web.text(metrics.render(_highwater, moves, T.WRITES.unsent_bytes), content_type="text/plain")
+    waiting = {p: len(e.pending) for p, e in ENGINES.items()}
+    return web.text(metrics.render(_highwater, moves, T.WRITES.unsent_bytes, waiting), content_type="text/plain")

@@ -12,10 +12,12 @@ readmodel_written: Counter = Counter()  # kind (proposals, suppressed): new in R
 read_offsets: dict = {}                 # (topic, partition) -> last offset read
 
 
-def render(highwater, clock_moves: int | None = None, unsent_bytes: int | None = None) -> str:
+def render(highwater, clock_moves: int | None = None, unsent_bytes: int | None = None,
+           waiting: dict[int, int] | None = None) -> str:
     """`highwater(topic, partition)` -> next offset to be written, or None; `clock_moves`: how many
     times the live clock has moved stream time (None with the event clock); `unsent_bytes`: bytes
-    of state writes and decisions handed to Kafka and not yet in the broker."""
+    of state writes and decisions handed to Kafka and not yet in the broker; `waiting`: partition
+    -> input events read and waiting for stream time there."""
     lines = []
 
     def family(name, help_, kind, samples):
@@ -44,6 +46,10 @@ def render(highwater, clock_moves: int | None = None, unsent_bytes: int | None =
         if hw is not None:
             lag.append(((("topic", topic), ("partition", partition)), max(0, hw - offset - 1)))
     family("upsell_consumer_lag", "Records not yet read, per input partition.", "gauge", lag)
+    if waiting is not None:
+        family("upsell_events_waiting", "Input events read and waiting for stream time (not yet applied, "
+               "not acknowledged), per partition engine.", "gauge",
+               [((("partition", p),), n) for p, n in sorted(waiting.items())])
     if unsent_bytes is not None:
         family("upsell_unsent_bytes", "State writes and decisions handed to Kafka, not yet confirmed "
                "by the broker; a batch end waits while this is over 16 MiB.", "gauge", [((), unsent_bytes)])

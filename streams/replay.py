@@ -23,6 +23,14 @@ from streams.recorded import load_sorted
 WATERMARK_HEADER = "upsell-watermark"
 
 
+async def send_markers(producer: AIOKafkaProducer, prefix: str, partitions: int, ts: int) -> None:
+    """A watermark record at `ts` to every input topic-partition: no later event is older."""
+    header = [(WATERMARK_HEADER, str(ts).encode())]
+    for topic in INPUT_TOPICS:
+        for p in range(partitions):
+            await producer.send(prefix + topic, value=b"", partition=p, timestamp_ms=ts, headers=header)
+
+
 async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed: float | None = None,
                  marker_every: int = 2000, progress: bool = True, out=sys.stderr) -> dict:
     events, bad = load_sorted(lines)
@@ -34,10 +42,7 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
     await producer.start()
 
     async def markers(ts: int) -> None:
-        header = [(WATERMARK_HEADER, str(ts).encode())]
-        for topic in INPUT_TOPICS:
-            for p in range(partitions):
-                await producer.send(prefix + topic, value=b"", partition=p, timestamp_ms=ts, headers=header)
+        await send_markers(producer, prefix, partitions, ts)
 
     started, shown = time.monotonic(), 0.0
     try:

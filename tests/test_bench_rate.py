@@ -63,6 +63,10 @@ def test_metric_sum_adds_every_label_set_of_one_family_from_the_real_page(monkey
     assert metric_sum(page, "upsell_suppressed_total") == 4
     assert metric_sum(page, "upsell_clock_moves_total") == 9     # a family without labels
     assert metric_sum(page, "upsell_events_in") == 0              # a prefix is not a family
+    assert "upsell_events_waiting" not in page                     # not given: not shown
+    page = metrics.render(lambda topic, partition: None, waiting={2: 0, 0: 3})
+    assert page.count("upsell_events_waiting{") == 2
+    assert 'upsell_events_waiting{partition="0"} 3' in page and metric_sum(page, "upsell_events_waiting") == 3
 
 
 def test_live_cost_splits_two_loads_into_a_fixed_part_and_a_part_per_event():

@@ -15,13 +15,13 @@ import redis.asyncio as aioredis
 from rules.config import load_rules
 from rules.engine import INPUT_TOPICS
 from rules.timeutil import format_ts, parse_ts
-from streams.backtest import backtest_lines
-from streams.embedded import EmbeddedRedis, free_port
+from streams.backtest import backtest_lines, end_of_stream, last_event_time
+from streams.embedded import EmbeddedRedis, free_port, metric_sum
 from streams.generate import generate
 from streams.recorded import load_sorted
 from streams.kafka import ensure_topics
 from streams.partitioning import partition_for
-from streams.replay import replay
+from streams.replay import replay, send_markers
 from tests.integration.conftest import PARTITIONS, consume, loads, produce
 
 pytestmark = pytest.mark.integration
@@ -203,7 +203,8 @@ async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker)
         await asyncio.sleep(0.1)      # another process's progress: polled
 
 
-async def test_two_workers_share_partitions_and_take_over(broker, redis_server, start_worker):
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+async def test_two_workers_share_partitions_and_take_over(broker, redis_server, start_worker, how):
     lines = b"".join(generate(customers=80, days=90, seed=33, start="2025-01-01")).splitlines()
     expected = backtest_lines(lines, load_rules(), PARTITIONS)
     await replay([], broker.bootstrap, PARTITIONS, prefix=start_worker.prefix, progress=False)  # topics
@@ -223,9 +224,10 @@ async def test_two_workers_share_partitions_and_take_over(broker, redis_server, 
             break
         await asyncio.sleep(0.1)
     assert a1 and a2 and sorted(a1 + a2) == list(range(PARTITIONS)), (a1, a2)
-    # the first half of the stream, then w2 is killed (no clean shutdown, no final commit):
-    # w1 takes over its partitions, restores their tables from the changelogs and re-reads
-    # from the last committed offsets, so some events arrive a second time
+    # the first half of the stream, then w2 is killed (no clean shutdown, no final commit), or
+    # stopped (SIGTERM, as a rolling deploy does) while holding events: w1 takes over its
+    # partitions, restores their tables from the changelogs and re-reads from the last committed
+    # offsets, so some events arrive a second time.
     evs, _ = load_sorted(lines)
     cut = evs[len(evs) // 2].ts
     first = [ln for ln in lines if parse_ts(orjson.loads(ln)["timestamp"]) < cut]
@@ -233,8 +235,24 @@ async def test_two_workers_share_partitions_and_take_over(broker, redis_server, 
     early = [p for p in expected.proposals if parse_ts(p["created_at"]) < cut - 10 ** 7]
     await _publish(broker, start_worker.prefix, first, final=False)
     await consume(broker.bootstrap, start_worker.prefix + "proposals", len(early) // 2 or 1)
-    w2.stop(kill=True)
-    await _publish(broker, start_worker.prefix, rest, final=True)
+    if how == "killed":
+        w2.stop(kill=True)
+        await _publish(broker, start_worker.prefix, rest, final=True)
+    else:
+        # The second half with no end-of-stream markers: once w2 has read all of its partitions'
+        # events, the latest ones wait for stream time (read, not applied, not acknowledged).
+        # Stopped then, w2 must commit no event it has not applied and whose state writes and
+        # decisions are not in the broker (`ack_when_written`), and wait for what it has sent
+        # (`Table.on_stop`): a commit past a held event or a lost write would leave w1 without
+        # that event or with a stale customer, and the proposals below would differ.
+        await _publish(broker, start_worker.prefix, rest, final=False)
+        mine = set(orjson.loads((await asyncio.to_thread(w2.get, "/health"))[1])["assigned"])
+        await asyncio.to_thread(w2.wait_events_in, sum(partition_for(e.key, PARTITIONS) in mine for e in evs))
+        waiting = metric_sum((await asyncio.to_thread(w2.get, "/metrics"))[1].decode(), "upsell_events_waiting")
+        assert waiting > 0
+        await asyncio.to_thread(w2.stop)
+        assert w2.proc.returncode == 0, w2.tail()
+        await _end_markers(broker, start_worker.prefix, last_event_time(evs))
     want = {p["proposal_id"]: p for p in expected.proposals}
     # a redelivered event re-emits the same proposal: wait for the set of ids, then compare content
     got = await consume(broker.bootstrap, start_worker.prefix + "proposals", len(want), timeout=120,
@@ -243,7 +261,11 @@ async def test_two_workers_share_partitions_and_take_over(broker, redis_server, 
     for p in loads(got):
         assert by_id.setdefault(p["proposal_id"], p) == p, ("a redelivery changed a proposal", by_id[p["proposal_id"]], p)
     assert by_id == want, _differences(by_id, want)
-    health = orjson.loads((await asyncio.to_thread(w1.get, "/health"))[1])
+    for _ in range(300):     # stopped, w2 may have applied it all before w1's rebalance ends
+        health = orjson.loads((await asyncio.to_thread(w1.get, "/health"))[1])
+        if health["assigned"] == list(range(PARTITIONS)):
+            break
+        await asyncio.sleep(0.1)    # another process's group: polled
     assert health["assigned"] == list(range(PARTITIONS))
     assert w1.proc.poll() is None
     # the read models' own group hands w2's decision partitions to w1 too, whose read model
@@ -266,6 +288,17 @@ def _differences(got: dict, want: dict) -> str:
     lines += [f"expected, not sent: {want[i]}" for i in sorted(want.keys() - got.keys())]
     lines += [f"differs: {got[i]} != {want[i]}" for i in sorted(got.keys() & want.keys()) if got[i] != want[i]]
     return "\n".join(lines)
+
+
+async def _end_markers(broker, prefix, last_ts):
+    """What `replay` sends after a recording's last event: the end-of-stream watermarks."""
+    from aiokafka import AIOKafkaProducer
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        await send_markers(producer, prefix, PARTITIONS, end_of_stream(last_ts))
+    finally:
+        await producer.stop()
 
 
 async def _publish(broker, prefix, lines, final):
