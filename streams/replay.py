@@ -41,9 +41,6 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=256 * 1024)
     await producer.start()
 
-    async def markers(ts: int) -> None:
-        await send_markers(producer, prefix, partitions, ts)
-
     started, shown = time.monotonic(), 0.0
     try:
         first = next((e.ts for e in events if event_time_ok(e.ts)), 0)
@@ -59,7 +56,7 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
             if ok:
                 last = ev.ts
             if i % marker_every == 0 and last is not None:
-                await markers(last)
+                await send_markers(producer, prefix, partitions, last)
             now = time.monotonic()
             if progress and (now - shown > 0.2 or i == len(events)):
                 shown = now
@@ -68,7 +65,7 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
                           f"{i / max(now - started, 1e-9):,.0f} ev/s")
                 out.flush()
         if last is not None:
-            await markers(end_of_stream(last))
+            await send_markers(producer, prefix, partitions, end_of_stream(last))
         await producer.flush()
     finally:
         await producer.stop()
