@@ -64,7 +64,7 @@ DECIDED: dict[int, set] = {}   # engine partition -> the (topic, partition)s it 
 PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
 META_EVERY = 1000       # records between writes of the partition document (at a batch end)
 PRODUCER_BACKLOG = 10_000   # messages in Faust's producer buffer beyond which a batch end waits (`ebb`)
-UNSENT_BYTES = 16 << 20   # bytes of table writes and decisions not yet in the broker beyond which it waits
+UNSENT_BYTES = settings.max_unsent_mb << 20   # bytes not yet in the broker beyond which a batch end waits
 # The topic whose partition p a write of partition p's state stands for (tables are written for a
 # current event; an input topic's partition count is checked against the changelog's)
 STATE_SOURCE = T.ticks.get_topic_name()

@@ -52,7 +52,7 @@ def render(highwater, clock_moves: int | None = None, unsent_bytes: int | None =
                [((("partition", p),), n) for p, n in sorted(waiting.items())])
     if unsent_bytes is not None:
         family("upsell_unsent_bytes", "State writes and decisions handed to Kafka, not yet confirmed "
-               "by the broker; a batch end waits while this is over 16 MiB.", "gauge", [((), unsent_bytes)])
+               "by the broker; a batch end waits while this is over UPSELL_MAX_UNSENT_MB.", "gauge", [((), unsent_bytes)])
     if clock_moves is not None:
         family("upsell_clock_moves_total", "Moves of this worker's live clock (stream time): one each "
                "UPSELL_TICK_INTERVAL, more while events wait (at most one per UPSELL_CLOCK_RESOLUTION_MS).",

@@ -13,14 +13,14 @@ def _env(name: str, default: str) -> str:
     return default if value in (None, "") else value
 
 
-def _positive_ms(name: str, default: str) -> int:
+def _positive_int(name: str, default: str, unit: str = "milliseconds") -> int:
     value = _env(name, default)
     try:
         n = int(value)
     except ValueError:
         n = 0
     if n < 1:
-        raise ValueError(f"{name} must be a whole number of milliseconds >= 1, got {value!r}")
+        raise ValueError(f"{name} must be a whole number of {unit} >= 1, got {value!r}")
     return n
 
 
@@ -50,6 +50,7 @@ class Settings:
     data_dir: str
     session_timeout: float
     fetch_max_wait_ms: int
+    max_unsent_mb: int      # MiB of state writes and decisions not yet in the broker before a batch end waits
     event_loop: str         # uvloop or aio (asyncio's own): see use_event_loop
     consumer_thread: bool   # the Kafka consumer in a thread of its own (Faust's way), not on the app's loop
 
@@ -77,7 +78,7 @@ class Settings:
             clock=clock,
             lateness_ms=int(_env("UPSELL_LATENESS_MS", "2000")),
             tick_interval=float(_env("UPSELL_TICK_INTERVAL", "1.0")),
-            clock_resolution_ms=_positive_ms("UPSELL_CLOCK_RESOLUTION_MS", "5"),
+            clock_resolution_ms=_positive_int("UPSELL_CLOCK_RESOLUTION_MS", "5"),
             commit_interval=float(_env("UPSELL_COMMIT_INTERVAL", "1.0")),
             web_port=int(_env("UPSELL_WEB_PORT", "6066")),
             web_host=_env("UPSELL_WEB_HOST", "127.0.0.1"),
@@ -85,6 +86,7 @@ class Settings:
             data_dir=_env("UPSELL_DATA_DIR", "upsell-data"),
             session_timeout=float(_env("UPSELL_SESSION_TIMEOUT", "10")),
             fetch_max_wait_ms=int(_env("UPSELL_FETCH_MAX_WAIT_MS", "100")),
+            max_unsent_mb=_positive_int("UPSELL_MAX_UNSENT_MB", "16", "MiB"),
             event_loop=event_loop,
             consumer_thread=_flag("UPSELL_CONSUMER_THREAD", "0"),
         )
