@@ -43,16 +43,6 @@ def test_an_event_that_waits_brings_the_next_move_forward_not_back():
     assert c.due == 10_005 and c._wake.is_set()
 
 
-def test_the_resolution_setting_is_checked(monkeypatch):
-    monkeypatch.delenv("UPSELL_CLOCK_RESOLUTION_MS", raising=False)
-    assert Settings.from_env().clock_resolution_ms == 5
-    monkeypatch.setenv("UPSELL_CLOCK_RESOLUTION_MS", "2")
-    assert Settings.from_env().clock_resolution_ms == 2
-    for bad in ("0", "-3", "1.5", "soon"):
-        monkeypatch.setenv("UPSELL_CLOCK_RESOLUTION_MS", bad)
-        with pytest.raises(ValueError, match=f"UPSELL_CLOCK_RESOLUTION_MS must be .* got '{bad}'"):
-            Settings.from_env()
-
 
 def test_the_consumer_thread_setting_is_checked(monkeypatch):
     monkeypatch.delenv("UPSELL_CONSUMER_THREAD", raising=False)

@@ -6,12 +6,16 @@ import pytest
 from streams.settings import Settings
 
 
-def test_the_unsent_limit_is_in_mib_and_checked(monkeypatch):
-    monkeypatch.delenv("UPSELL_MAX_UNSENT_MB", raising=False)
-    assert Settings.from_env().max_unsent_mb == 16
-    monkeypatch.setenv("UPSELL_MAX_UNSENT_MB", "64")
-    assert Settings.from_env().max_unsent_mb == 64
-    for bad in ("0", "-1", "0.5", "lots"):
-        monkeypatch.setenv("UPSELL_MAX_UNSENT_MB", bad)
-        with pytest.raises(ValueError, match=f"UPSELL_MAX_UNSENT_MB must be a whole number of MiB >= 1, got '{bad}'"):
+@pytest.mark.parametrize("name, field, default, unit", [
+    ("UPSELL_CLOCK_RESOLUTION_MS", "clock_resolution_ms", 5, "milliseconds"),
+    ("UPSELL_MAX_UNSENT_MB", "max_unsent_mb", 16, "MiB"),
+])
+def test_whole_number_settings_are_checked(monkeypatch, name, field, default, unit):
+    monkeypatch.delenv(name, raising=False)
+    assert getattr(Settings.from_env(), field) == default
+    monkeypatch.setenv(name, "2")
+    assert getattr(Settings.from_env(), field) == 2
+    for bad in ("0", "-3", "1.5", "soon"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=f"{name} must be a whole number of {unit} >= 1, got '{bad}'"):
             Settings.from_env()
