@@ -32,8 +32,9 @@ Phases (all against the same tansu broker, same topics and partition count):
              p99_ms_by_span and the broker's CPU, broker_cores_by_span (it grows through the
              phase: item 42)
   ramp       if p99_ms misses 100 ms: the latency phase again at --ramp shares of worker_eps (0.4,
-             0.3, 0.2, 0.15, 0.1), highest first, until one meets it -> ramp ([rate, p99 ms] of each, half
-             load first), goal_rate_eps (the highest of them that met it, or null) and
+             0.3, 0.2, 0.15, 0.1), highest first, until one meets it twice in a row (a step that
+             meets it runs once more, item 56) -> ramp ([rate, p99 ms] of each run, half load
+             first), goal_rate_eps (the highest rate at which every run met it, or null) and
              goal_rate_share (it / worker_eps): what a live worker can be sized for here (item 48)
   fixed      both again at --fixed-rate (3,000 events/s) -> fixed_p50_ms, fixed_p99_ms,
              fixed_raw_p99_ms, fixed_live_cpu_us_per_event: a load that does not grow with the
@@ -413,8 +414,10 @@ def live_cost(rate: float, us_per_event: float, other_rate: float, other_us_per_
 
 
 def goal_rate(tried: list[list[float]], goal_ms: float = GOAL_P99_MS) -> float | None:
-    """The highest rate of `tried` ([rate, p99 ms] pairs) whose p99 met `goal_ms`, or None."""
-    met = [rate for rate, p99 in tried if p99 <= goal_ms]
+    """The highest rate of `tried` ([rate, p99 ms] pairs, a rate may be tried more than once) at
+    which every p99 met `goal_ms`, or None."""
+    missed = {rate for rate, p99 in tried if p99 > goal_ms}
+    met = [rate for rate, p99 in tried if rate not in missed]
     return max(met) if met else None
 
 
@@ -580,7 +583,15 @@ async def main(a) -> dict:
             log(f"ramp: latency at {step['latency_rate_eps']:,} events/s ({share:.0%} of the backlog rate): "
                 f"p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms")
             if step["p99_ms"] <= GOAL_P99_MS:
-                break
+                # one 15-s sample of p99 spreads widely at one rate (item 54: 89.8 and 176.9 ms): a
+                # rate counts once a second run at it meets the goal too (item 56)
+                again = await latency(broker, redis, tmp, events, res["worker_eps"] * share, a,
+                                      prefix=f"bench-lat-ramp-{i}-again.")
+                tried.append([again["latency_rate_eps"], again["p99_ms"]])
+                log(f"ramp: again at {again['latency_rate_eps']:,} events/s: p50 {again['p50_ms']} ms, "
+                    f"p99 {again['p99_ms']} ms")
+                if again["p99_ms"] <= GOAL_P99_MS:
+                    break
         res["ramp"] = tried
         res["goal_rate_eps"] = goal_rate(tried)
         res["goal_rate_share"] = res["goal_rate_eps"] and round(res["goal_rate_eps"] / res["worker_eps"], 3)
@@ -678,7 +689,7 @@ if __name__ == "__main__":
                     help="latency phase: UPSELL_FETCH_MAX_WAIT_MS (tansu holds an empty fetch this long)")
     ap.add_argument("--ramp", type=ramp_shares, default="0.4,0.3,0.2,0.15,0.1",
                     help="if p99 at half load misses 100 ms, latency again at these shares of worker_eps, "
-                         "highest first, until one meets it ('' for none; item 48)")
+                         "highest first, until one meets it in two runs in a row ('' for none; items 48, 56)")
     ap.add_argument("--simulate-runs", type=int, default=3,
                     help="the backtest is timed this many times; simulate_eps is the median (item 53)")
     ap.add_argument("--pace-ms", type=int, default=20,
