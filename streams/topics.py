@@ -16,7 +16,7 @@ from rules.engine import INPUT_TOPICS
 from streams.app import app, settings
 
 P = settings.topic_prefix
-STOP_FLUSH_S = 10.0    # how long a stopping worker waits for its last table writes
+STOP_FLUSH_S = 10.0    # how long a stopping worker waits for its last table writes and decisions
 N = settings.partitions
 
 
