@@ -31,6 +31,15 @@ Phases (all against the same tansu broker, same topics and partition count):
              live_main_thread_cores, live_other_threads_cores; per third of the load,
              p99_ms_by_span and the broker's CPU, broker_cores_by_span (it grows through the
              phase: item 42)
+  relay      what the goal leaves a worker at that rate here (item 57): bench/relay.py, a process
+             that reads the inputs as the live worker does (aiokafka on uvloop, the same fetch
+             wait, orjson), holds one event in relay_every (the worker's share of event-driven
+             decisions in the latency phase) for the lateness and sends a decision for it ->
+             relay_p50_ms, relay_p99_ms, relay_cores; again spending relay_backlog_cost_spin_us of
+             CPU on each event (backlog_cpu_us_per_event less 1e6 / raw_eps, what raw aiokafka
+             spends per event on the backlog): a worker whose live event costs what a backlog one
+             does, with nothing fixed -> relay_backlog_cost_p50_ms, relay_backlog_cost_p99_ms,
+             relay_backlog_cost_cores
   ramp       if p99_ms misses 100 ms: the latency phase again at --ramp shares of worker_eps (0.4,
              0.3, 0.2, 0.15, 0.1), highest first, until one meets it twice in a row (a step that
              meets it runs once more, item 56) -> ramp ([rate, p99 ms] of each run, half load
@@ -72,13 +81,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition  # noqa: E402
 
 from rules.config import load_rules  # noqa: E402
 from rules.engine import INPUT_TOPICS  # noqa: E402
 from rules.timeutil import parse_ts  # noqa: E402
 from streams.backtest import backtest_lines  # noqa: E402
-from streams.embedded import EmbeddedBroker, EmbeddedRedis, WorkerProcess, free_port  # noqa: E402
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, WorkerProcess, cpu_seconds, free_port  # noqa: E402
 from streams.generate import generate  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
 from streams.partitioning import partition_for  # noqa: E402
@@ -268,19 +277,7 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
             w.alive()
             await asyncio.sleep(0.1)     # another process's start-up: polled
         stop = asyncio.Event()
-
-        async def collect():
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200)
-                now = time.time() * 1000
-                for msgs in batch.values():
-                    for m in msgs:
-                        p = orjson.loads(m.value)
-                        if p["trigger"] in EVENT_DRIVEN:
-                            at = parse_ts(p["created_at"])
-                            lat.append((at, now - at))
-
-        task = asyncio.create_task(collect())
+        task = asyncio.create_task(collect_decisions(consumer, lat, stop))
         idle = w.cpu_seconds()
         await asyncio.sleep(IDLE_S)      # measuring the idle worker's CPU over a wall-clock span
         idle = (w.cpu_seconds() - idle) / IDLE_S
@@ -309,6 +306,64 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
             "live_main_thread_cores": round(main_cpu / took, 3),
             # the two reads are a few µs apart and count in clock ticks: never below 0
             "live_other_threads_cores": round(max(0.0, cpu - main_cpu) / took, 3)}
+
+
+async def collect_decisions(consumer, lat: list, stop: asyncio.Event) -> None:
+    """Until `stop` is set: (created_at, latency) in ms of each event-driven decision `consumer`
+    gets, its latency from its created_at (its input's produce time) to its arrival here."""
+    while not stop.is_set():
+        batch = await consumer.getmany(timeout_ms=200)
+        now = time.time() * 1000
+        for msgs in batch.values():
+            for m in msgs:
+                p = orjson.loads(m.value)
+                if p["trigger"] in EVENT_DRIVEN:
+                    at = parse_ts(p["created_at"])
+                    lat.append((at, now - at))
+
+
+async def relay_latency(broker, events, rate: float, a, every: int, cpu_us: float = 0.0,
+                        prefix: str = "bench-relay.") -> dict:
+    """What the goal leaves a worker here (item 57): `bench/relay.py` in a process of its own, fed
+    like the latency phase's worker, holding every `every`-th event for the lateness and sending
+    a decision for it, and spending `cpu_us` of CPU on each event; produce time -> decision, as
+    `latency` measures the worker's. Keys: relay_p50_ms, relay_p99_ms, relay_cores (its CPU over
+    the load), relay_us_per_event."""
+    await ensure_topics(broker.bootstrap, [prefix + t for t in (*INPUT_TOPICS, "proposals")], PARTITIONS)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "bench" / "relay.py"), broker.bootstrap, prefix, "--partitions", str(PARTITIONS),
+        "--lateness-ms", str(a.lateness_ms), "--fetch-max-wait-ms", str(a.fetch_max_wait_ms),
+        "--every", str(every), "--cpu-us", str(cpu_us), stdout=asyncio.subprocess.PIPE)
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, fetch_max_wait_ms=10)
+    consumer.assign([TopicPartition(prefix + "proposals", p) for p in range(PARTITIONS)])
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    lat: list[float] = []
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), a.timeout)
+        if line != b"ready\n":
+            raise RuntimeError(f"bench/relay.py did not start (exit code {await proc.wait()})")
+        await consumer.seek_to_end()      # positions fixed before the first event is sent
+        stop = asyncio.Event()
+        task = asyncio.create_task(collect_decisions(consumer, lat, stop))
+        cpu, began = cpu_seconds(proc.pid), time.monotonic()
+        n, _ = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
+        cpu, took = cpu_seconds(proc.pid) - cpu, time.monotonic() - began
+        await asyncio.sleep(2)           # let the last decisions arrive
+        stop.set()
+        await task
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+    every_ms = sorted(ms for _, ms in lat)
+    return {"relay_p50_ms": _quantile(every_ms, 0.50), "relay_p99_ms": _quantile(every_ms, 0.99),
+            "relay_min_ms": round(every_ms[0], 1) if every_ms else None, "relay_samples": len(every_ms),
+            "relay_sent": n, "relay_cores": round(cpu / took, 3),
+            "relay_us_per_event": round(cpu / n * 1e6, 1)}
 
 
 async def pace(producer, prefix: str, events, rate: float, seconds: float, every: float) -> tuple[int, float]:
@@ -573,6 +628,21 @@ async def main(a) -> dict:
             f"({res['p99_after_warmup_ms']} ms after the first {WARM_S} s) "
             f"({res['latency_samples']} decisions); p99 by third of the load {res['p99_ms_by_span']} ms, "
             f"broker CPU {res['broker_cores_by_span']} cores")
+        # what the goal leaves any worker at this rate here (item 57): a relay that only does the
+        # Kafka I/O and holds events for the lateness, deciding on as many events as the worker
+        # did; then the same relay spending a worker's backlog CPU per event on each (less what
+        # raw aiokafka spends per event on the backlog, which the relay spends itself)
+        every = max(1, round(res["latency_sent"] / max(1, res["latency_samples"])))
+        res["relay_every"] = every
+        res.update(await relay_latency(broker, events, res["worker_eps"] / 2, a, every))
+        spin = round(max(0.0, res["backlog_cpu_us_per_event"] - 1e6 / res["raw_eps"]), 1)
+        busy = await relay_latency(broker, events, res["worker_eps"] / 2, a, every, spin, prefix="bench-relay-busy.")
+        res.update({k.replace("relay_", "relay_backlog_cost_"): v for k, v in busy.items()})
+        res["relay_backlog_cost_spin_us"] = spin
+        log(f"relay at {res['latency_rate_eps']:,} events/s, no work: p50 {res['relay_p50_ms']} ms, p99 "
+            f"{res['relay_p99_ms']} ms ({res['relay_cores']} cores); spending {spin} µs of CPU per event: p50 "
+            f"{res['relay_backlog_cost_p50_ms']} ms, p99 {res['relay_backlog_cost_p99_ms']} ms "
+            f"({res['relay_backlog_cost_cores']} cores)")
         # below half load, down the --ramp shares of worker_eps until p99 meets the goal: the
         # rate to size a live worker for on this machine, measured (item 48)
         tried = [[res["latency_rate_eps"], res["p99_ms"]]]
@@ -654,6 +724,11 @@ def table(res: dict) -> str:
             ("raw_p99_ms", "raw aiokafka p99 at that rate, ms (the floor)"),
             ("raw_p99_ms_by_span", "raw aiokafka p99 by third of the load, ms"),
             ("raw_broker_cores_by_span", "broker CPU then, by third, cores"),
+            ("relay_p99_ms", "relay, no work, p99 at half load, ms"),
+            ("relay_cores", "its CPU, cores"),
+            ("relay_backlog_cost_spin_us", "relay's CPU spent per event, µs"),
+            ("relay_backlog_cost_p99_ms", "that relay's p99 at half load, ms"),
+            ("relay_backlog_cost_cores", "its CPU, cores"),
             ("ramp", "[rate, p99 ms] at half load, then down the ramp"),
             ("goal_rate_eps", "highest of those rates with p99 <= 100 ms"),
             ("goal_rate_share", "it / the worker's backlog rate"),
