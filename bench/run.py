@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -100,6 +101,7 @@ OUTPUTS = ("ticks", "proposals", "proposals.suppressed", "dead-letters")
 WARM_S = 2      # the latency phase also reports its p99 without the first WARM_S seconds of load
 SPANS = 3       # the latency phases report p99 and the broker's CPU per third of the load (item 42)
 IDLE_S = 2      # the latency phases first measure the live worker's CPU without load (item 45)
+LAST_S = 2      # the latency phases collect decisions this long after the load (the last ones arrive)
 GOAL_P99_MS = 100   # the issue's latency goal; the ramp looks for the highest rate that meets it
 
 
@@ -276,19 +278,15 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
         while not steady(w):
             w.alive()
             await asyncio.sleep(0.1)     # another process's start-up: polled
-        stop = asyncio.Event()
-        task = asyncio.create_task(collect_decisions(consumer, lat, stop))
-        idle = w.cpu_seconds()
-        await asyncio.sleep(IDLE_S)      # measuring the idle worker's CPU over a wall-clock span
-        idle = (w.cpu_seconds() - idle) / IDLE_S
-        broker_cpu = asyncio.create_task(cpu_by_span(broker, a.latency_seconds, SPANS))
-        cpu, main_cpu, began = w.cpu_seconds(), w.main_thread_cpu_seconds(), time.monotonic()
-        n, start_ms = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
-        cpu, main_cpu = w.cpu_seconds() - cpu, w.main_thread_cpu_seconds() - main_cpu
-        took = time.monotonic() - began
-        await asyncio.sleep(2)           # let the last decisions arrive
-        stop.set()
-        await task
+        async with collecting(consumer, lat):
+            idle = w.cpu_seconds()
+            await asyncio.sleep(IDLE_S)      # measuring the idle worker's CPU over a wall-clock span
+            idle = (w.cpu_seconds() - idle) / IDLE_S
+            broker_cpu = asyncio.create_task(cpu_by_span(broker, a.latency_seconds, SPANS))
+            cpu, main_cpu, began = w.cpu_seconds(), w.main_thread_cpu_seconds(), time.monotonic()
+            n, start_ms = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
+            cpu, main_cpu = w.cpu_seconds() - cpu, w.main_thread_cpu_seconds() - main_cpu
+            took = time.monotonic() - began
     finally:
         await producer.stop()
         await consumer.stop()
@@ -308,9 +306,23 @@ async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str 
             "live_other_threads_cores": round(max(0.0, cpu - main_cpu) / took, 3)}
 
 
+@contextlib.asynccontextmanager
+async def collecting(consumer, lat: list):
+    """While the block runs, and for LAST_S seconds after it, `lat` gets (created_at, latency) in
+    ms of each event-driven decision `consumer` gets, its latency from its created_at (its input's
+    produce time) to its arrival here."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(collect_decisions(consumer, lat, stop))
+    try:
+        yield
+        await asyncio.sleep(LAST_S)      # a wall-clock span: what comes in it is measured
+    finally:
+        stop.set()
+        await task
+
+
 async def collect_decisions(consumer, lat: list, stop: asyncio.Event) -> None:
-    """Until `stop` is set: (created_at, latency) in ms of each event-driven decision `consumer`
-    gets, its latency from its created_at (its input's produce time) to its arrival here."""
+    """`collecting`'s task: until `stop` is set."""
     while not stop.is_set():
         batch = await consumer.getmany(timeout_ms=200)
         now = time.time() * 1000
@@ -345,14 +357,10 @@ async def relay_latency(broker, events, rate: float, a, every: int, cpu_us: floa
         if line != b"ready\n":
             raise RuntimeError(f"bench/relay.py did not start (exit code {await proc.wait()})")
         await consumer.seek_to_end()      # positions fixed before the first event is sent
-        stop = asyncio.Event()
-        task = asyncio.create_task(collect_decisions(consumer, lat, stop))
-        cpu, began = cpu_seconds(proc.pid), time.monotonic()
-        n, _ = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
-        cpu, took = cpu_seconds(proc.pid) - cpu, time.monotonic() - began
-        await asyncio.sleep(2)           # let the last decisions arrive
-        stop.set()
-        await task
+        async with collecting(consumer, lat):
+            cpu, began = cpu_seconds(proc.pid), time.monotonic()
+            n, _ = await pace(producer, prefix, events, rate, a.latency_seconds, a.pace_ms / 1000)
+            cpu, took = cpu_seconds(proc.pid) - cpu, time.monotonic() - began
     finally:
         await producer.stop()
         await consumer.stop()
