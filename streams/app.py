@@ -36,5 +36,6 @@ app = App(
     producer_linger_ms=5,
     fetch_max_wait_ms=settings.fetch_max_wait_ms,
     consumer_thread=settings.consumer_thread,
+    full_gc_interval=settings.full_gc_interval,
 )
 

@@ -24,6 +24,18 @@ def _positive_int(name: str, default: str, unit: str = "milliseconds") -> int:
     return n
 
 
+def _seconds(name: str, default: str) -> float:
+    """A number of seconds >= 0 (0 where the setting says what it means)."""
+    value = _env(name, default)
+    try:
+        n = float(value)
+    except ValueError:
+        n = -1.0
+    if not n >= 0 or n == float("inf"):
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return n
+
+
 def _flag(name: str, default: str) -> bool:
     value = _env(name, default)
     if value not in ("0", "1"):
@@ -53,6 +65,7 @@ class Settings:
     max_unsent_mb: int      # MiB of state writes and decisions not yet in the broker before a batch end waits
     event_loop: str         # uvloop or aio (asyncio's own): see use_event_loop
     consumer_thread: bool   # the Kafka consumer in a thread of its own (Faust's way), not on the app's loop
+    full_gc_interval: float  # seconds between full garbage collections; 0: Python's own (transport fix 11)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -89,6 +102,7 @@ class Settings:
             max_unsent_mb=_positive_int("UPSELL_MAX_UNSENT_MB", "16", "MiB"),
             event_loop=event_loop,
             consumer_thread=_flag("UPSELL_CONSUMER_THREAD", "0"),
+            full_gc_interval=_seconds("UPSELL_FULL_GC_INTERVAL", "60"),
         )
 
 

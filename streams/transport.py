@@ -64,6 +64,13 @@ both loops. On the worker's own loop, the fetches are aiokafka's tasks among the
 the same CPU per event, and a shorter tail under load (bench/README.md item 47); that the GIL
 handoffs are why is my reading, not measured.
 
+11. Full collections on a timer (`full_collections`, `UPSELL_FULL_GC_INTERVAL`, default 60 s). After
+fix 4, Python still ran a full collection whenever enough objects had lived through two young
+ones: about every 3 s in the latency benchmark's worker, whose heap grows with its customers,
+each stalling the events in flight for 11-21 ms. Now the collector's own full collections are off
+and one runs every interval instead; young collections are as before. Cyclic garbage that
+outlives two young collections waits up to an interval to be freed (bench/README.md item 58).
+
 Fixes 1, 3, 5, 6, 7, 8, 9 and 10 lean on internals of faust-streaming 0.15.3, mode-streaming
 0.7.1 and asyncio.Queue (`_putters`, `_wakeup_next`; fixes 8 and 9: the conductor's
 `_build_handler`, the consumer's `_wait_next_records`, `_read_offset`, `_add_gap`, `_n_acked` and
@@ -327,13 +334,16 @@ class App(faust.App):
     """`faust.App` on the aiokafka transport, with `fetch_max_wait_ms` (milliseconds), and with
     its consumer on the app's own event loop unless `consumer_thread` (fix 10)."""
 
-    def __init__(self, *args, fetch_max_wait_ms: int = 100, consumer_thread: bool = False, **kwargs):
+    def __init__(self, *args, fetch_max_wait_ms: int = 100, consumer_thread: bool = False,
+                 full_gc_interval: float = 0.0, **kwargs):
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.consumer_thread = consumer_thread
+        self.full_gc_interval = full_gc_interval     # seconds between full collections; 0: Python's (fix 11)
         self.inboxes: dict = {}      # topic name -> streams.inbox.Inbox taking its records (fix 8)
         super().__init__(*args, **kwargs)
         self.task(_root_log_level)
         self.task(_freeze_startup_heap)
+        self.task(_full_collections)
 
     def _new_transport(self):
         return Transport(self.conf.broker_consumer, self)
@@ -368,3 +378,26 @@ async def _freeze_startup_heap() -> None:
     kept; objects made later are collected as before."""
     gc.collect()
     gc.freeze()
+
+
+NEVER = 1 << 30     # a collector threshold no count reaches
+
+
+async def _full_collections(app) -> None:
+    await full_collections(app.full_gc_interval)
+
+
+async def full_collections(interval: float) -> None:
+    """Fix 11: while it runs, the collector makes no full collection of its own, and one is made
+    every `interval` seconds; with `interval` 0, nothing changes. The thresholds are restored
+    when it ends (cancelled: the app stops)."""
+    if interval <= 0:
+        return
+    young, middle, full = gc.get_threshold()
+    gc.set_threshold(young, middle, NEVER)
+    try:
+        while True:
+            await asyncio.sleep(interval)     # a period: a timer, not a wait for something
+            gc.collect()
+    finally:
+        gc.set_threshold(young, middle, full)
