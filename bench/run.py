@@ -339,20 +339,22 @@ async def relay_latency(broker, events, rate: float, a, every: int, cpu_us: floa
     """What the goal leaves a worker here (item 57): `bench/relay.py` in a process of its own, fed
     like the latency phase's worker, holding every `every`-th event for the lateness and sending
     a decision for it, and spending `cpu_us` of CPU on each event; produce time -> decision, as
-    `latency` measures the worker's. Keys: relay_p50_ms, relay_p99_ms, relay_cores (its CPU over
-    the load), relay_us_per_event."""
+    `latency` measures the worker's. Keys: relay_p50_ms, relay_p99_ms, relay_min_ms (the
+    quickest decision), relay_samples (decisions), relay_sent (events), relay_cores (its CPU over
+    the load) and relay_us_per_event."""
     await ensure_topics(broker.bootstrap, [prefix + t for t in (*INPUT_TOPICS, "proposals")], PARTITIONS)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "bench" / "relay.py"), broker.bootstrap, prefix, "--partitions", str(PARTITIONS),
-        "--lateness-ms", str(a.lateness_ms), "--fetch-max-wait-ms", str(a.fetch_max_wait_ms),
-        "--every", str(every), "--cpu-us", str(cpu_us), stdout=asyncio.subprocess.PIPE)
     consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, fetch_max_wait_ms=10)
     consumer.assign([TopicPartition(prefix + "proposals", p) for p in range(PARTITIONS)])
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
     await consumer.start()
     await producer.start()
     lat: list[float] = []
+    proc = None
     try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "bench" / "relay.py"), broker.bootstrap, prefix, "--partitions",
+            str(PARTITIONS), "--lateness-ms", str(a.lateness_ms), "--fetch-max-wait-ms", str(a.fetch_max_wait_ms),
+            "--every", str(every), "--cpu-us", str(cpu_us), stdout=asyncio.subprocess.PIPE)
         line = await asyncio.wait_for(proc.stdout.readline(), a.timeout)
         if line != b"ready\n":
             raise RuntimeError(f"bench/relay.py did not start (exit code {await proc.wait()})")
@@ -364,9 +366,10 @@ async def relay_latency(broker, events, rate: float, a, every: int, cpu_us: floa
     finally:
         await producer.stop()
         await consumer.stop()
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
+        if proc is not None:
+            if proc.returncode is None:
+                proc.terminate()
+            await proc.wait()
     every_ms = sorted(ms for _, ms in lat)
     return {"relay_p50_ms": _quantile(every_ms, 0.50), "relay_p99_ms": _quantile(every_ms, 0.99),
             "relay_min_ms": round(every_ms[0], 1) if every_ms else None, "relay_samples": len(every_ms),

@@ -375,7 +375,7 @@ async def _freeze_startup_heap() -> None:
     objects) is moved out of the cyclic garbage collector's reach. Every full collection walked
     all of it again: 36-56 ms each, every 5-6 s in the latency benchmark's worker, stalling every
     event in flight. Frozen, they took 3-6 ms. Garbage is collected first, so nothing dead is
-    kept; objects made later are collected as before."""
+    kept; objects made later are collected as before (their full collections: fix 11)."""
     gc.collect()
     gc.freeze()
 
