@@ -37,7 +37,6 @@ Tick records still come through an agent (`ticks`). The code is thin. All decisi
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import logging
 from collections import deque
@@ -45,14 +44,14 @@ from collections import deque
 import orjson
 
 from rules.engine import PROPOSAL, PartitionEngine
-from rules.timeutil import format_ts
-from schemas.validate import ValidationError, check_event_time, event_time_ok
+from schemas.validate import ValidationError, check_event_time
+from streams import deadletters
 from streams import metrics
 from streams import topics as T
 from streams.app import app, rules, settings
 from streams.clock import WALL, LocalClock
 from streams.inbox import Inbox, writing_for
-from streams.partitioning import partition_for
+from streams.partitioning import partition_for, wrong_partition_error
 from streams.recorded import decode_event, dumps
 from streams.replay import WATERMARK_HEADER
 
@@ -128,12 +127,26 @@ def engine_for(partition: int) -> PartitionEngine:
     if eng is None:
         # partition-state: where earlier versions kept the document (read until it is rewritten)
         meta = T.customer_state.get(meta_key(partition)) or T.partition_state.get(str(partition).encode())
-        customers = (v for k, v in T.customer_state.items()      # JSON: restored frozen
-                     if k[:1] != b"\xff" and partition_for(k.decode(), settings.partitions) == partition)
-        eng = ENGINES[partition] = PartitionEngine.restore(
-            rules, partition, orjson.loads(meta) if meta else None, customers)
+        table = T.customer_state
+        keys = [k for k in table.keys_of(partition, _hashed) if k[:1] != b"\xff"]
+        misplaced = sum(partition_for(k.decode("utf-8", "replace"), settings.partitions) != partition
+                        for k in keys)
+        if misplaced:
+            # kept where they are: dropping them would lose those customers' state
+            metrics.misplaced_customers[partition] = misplaced
+            log.warning("partition %d: %d customer document(s) in its changelog partition hash (murmur2) to "
+                        "another partition; restored here, as written", partition, misplaced)
+        eng = ENGINES[partition] = PartitionEngine.restore(     # JSON: restored frozen
+            rules, partition, orjson.loads(meta) if meta else None, (table[k] for k in keys))
         HELD[partition] = {}
     return eng
+
+
+def _hashed(key: bytes) -> int:
+    """The partition a table key hashes to; a partition document's own key names its partition."""
+    if key[:1] == b"\xff":
+        return int(key.rsplit(b":", 1)[1])
+    return partition_for(key.decode("utf-8", "replace"), settings.partitions)
 
 
 def persist(eng: PartitionEngine, records: int) -> list:
@@ -290,22 +303,18 @@ async def emit(partition: int, out: list) -> None:
 
 
 def dead_letter(topic: str, msg, ts_ms: int | None, error: str, field: str | None) -> bytes:
-    """The dead letter of `msg` (a Faust message or an aiokafka record: key, value, partition,
-    offset), read from `topic` at record time `ts_ms` (ms since the epoch, or None)."""
-    raw = msg.value if msg.value is not None else b""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    key = None
-    if msg.key is not None:
-        key = msg.key.decode("utf-8", "replace")
-    return orjson.dumps({
-        "schema": 1, "topic": topic, "partition": msg.partition, "offset": msg.offset,
-        "timestamp": format_ts(ts_ms) if ts_ms is not None and event_time_ok(ts_ms) else None,
-        "key": key, "error": error, "field": field, "original": text,
-        "original_b64": base64.b64encode(raw).decode("ascii"),
-    })
+    """The bounded dead letter (`streams.deadletters`) of `msg`, a Faust message or an aiokafka
+    record (key, value, partition, offset), read from `topic` at record time `ts_ms` (ms)."""
+    return deadletters.dead_letter(topic, msg.partition, msg.offset, ts_ms, msg.key, msg.value, error,
+                                   field, settings.dead_letter_max_bytes)
+
+
+async def send_dead_letter(topic: str, msg, ts_ms: int | None, exc: BaseException) -> None:
+    """Count and send the dead letter of a record that could not be read (`exc` says why)."""
+    metrics.dead_letters[topic] += 1
+    error, field = deadletters.reason(exc)
+    await T.dead_letters.send(key=deadletters.bounded_key(msg.key),
+                              value=dead_letter(topic, msg, ts_ms, error, field))
 
 
 def _header(msg, name: str) -> bytes | None:
@@ -357,11 +366,11 @@ async def handle(msg) -> None:
                 raise ValidationError(None, "empty record (tombstone); expected a JSON object")
             key = msg.key.decode("utf-8") if msg.key is not None else None
             value = decode_event(topic, key, msg.value, rules.plan_by_name)
-    except (ValidationError, UnicodeDecodeError) as exc:
-        metrics.dead_letters[topic] += 1
-        field = getattr(exc, "field", None)
+            if key not in eng.customers:      # a known customer was checked on its first event
+                check_partition(topic, key, msg.partition, settings.partitions)
+    except Exception as exc:      # noqa: BLE001 -- any bytes: a dead letter, never a stopped worker
         ts = int(round(msg.timestamp * 1000)) if msg.timestamp is not None else None   # Faust's: s
-        await T.dead_letters.send(key=msg.key, value=dead_letter(topic, msg, ts, str(exc), field))
+        await send_dead_letter(topic, msg, ts, exc)
         _ack([(order, msg)])
         return
     if marker is not None:
@@ -382,12 +391,33 @@ async def handle(msg) -> None:
         await settle(eng, out, ended)
 
 
+_WARNED: set = set()     # topics whose first record on a wrong partition was logged
+
+
+def check_partition(topic: str, key: str, partition: int, partitions: int) -> None:
+    """A record must be on the partition its key hashes to (murmur2, Kafka's default partitioner):
+    a customer's state lives on one partition, and an event applied elsewhere would start a second,
+    wrong state. Such a record is a dead letter (UPSELL_WRONG_PARTITION=dead-letter), counted per
+    topic; the first one per topic logs which producer setting to change."""
+    expected = partition_for(key, partitions)
+    if expected == partition:
+        return
+    metrics.wrong_partition[topic] += 1
+    if topic not in _WARNED:
+        _WARNED.add(topic)
+        log.warning("%s: a record keyed %r is on partition %d, but its key hashes to %d (murmur2). Its "
+                    "producer uses another partitioner: set murmur2 (librdkafka, confluent-kafka: "
+                    "partitioner=murmur2_random; Sarama: NewMurmur2Partitioner). Such records are "
+                    "dead letters, counted in upsell_wrong_partition_total", topic, key[:40], partition, expected)
+    raise ValidationError(None, wrong_partition_error(partition, expected, partitions))
+
+
 def _marker_time(header: bytes) -> int:
     """The event time a watermark record (`upsell replay`) carries; checked like an event's."""
     try:
         at = int(header)
     except ValueError:
-        raise ValidationError(None, f"watermark record: {WATERMARK_HEADER} header {header!r} is not "
+        raise ValidationError(None, f"watermark record: {WATERMARK_HEADER} header {header[:40]!r} is not "
                                     "epoch milliseconds") from None
     check_event_time(at)
     return at

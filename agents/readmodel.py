@@ -33,6 +33,7 @@ not be its engine's; Redis is one store, so any worker can write any customer.
 from __future__ import annotations
 
 import asyncio
+import time
 import itertools
 import logging
 import weakref
@@ -44,12 +45,14 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agents.engine import dead_letter
+from agents.engine import send_dead_letter
 from rules.timeutil import DAY, parse_ts
-from streams import metrics
+from schemas.outputs import PROPOSAL_SCHEMA, SUPPRESSED_SCHEMA, check
+from schemas.validate import MAX_STRING
+from streams import deadletters, metrics
 from streams import topics as T
 from streams.app import app, settings
-from streams.kafka import bootstrap_of
+from streams.kafka import bootstrap_of, client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,9 @@ KEEP = 50
 # not delayed.
 BATCH = 500
 BATCH_WITHIN = 0.05
+# A decision's created_at is event time, so a replay of history is fine; one before this, or
+# further ahead of the wall clock than UPSELL_MAX_AHEAD_MS, is refused.
+CREATED_MIN = 946_684_800_000       # 2000-01-01T00:00:00Z
 CUSTOMER_TTL_MS = 180 * DAY
 PROPOSAL_TTL_MS = 90 * DAY
 _client: aioredis.Redis | None = None
@@ -69,8 +75,16 @@ _client: aioredis.Redis | None = None
 def client() -> aioredis.Redis:
     global _client
     if _client is None:
-        _client = aioredis.from_url(settings.redis_url)
+        _client = aioredis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
     return _client
+
+
+class ReadModelError(ValueError):
+    """Why the read model did not store a decision record (the text of the dead letter)."""
+
+    def __init__(self, exc: BaseException):
+        error, self.field = deadletters.reason(exc)
+        super().__init__(f"read model: {error}")
 
 
 def read_decision(raw: bytes | None, kind: str) -> dict:
@@ -83,12 +97,17 @@ def read_decision(raw: bytes | None, kind: str) -> dict:
         raise ValueError(f"malformed JSON: {exc}") from None
     if not isinstance(p, dict):
         raise ValueError(f"expected a JSON object, got {type(p).__name__}")
-    for name in ("proposal_id", "customer_id", "trigger", "created_at"):
-        if not isinstance(p.get(name), str) or not p[name]:
-            raise ValueError(f"field {name!r}: expected a non-empty string, got {p.get(name)!r}")
-    parse_ts(p["created_at"])
-    if kind != "proposals" and not isinstance((p.get("suppressed") or {}).get("reason"), str):
-        raise ValueError("field 'suppressed': expected an object with a string reason")
+    check(PROPOSAL_SCHEMA if kind == "proposals" else SUPPRESSED_SCHEMA, p)
+    for name in ("proposal_id", "customer_id"):
+        if not p[name] or len(p[name]) > MAX_STRING:
+            raise ValueError(f"field '{name}': expected 1 to {MAX_STRING} characters")
+    created, until = parse_ts(p["created_at"]), parse_ts(p["valid_until"])
+    latest = int(time.time() * 1000) + settings.max_ahead_ms
+    if not CREATED_MIN <= created <= latest:
+        raise ValueError(f"field 'created_at': {p['created_at'][:40]} is outside 2000-01-01 .. "
+                         f"now + UPSELL_MAX_AHEAD_MS")
+    if until < created:
+        raise ValueError("field 'valid_until': before created_at")
     return p
 
 
@@ -141,10 +160,8 @@ async def readable(messages, kind: str) -> list[tuple[dict, bytes]]:
     for msg in messages:
         try:
             items.append((read_decision(msg.value, kind), msg.value))
-        except ValueError as exc:
-            metrics.dead_letters[topic] += 1
-            letter = dead_letter(topic, msg, msg.timestamp, f"read model: {exc}", None)   # aiokafka's: ms
-            await T.dead_letters.send(key=msg.key, value=letter)
+        except Exception as exc:      # noqa: BLE001 -- any bytes: a dead letter, the batch goes on
+            await send_dead_letter(topic, msg, msg.timestamp, ReadModelError(exc))   # aiokafka's: ms
     return items
 
 
@@ -168,7 +185,8 @@ def consumer() -> AIOKafkaConsumer:
     The session timeout is the engine's (UPSELL_SESSION_TIMEOUT); an empty fetch waits up to
     BATCH_WITHIN (the engine's wait, UPSELL_FETCH_MAX_WAIT_MS, is short for latency's sake)."""
     return AIOKafkaConsumer(
-        *KINDS, bootstrap_servers=bootstrap_of(settings.broker), group_id=f"{settings.app_id}-readmodel",
+        *KINDS, **client_kwargs(bootstrap_of(settings.broker), settings.kafka),
+        group_id=f"{settings.app_id}-readmodel",
         client_id=f"{settings.app_id}-readmodel", enable_auto_commit=False, auto_offset_reset="earliest",
         fetch_max_wait_ms=round(BATCH_WITHIN * 1000), max_poll_records=BATCH,
         session_timeout_ms=int(settings.session_timeout * 1000),
@@ -218,6 +236,7 @@ async def feed(c: AIOKafkaConsumer, most: int = BATCH, within: float = BATCH_WIT
         messages = await take(c, most)
         await write(messages)
         offsets = {TopicPartition(m.topic, m.partition): m.offset + 1 for m in messages}
+        _written.update(offsets)
         try:
             await c.commit(offsets)
         except KafkaError as exc:      # a rebalance meanwhile (CommitFailedError), the broker away
@@ -233,6 +252,18 @@ async def feed(c: AIOKafkaConsumer, most: int = BATCH, within: float = BATCH_WIT
 
 
 _running: list = []       # the worker's read model consumer, while it runs
+_written: dict = {}       # TopicPartition -> the next offset to write, once a batch is written
+
+
+def lag() -> dict[str, int]:
+    """Decision records not yet in Redis, by kind, over the partitions the read model has."""
+    out: dict[str, int] = {kind: 0 for kind in KINDS.values()}
+    for c in _running:
+        for tp in c.assignment():
+            end = c.highwater(tp)
+            if end is not None and tp in _written:
+                out[KINDS[tp.topic]] += max(0, end - _written[tp])
+    return out
 
 
 def assigned() -> dict[str, list[int]]:

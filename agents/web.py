@@ -1,19 +1,53 @@
-"""HTTP views on Faust's web server: /customers/{id}, /health, /metrics."""
+"""HTTP views on Faust's web server: /customers/{id}, /health, /live, /metrics.
+
+With UPSELL_HTTP_TOKEN set, every path but /health and /live asks for `Authorization: Bearer
+<token>` (401 without it, 403 with another); the probes carry no customer data. No response names
+the server software."""
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 
 import orjson
+from aiohttp import web as aioweb
 
 from agents.engine import ENGINES, LOCAL
-from agents.readmodel import assigned as readmodel_assigned, client, customer_view
+from agents.readmodel import assigned as readmodel_assigned, client, customer_view, lag as readmodel_lag
 from rules.guardrails import unhappy_reason
 from rules.timeutil import format_ts
 from streams import metrics
 from streams import topics as T
-from streams.app import app, rules
+from streams.app import app, rules, settings
+from streams.health import PROBE_S, Health
 from streams.settings import event_loop_name
 from streams.transport import consumer_runs_on
+
+log = logging.getLogger(__name__)
+HEALTH = Health(settings.partitions)
+OPEN_PATHS = ("/health", "/live")
+
+
+@aioweb.middleware
+async def bearer_token(request, handler):
+    """Every path but the probes asks for the bearer token, when one is set."""
+    token = settings.http_token
+    if token is not None and request.path.rstrip("/") not in OPEN_PATHS:
+        given = request.headers.get("Authorization", "")
+        if not given.startswith("Bearer "):
+            return aioweb.json_response({"error": "missing bearer token"}, status=401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given[7:].encode(), token.encode()):
+            return aioweb.json_response({"error": "wrong bearer token"}, status=403)
+    return await handler(request)
+
+
+async def _no_server_header(request, response) -> None:
+    response.headers.pop("Server", None)
+
+
+app.web.web_app.middlewares.append(bearer_token)
+app.web.web_app.on_response_prepare.append(_no_server_header)
 
 
 def _ts(ms):
@@ -66,13 +100,76 @@ def assigned_partitions() -> list[int]:
     return sorted({tp.partition for tp in tps if tp.topic in names})
 
 
+def topic_names() -> list[str]:
+    """Every topic the worker reads or writes, prefixed, and the state changelog."""
+    names = [t.get_topic_name() for t in (*T.inputs.values(), T.repartition, T.ticks, T.proposals,
+                                          T.suppressed, T.dead_letters)]
+    return names + [T.customer_state.changelog_topic.get_topic_name()]
+
+
+async def probe_broker() -> None:
+    """A metadata request through the worker's producer: the broker answers, and how many
+    partitions each of the worker's topics has."""
+    try:
+        client = app.producer._ensure_producer().client
+        md = await asyncio.wait_for(client.fetch_all_metadata(), PROBE_S)
+    except Exception as exc:      # noqa: BLE001 -- any failure is what the probe reports
+        HEALTH.broker_result(False, f"no metadata ({type(exc).__name__}: {exc})"[:300])
+        return
+    counts = {}
+    for name in topic_names():
+        parts = md.partitions_for_topic(name)
+        if parts:
+            counts[name] = len(parts)
+    HEALTH.broker_result(True, f"{len(md.brokers())} broker(s)", counts)
+    wrong = HEALTH.wrong_topics()
+    if wrong:
+        log.error("topics with another partition count than UPSELL_PARTITIONS=%d: %s", settings.partitions,
+                  ", ".join(f"{t} has {n}" for t, n in wrong.items()))
+
+
+async def probe_redis() -> None:
+    try:
+        await asyncio.wait_for(client().ping(), PROBE_S)
+    except Exception as exc:      # noqa: BLE001
+        HEALTH.redis_result(False, f"{type(exc).__name__}: {exc}"[:300])
+    else:
+        HEALTH.redis_result(True, settings.redis_url_redacted)
+
+
+@app.task
+async def watch() -> None:
+    """Every worker: probe the broker and Redis now and every PROBE_S seconds (`HEALTH`)."""
+    HEALTH.install_filter()
+    while True:
+        await asyncio.gather(probe_broker(), probe_redis())
+        await asyncio.sleep(PROBE_S)      # a probe period, not a wait for an event
+
+
+def report() -> tuple[bool, dict]:
+    loop = asyncio.get_running_loop()
+    problems = HEALTH.problems(bool(app.rebalancing))
+    body = {"status": "ok" if not problems else "unavailable", "problems": problems,
+            "broker": HEALTH.broker.as_dict(), "redis": HEALTH.redis.as_dict(),
+            "topics": HEALTH.topics, "offset_regressions": HEALTH.regressions,
+            "assigned": assigned_partitions(), "partitions": sorted(ENGINES),
+            "stream_time": {p: _ts(e.watermark) for p, e in sorted(ENGINES.items())},
+            "event_loop": event_loop_name(loop), "consumer": consumer_runs_on(app, loop),
+            "readmodel": {"assigned": readmodel_assigned(), "lag": readmodel_lag()}}
+    return not problems, body
+
+
 @app.page("/health")
 async def health(web, request):
-    loop = asyncio.get_running_loop()
-    return web.json({"status": "ok", "assigned": assigned_partitions(), "partitions": sorted(ENGINES),
-                     "stream_time": {p: _ts(e.watermark) for p, e in sorted(ENGINES.items())},
-                     "event_loop": event_loop_name(loop), "consumer": consumer_runs_on(app, loop),
-                     "readmodel": {"assigned": readmodel_assigned()}})
+    """Readiness: 200 when the worker can do its work, else 503 with the problems."""
+    ready, body = report()
+    return web.json(body, status=200 if ready else 503)
+
+
+@app.page("/live")
+async def live(web, request):
+    """Liveness: the process serves requests."""
+    return web.json({"status": "alive"})
 
 
 def _highwater(topic: str, partition: int):

@@ -15,13 +15,14 @@ def parse_ts(value: str) -> int:
     """Parse an ISO-8601 timestamp to epoch ms (sub-millisecond parts rounded half away
     from zero). A timezone is required."""
     if not isinstance(value, str):
-        raise ValueError(f"expected an ISO-8601 timestamp string, got {value!r}")
+        raise ValueError(f"expected an ISO-8601 timestamp string, got {type(value).__name__}")
+    shown = repr(value[:40]) + ("..." if len(value) > 40 else "")     # an error never repeats a long value
     try:
         dt = datetime.fromisoformat(value)      # 3.11+: accepts a trailing Z
     except ValueError:
-        raise ValueError(f"expected an ISO-8601 timestamp like 2026-04-01T09:00:00Z, got {value!r}") from None
+        raise ValueError(f"expected an ISO-8601 timestamp like 2026-04-01T09:00:00Z, got {shown}") from None
     if dt.tzinfo is None:
-        raise ValueError(f"timestamp {value!r} has no timezone; add Z or an offset")
+        raise ValueError(f"timestamp {shown} has no timezone; add Z or an offset")
     delta = dt - _EPOCH
     us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds   # exact
     return (us + 500) // 1000 if us >= 0 else -((500 - us) // 1000)

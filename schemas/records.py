@@ -89,14 +89,17 @@ class SuppressedProposal(Proposal, serializer="json"):
 class DeadLetter(faust.Record, serializer="json"):
     schema: int
     topic: str
-    partition: int
-    offset: int
+    partition: Optional[int]
+    offset: Optional[int]
     timestamp: Optional[str]
     key: Optional[str]
     error: str
     field: Optional[str]
     original: Optional[str]
-    original_b64: str
+    original_b64: Optional[str]
+    original_size: int
+    original_sha256: str
+    truncated: bool
 
 
 INPUT_RECORDS = {

@@ -20,6 +20,37 @@ TRIGGERS = ("usage_limit", "usage_forecast", "renewal", "fiscal_year_end", "purc
             "co_purchase", "underuse", "season", "volume")
 
 
+PREVIEW_CHARS = 32
+
+
+def describe(value) -> str:
+    """A short description of a JSON value for an error message: a scalar as itself (a string cut
+    to PREVIEW_CHARS), a container by its size. Never recurses, never grows with the value."""
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, str):
+        if len(value) <= PREVIEW_CHARS:
+            return repr(value)
+        return f"{value[:PREVIEW_CHARS]!r}... ({len(value)} characters)"
+    if isinstance(value, int):
+        return str(value) if -10**18 < value < 10**18 else "an integer of more than 18 digits"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return f"an array of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} key(s)"
+    return f"a value of type {type(value).__name__}"
+
+
+# Bounds on what an event may carry into a customer's state: every string and array of an input
+# event is at most this long, so one record cannot make a state document too large to write.
+MAX_STRING = 1024      # characters
+MAX_ITEMS = 1000       # array items
+
+
 class ValidationError(ValueError):
     def __init__(self, field: str | None, message: str):
         self.field = field
@@ -125,16 +156,19 @@ def _check_field(f: F, value: Any, path: str) -> Any:
     t = f.type
     if t == "string":
         if not isinstance(value, str) or not value:
-            raise ValidationError(path, f"expected a non-empty string, got {value!r}")
+            raise ValidationError(path, f"expected a non-empty string, got {describe(value)}")
+        if len(value) > MAX_STRING:
+            raise ValidationError(path, f"expected at most {MAX_STRING} characters, got {len(value)}")
     elif t == "integer":
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValidationError(path, f"expected an integer, got {value!r}")
+            raise ValidationError(path, f"expected an integer, got {describe(value)}")
     elif t == "number":
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-            raise ValidationError(path, f"expected a number, got {value!r}")
+            raise ValidationError(path, f"expected a number, got {describe(value)}")
     elif t == "object":
         if not isinstance(value, dict):
-            raise ValidationError(path, f"expected an object, got {value!r}")
+            raise ValidationError(path, f"expected an object, got {describe(value)}")
+        _check_flat(value, path)
     elif t == "timestamp":
         try:
             return parse_ts(value)
@@ -142,19 +176,42 @@ def _check_field(f: F, value: Any, path: str) -> Any:
             raise ValidationError(path, str(exc)) from None
     elif t == "array":
         if not isinstance(value, list):
-            raise ValidationError(path, f"expected an array, got {value!r}")
+            raise ValidationError(path, f"expected an array, got {describe(value)}")
         if len(value) < f.min_items:
             raise ValidationError(path, f"expected at least {f.min_items} item(s), got {len(value)}")
+        if len(value) > MAX_ITEMS:
+            raise ValidationError(path, f"expected at most {MAX_ITEMS} items, got {len(value)}")
         return [_check_object(f.items, item, f"{path}[{i}]") for i, item in enumerate(value)]
     if f.enum is not None and value not in f.enum:
-        raise ValidationError(path, f"expected one of {', '.join(f.enum)}, got {value!r}")
+        raise ValidationError(path, f"expected one of {', '.join(f.enum)}, got {describe(value)}")
     if f.min is not None and value < f.min:
-        raise ValidationError(path, f"expected a value >= {f.min:g}, got {value!r}")
+        raise ValidationError(path, f"expected a value >= {f.min:g}, got {describe(value)}")
     if f.exclusive_min is not None and value <= f.exclusive_min:
-        raise ValidationError(path, f"expected a value > {f.exclusive_min:g}, got {value!r}")
+        raise ValidationError(path, f"expected a value > {f.exclusive_min:g}, got {describe(value)}")
     if f.max is not None and value > f.max:
-        raise ValidationError(path, f"expected a value <= {f.max:g}, got {value!r}")
+        raise ValidationError(path, f"expected a value <= {f.max:g}, got {describe(value)}")
     return value
+
+
+MAX_KEYS = 32      # keys of an object field (an offer echoed back)
+
+
+def _check_flat(value: dict, path: str) -> None:
+    """An object field (an offer echoed in proposal-outcomes) is flat and small: at most MAX_KEYS
+    keys, each a scalar or an array of scalars, every string within MAX_STRING."""
+    if len(value) > MAX_KEYS:
+        raise ValidationError(path, f"expected at most {MAX_KEYS} keys, got {len(value)}")
+    for k, v in value.items():
+        if len(k) > MAX_STRING:
+            raise ValidationError(path, f"expected keys of at most {MAX_STRING} characters")
+        items = v if isinstance(v, list) else (v,)
+        if len(items) > MAX_ITEMS:
+            raise ValidationError(f"{path}.{k[:40]}", f"expected at most {MAX_ITEMS} items, got {len(items)}")
+        for x in items:
+            if isinstance(x, (dict, list)):
+                raise ValidationError(f"{path}.{k[:40]}", f"expected a scalar or an array of scalars, got {describe(x)}")
+            if isinstance(x, str) and len(x) > MAX_STRING:
+                raise ValidationError(f"{path}.{k[:40]}", f"expected at most {MAX_STRING} characters, got {len(x)}")
 
 
 def _check_object(fields: tuple[F, ...], value: Any, path: str = "") -> dict:
@@ -183,13 +240,13 @@ def _accept(f: F, c: str) -> str | None:
     """Python text of a test that `v` is plainly valid for `f`, or None: always check it slowly.
     `c` names the field's constants in the compiled function's namespace."""
     if f.type == "string":
-        test = ["v.__class__ is str", "v != ''"]
+        test = ["v.__class__ is str", "v != ''", f"len(v) <= {MAX_STRING}"]
     elif f.type == "integer":
         test = ["v.__class__ is int"]
     elif f.type == "number":
         test = ["(v.__class__ is int or (v.__class__ is float and v == v))"]
-    elif f.type == "object":
-        test = ["v.__class__ is dict"]
+    elif f.type == "object":       # checked by `_check_flat`, off the hot path
+        return None
     else:                           # timestamps and arrays: see `_compile_object`
         return None
     if f.enum is not None:
@@ -228,7 +285,7 @@ def _compile_object(fields: tuple[F, ...], name: str) -> Callable[[Any], dict]:
                       "        except (ValueError, TypeError):", f"            out[{f.name!r}] = {slow}"]
         elif f.type == "array":     # items compiled too; an error is raised with its path
             ns[f"{c}_item"] = _compile_object(f.items, f"{name}_{f.name}_item")
-            lines += [f"    elif v.__class__ is list and len(v) >= {f.min_items}:", "        try:",
+            lines += [f"    elif v.__class__ is list and {f.min_items} <= len(v) <= {MAX_ITEMS}:", "        try:",
                       f"            out[{f.name!r}] = [{c}_item(x) for x in v]",
                       "        except ValidationError:", f"            out[{f.name!r}] = {slow}",
                       "    else:", f"        out[{f.name!r}] = {slow}"]
@@ -260,16 +317,16 @@ def validate(topic: str, value: Any, key: str | None = None, plans=None) -> dict
     """Check one event value of an input topic; returns the normalised value."""
     check = COMPILED.get(topic)
     if check is None:
-        raise ValidationError(None, f"unknown topic {topic!r}; expected one of {', '.join(SPECS)}")
+        raise ValidationError(None, f"unknown topic {describe(topic)}; expected one of {', '.join(SPECS)}")
     out = check(value)
     extra = CHECKS.get(topic)
     if extra:
         extra(out)
     if key is not None and key != out["customer_id"]:
-        raise ValidationError("customer_id", f"must equal the record key {key!r} (topics are "
-                                             f"partitioned by customer_id), got {out['customer_id']!r}")
+        raise ValidationError("customer_id", f"must equal the record key {describe(key)} (topics are "
+                                             f"partitioned by customer_id), got {describe(out['customer_id'])}")
     if plans is not None and out.get("plan") is not None and out["plan"] not in plans:
-        raise ValidationError("plan", f"unknown plan {out['plan']!r}; the rules file knows "
+        raise ValidationError("plan", f"unknown plan {describe(out['plan'])}; the rules file knows "
                                       f"{', '.join(plans)}")
     return out
 
@@ -280,9 +337,9 @@ def _field_schema(f: F) -> dict:
     if f.type == "timestamp":
         s: dict = {"type": "string", "format": "date-time"}
     elif f.type == "array":
-        s = {"type": "array", "items": _object_schema(f.items), "minItems": f.min_items}
+        s = {"type": "array", "items": _object_schema(f.items), "minItems": f.min_items, "maxItems": MAX_ITEMS}
     elif f.type == "string":
-        s = {"type": "string", "minLength": 1}
+        s = {"type": "string", "minLength": 1, "maxLength": MAX_STRING}
     else:
         s = {"type": f.type}
     if f.enum is not None:

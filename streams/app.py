@@ -37,5 +37,11 @@ app = App(
     fetch_max_wait_ms=settings.fetch_max_wait_ms,
     consumer_thread=settings.consumer_thread,
     full_gc_interval=settings.full_gc_interval,
+    broker_credentials=settings.kafka.faust_credentials(),
+    # Faust's own pages (/router/, /table/, /graph/, statistics) show internals: off unless asked for
+    web_router_enabled=settings.web_internal,
+    web_tables_enabled=settings.web_internal,
+    web_graph_enabled=settings.web_internal,
+    web_stats_enabled=settings.web_internal,
 )
 

@@ -18,8 +18,9 @@ import orjson
 
 from rules.config import Rules
 from rules.engine import INPUT_TOPICS, PROPOSAL, PartitionEngine
-from schemas.validate import ValidationError, check_event_time, event_time_ok
-from streams.partitioning import partition_for
+from schemas.validate import check_event_time, event_time_ok
+from streams import deadletters
+from streams.partitioning import partition_for, wrong_partition_error
 from streams.recorded import BadLine, RecordedEvent, decode_event, load_sorted
 
 
@@ -70,8 +71,12 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
         try:
             check_event_time(ev.ts)
             value = decode_event(ev.topic, ev.key, ev.raw if ev.obj is None else b"", plans, ev.obj)
-        except ValidationError as exc:
-            result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, str(exc)))
+            if ev.partition is not None:      # produced to a named partition: the worker's check
+                expected = partition_for(ev.key, partitions)
+                if ev.partition != expected:
+                    raise ValueError(wrong_partition_error(ev.partition, expected, partitions))
+        except Exception as exc:    # noqa: BLE001 -- as the worker: any bytes are a dead letter
+            result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, deadletters.reason(exc)[0]))
             continue
         valid.append((ev.ts, rank[ev.topic], ev.topic, ev.key, value))
     valid.sort(key=_TIME_RANK)      # stable: a topic's events keep their order (see apply_sorted)

@@ -12,12 +12,49 @@ import orjson
 SAMPLE = Path(__file__).parent / "data" / "sample.jsonl"
 
 
+class UsageError(Exception):
+    """A mistake of the person at the command line: printed as one line, exit status 2."""
+
+
+def fail(message: str):
+    raise UsageError(message)
+
+
 def _rules(path):
     from rules.config import RulesError, load_rules
     try:
         return load_rules(path)
     except RulesError as exc:
-        sys.exit(f"upsell: bad rules file: {exc}")
+        fail(f"bad rules file: {exc}")
+
+
+def _settings():
+    from streams.settings import Settings, SettingsError
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+def check_topics(s, timeout: float = 10.0) -> None:
+    """Before a worker starts: the existing topics have UPSELL_PARTITIONS partitions. A broker
+    that does not answer within `timeout` is left to the worker, which waits for it."""
+    import logging
+    from rules.engine import INPUT_TOPICS
+    from streams.kafka import bootstrap_of, copartition_problem, partition_counts
+    p = s.topic_prefix
+    names = [p + t for t in (*INPUT_TOPICS, "repartition", "ticks", "proposals", "proposals.suppressed")]
+    names.append(f"{s.app_id}-customer-state-changelog")
+    try:
+        counts = asyncio.run(asyncio.wait_for(
+            partition_counts(bootstrap_of(s.broker), names, s.kafka), timeout))
+    except Exception as exc:      # noqa: BLE001 -- unreachable or refused: the worker reports it
+        logging.getLogger("upsell").warning("could not check the topics' partition counts (%s): "
+                                            "the worker starts and waits for the broker", type(exc).__name__)
+        return
+    problem = copartition_problem(counts, s.partitions)
+    if problem:
+        fail(problem)
 
 
 def cmd_generate(a) -> None:
@@ -28,9 +65,25 @@ def cmd_generate(a) -> None:
     out.flush()
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def cmd_simulate(a) -> None:
     from streams.backtest import backtest_lines, compare, summary
     from streams.recorded import open_stream
+    from streams.settings import SettingsError, env_partitions
+    if a.partitions is None:
+        try:
+            a.partitions = env_partitions()
+        except SettingsError as exc:
+            fail(str(exc))
     rules = _rules(a.rules)
     lines = open_stream(a.file).read().splitlines()
     result = backtest_lines(lines, rules, a.partitions)
@@ -56,23 +109,21 @@ def cmd_replay(a) -> None:
     from streams.kafka import bootstrap_of
     from streams.recorded import open_stream
     from streams.replay import replay
-    from streams.settings import Settings
-    s = Settings.from_env()
+    s = _settings()
     lines = open_stream(a.file).read().splitlines()
     res = asyncio.run(replay(lines, bootstrap_of(s.broker), s.partitions, a.topic_prefix or s.topic_prefix,
-                             speed=a.speed))
+                             speed=a.speed, security=s.kafka))
     print(f"sent {res['sent']} events in {res['seconds']:.1f} s "
           f"({res['unreadable']} unreadable lines, {res['unknown_topic']} on unknown topics skipped)")
 
 
 def cmd_tail(a) -> None:
     from streams.kafka import bootstrap_of
-    from streams.settings import Settings
     from streams.tail import tail
-    s = Settings.from_env()
+    s = _settings()
     topic = s.topic_prefix + ("proposals.suppressed" if a.suppressed else "proposals")
     try:
-        asyncio.run(tail(bootstrap_of(s.broker), topic, a.from_beginning))
+        asyncio.run(tail(bootstrap_of(s.broker), topic, a.from_beginning, security=s.kafka))
     except KeyboardInterrupt:
         pass
 
@@ -80,8 +131,11 @@ def cmd_tail(a) -> None:
 def cmd_worker(a) -> None:
     if a.rules:
         os.environ["UPSELL_RULES"] = a.rules
-    from streams.settings import Settings, use_event_loop
-    use_event_loop(Settings.from_env().event_loop)      # before the worker makes its loop
+    from streams.settings import use_event_loop
+    s = _settings()
+    _rules(s.rules)
+    check_topics(s)
+    use_event_loop(s.event_loop)      # before the worker makes its loop
     from streams.app import app
     sys.argv = ["upsell", "worker", "-l", a.loglevel, *(["--without-web"] if a.without_web else [])]
     app.main()
@@ -119,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rules")
     s.add_argument("--out", help="write proposals here instead of stdout")
     s.add_argument("--compare", metavar="RULES2", help="diff the proposals against a second rules file")
-    s.add_argument("--partitions", type=int, default=int(os.environ.get("UPSELL_PARTITIONS", "8")),
-                   help="partition count of the live topics (co-purchase counts are per partition)")
+    s.add_argument("--partitions", type=_positive, default=None,
+                   help="partition count of the live topics (co-purchase counts are per partition); "
+                        "default: UPSELL_PARTITIONS, else 8")
     s.set_defaults(func=cmd_simulate)
 
     g = sub.add_parser("generate", help="a realistic synthetic recording (seeded)")
@@ -142,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except UsageError as exc:
+        print(f"upsell: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -94,11 +95,12 @@ class Service:
 
 
 class EmbeddedBroker(Service):
-    def __init__(self, port: int | None = None, log: Path | None = None):
+    def __init__(self, port: int | None = None, log: Path | None = None, authentication: bool = False):
         port = port or free_port()
         url = f"tcp://127.0.0.1:{port}"
         super().__init__([tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                          "--storage-engine", "memory://tansu/"], port, "tansu broker", log)
+                          "--storage-engine", "memory://tansu/", *(["--authentication"] if authentication else [])],
+                         port, "tansu broker", log)
         self.bootstrap = f"127.0.0.1:{port}"
         self.url = f"kafka://{self.bootstrap}"
 
@@ -131,9 +133,14 @@ class WorkerProcess:
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def get(self, path: str, timeout: float = 2) -> tuple[int, bytes]:
-        """(status, body); raises OSError while the web server is not listening."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as r:
-            return r.status, r.read()
+        """(status, body), an error status too (/health answers 503 with its report while the
+        worker is not ready); raises OSError while the web server is not listening."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, err.read()
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
@@ -142,16 +149,18 @@ class WorkerProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"process exited with code {self.proc.returncode}: {self.tail()}")
 
-    def wait_healthy(self, timeout: float = 60.0) -> None:
+    def wait_healthy(self, timeout: float = 60.0, path: str = "/health") -> None:
+        """Until `path` answers 200: /health, ready (broker, Redis, topics); /live, serving."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.alive()
             try:
-                if self.get("/health")[0] == 200:
+                if self.get(path)[0] == 200:
                     return
-            except OSError:
-                time.sleep(0.2)     # the web server is not listening yet: nothing to await
-        raise RuntimeError(f"not healthy within {timeout:.0f} s: {self.tail()}")
+            except OSError:         # not listening yet
+                pass
+            time.sleep(0.2)         # another process's state: polled
+        raise RuntimeError(f"{path} not 200 within {timeout:.0f} s: {self.tail()}")
 
     def events_in(self) -> int:
         """Input events the worker has read (valid or not), from /metrics."""

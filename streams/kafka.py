@@ -1,17 +1,26 @@
-"""Plain aiokafka helpers for tools outside the worker (replay, tail, tests)."""
+"""Plain aiokafka helpers for everything outside Faust's own clients (read model, replay, tail,
+demo, the start-up checks): the connection settings in one place."""
 from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.settings import KafkaSecurity
 
 
 def bootstrap_of(broker_url: str) -> str:
     return ";".join(u.split("://", 1)[-1] for u in broker_url.split(";")).replace(";", ",")
 
 
-async def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+def client_kwargs(bootstrap: str, security: KafkaSecurity | None = None) -> dict:
+    """The keyword arguments every aiokafka client of the project is made with."""
+    return {"bootstrap_servers": bootstrap, **(security or KafkaSecurity()).client_kwargs()}
+
+
+async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
+                        security: KafkaSecurity | None = None) -> None:
     """Create the co-partitioned topics if they do not exist yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(bootstrap, security))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -23,3 +32,30 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> No
                 pass
     finally:
         await admin.close()
+
+
+async def partition_counts(bootstrap: str, names: list[str], security: KafkaSecurity | None = None) -> dict:
+    """topic -> its partition count, for those of `names` that exist."""
+    admin = AIOKafkaAdminClient(**client_kwargs(bootstrap, security))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [n for n in names if n in existing]
+        if not wanted:
+            return {}
+        return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(wanted)
+                if not t.get("error_code")}
+    finally:
+        await admin.close()
+
+
+def copartition_problem(counts: dict[str, int], partitions: int) -> str | None:
+    """None if every existing topic of `counts` has `partitions` partitions, else one line that
+    says which differ and what to do."""
+    wrong = {t: n for t, n in sorted(counts.items()) if n != partitions}
+    if not wrong:
+        return None
+    listed = ", ".join(f"{t} has {n}" for t, n in wrong.items())
+    return (f"UPSELL_PARTITIONS={partitions} but {listed}: every input topic, the repartition topic and the "
+            f"changelog must have the same partition count (set UPSELL_PARTITIONS to the topics' count, "
+            f"or re-create the topics)")

@@ -10,6 +10,9 @@ suppressed_out: Counter = Counter()     # (trigger, reason)
 late_events: Counter = Counter()        # topic
 readmodel_written: Counter = Counter()  # kind (proposals, suppressed): new in Redis
 read_offsets: dict = {}                 # (topic, partition) -> last offset read
+wrong_partition: Counter = Counter()    # topic: records on a partition their key does not hash to
+misplaced_customers: dict = {}          # partition -> restored documents whose key hashes elsewhere
+offset_regressions: Counter = Counter()  # (topic, partition): logs found below the applied offsets
 
 
 def render(highwater, clock_moves: int | None = None, unsent_bytes: int | None = None,
@@ -40,6 +43,15 @@ def render(highwater, clock_moves: int | None = None, unsent_bytes: int | None =
            [((("trigger", t),), n) for t, n in sorted(proposals_out.items())])
     family("upsell_suppressed_total", "Proposals suppressed by a guardrail.", "counter",
            [((("trigger", t), ("reason", r)), n) for (t, r), n in sorted(suppressed_out.items())])
+    family("upsell_wrong_partition_total", "Input records on a partition their key does not hash to "
+           "(murmur2); see UPSELL_WRONG_PARTITION.", "counter",
+           [((("topic", t),), n) for t, n in sorted(wrong_partition.items())])
+    family("upsell_misplaced_customers", "Customer documents restored from a changelog partition their key "
+           "does not hash to (kept, not dropped).", "gauge",
+           [((("partition", p),), n) for p, n in sorted(misplaced_customers.items())])
+    family("upsell_offset_regressions_total", "Input logs found below the offsets the state has applied "
+           "(topic re-created, truncated, broker reset).", "counter",
+           [((("topic", t), ("partition", p)), n) for (t, p), n in sorted(offset_regressions.items())])
     lag = []
     for (topic, partition), offset in sorted(read_offsets.items()):
         hw = highwater(topic, partition)

@@ -1,4 +1,6 @@
-"""Recorded streams (PRODUCT.md §5): JSON Lines of {"topic", "key", "timestamp", "value"}.
+"""Recorded streams: JSON Lines of {"topic", "key", "timestamp", "value"}, and optionally
+"partition", the partition the record was produced to (a dump of Kafka topics has it; without
+it, the partition Kafka's default partitioner gives the key).
 
 `value` is normally the event object. A string `value` is taken as the raw
 payload text, so a recording can carry malformed bytes verbatim (that is how
@@ -24,6 +26,7 @@ class RecordedEvent:
     ts: int
     text: bytes | None  # the payload given as text, or None: then `obj` is the payload
     obj: object = None  # the payload already parsed (a JSON value), or None when it was given as text
+    partition: int | None = None    # the partition it was produced to, if the recording says
 
     @property
     def raw(self) -> bytes:
@@ -67,16 +70,21 @@ def read_recorded(lines: Iterable[bytes]) -> Iterator[RecordedEvent | BadLine]:
             yield BadLine(n, f"timestamp: {exc}")
             continue
         value = rec["value"]
-        key = rec.get("key")
+        key, topic = rec.get("key"), rec["topic"]
+        if not isinstance(topic, str) or not (key is None or isinstance(key, (str, int))):
+            yield BadLine(n, "topic must be a string and key a string (or null)")
+            continue
         if key is not None and not isinstance(key, str):
             key = str(key)
-        topic = rec["topic"]
-        if not isinstance(topic, str):
-            topic = str(topic)
+        partition = rec.get("partition")
+        if partition is not None and (not isinstance(partition, int) or isinstance(partition, bool)
+                                      or partition < 0):
+            yield BadLine(n, "partition: expected a whole number >= 0")
+            continue
         if isinstance(value, str):       # raw bytes as text, e.g. deliberately malformed JSON
-            yield RecordedEvent(n, topic, key, ts, value.encode())
+            yield RecordedEvent(n, topic, key, ts, value.encode(), None, partition)
         else:
-            yield RecordedEvent(n, topic, key, ts, None, value)
+            yield RecordedEvent(n, topic, key, ts, None, value, partition)
 
 
 def load_sorted(lines: Iterable[bytes]) -> tuple[list[RecordedEvent], list[BadLine]]:

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from rules.engine import INPUT_TOPICS
 from schemas.validate import event_time_ok
 from streams.backtest import end_of_stream
-from streams.kafka import ensure_topics
+from streams.kafka import client_kwargs, ensure_topics
 from streams.recorded import load_sorted
 
 WATERMARK_HEADER = "upsell-watermark"
@@ -32,13 +32,14 @@ async def send_markers(producer: AIOKafkaProducer, prefix: str, partitions: int,
 
 
 async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed: float | None = None,
-                 marker_every: int = 2000, progress: bool = True, out=sys.stderr) -> dict:
+                 marker_every: int = 2000, progress: bool = True, out=sys.stderr, security=None) -> dict:
     events, bad = load_sorted(lines)
     skipped = [e for e in events if e.topic not in INPUT_TOPICS]
     events = [e for e in events if e.topic in INPUT_TOPICS]
     await ensure_topics(bootstrap, [prefix + t for t in (*INPUT_TOPICS, "ticks", "proposals",
-                                                         "proposals.suppressed", "dead-letters")], partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=256 * 1024)
+                                                         "proposals.suppressed", "dead-letters")], partitions,
+                        security)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap, security), linger_ms=10, max_batch_size=256 * 1024)
     await producer.start()
 
     started, shown = time.monotonic(), 0.0
@@ -51,7 +52,12 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
                 delay = (ev.ts - first) / 1000 / speed - (time.monotonic() - started)
                 if delay > 0:
                     await asyncio.sleep(delay)      # pacing to event time is the point here
-            await producer.send(prefix + ev.topic, value=ev.raw,
+            try:
+                raw = ev.raw
+            except TypeError:         # an object deeper than JSON can be written again: unreadable
+                bad.append(ev)
+                continue
+            await producer.send(prefix + ev.topic, value=raw, partition=ev.partition,
                                 key=ev.key.encode() if ev.key is not None else None, timestamp_ms=ev.ts)
             if ok:
                 last = ev.ts

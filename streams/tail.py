@@ -6,6 +6,8 @@ import sys
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from streams.kafka import client_kwargs
+
 KIND = {"upsell": "UPSELL   ", "cross_sell": "CROSS    ", "downsell": "DOWNSELL "}
 
 
@@ -19,8 +21,8 @@ def pretty(p: dict, suppressed: bool = False) -> str:
 
 
 async def tail(bootstrap: str, topic: str, from_beginning: bool = False, limit: int | None = None,
-               out=sys.stdout) -> None:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+               out=sys.stdout, security=None) -> None:
+    consumer = AIOKafkaConsumer(topic, **client_kwargs(bootstrap, security),
                                 auto_offset_reset="earliest" if from_beginning else "latest",
                                 enable_auto_commit=False)
     await consumer.start()

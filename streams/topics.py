@@ -29,6 +29,9 @@ ticks = _topic("ticks")
 proposals = _topic("proposals")
 suppressed = _topic("proposals.suppressed")
 dead_letters = _topic("dead-letters")
+# Reserved for records forwarded from a partition their key does not hash to; checked at start
+# with the others, so that it is created co-partitioned when forwarding is enabled.
+repartition = _topic("repartition")
 
 
 class Batches:
@@ -146,6 +149,29 @@ class Table(faust.Table):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.last_write: dict[int, asyncio.Future] = {}
+        # key -> the changelog partition it was last restored from or written to: a partition's
+        # state is what its changelog partition holds, whatever partition the key hashes to
+        self.partition_of: dict[bytes, int] = {}
+
+    def apply_changelog_batch(self, batch) -> None:
+        batch = list(batch)
+        partition_of = self.partition_of
+        for event in batch:
+            message = event.message
+            partition_of[message.key] = message.partition
+        super().apply_changelog_batch(batch)
+
+    def keys_of(self, partition: int, hashed) -> list[bytes]:
+        """The keys of changelog partition `partition`: those restored from or written to it, and
+        of the others, those `hashed(key)` places there (a store that resumed from local files,
+        RocksDB, holds keys no changelog record named since the process started)."""
+        recorded = self.partition_of
+        out = []
+        for k in self.data.keys():
+            p = recorded.get(k)
+            if p == partition or (p is None and hashed(k) == partition):
+                out.append(k)
+        return out
 
     def send_changelog(self, partition, key, value, key_serializer=None, value_serializer=None):
         fut = super().send_changelog(partition, key, value, key_serializer, value_serializer)
@@ -163,12 +189,14 @@ class Table(faust.Table):
         if producer is None:
             for key, value in items:
                 self[key] = value
+                self.partition_of[key] = partition
             return
         if not items:
             return
-        data = self.data
+        data, partition_of = self.data, self.partition_of
         for key, value in items:
             data[key] = value
+            partition_of[key] = partition
         write = WRITES.send(producer, self.changelog_topic.get_topic_name(), partition, items)
         if self.last_write.get(partition) is not write:      # else it joined the send before
             write.add_done_callback(self._persisted)

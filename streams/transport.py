@@ -110,7 +110,8 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
             return ends
         reader = aiokafka.AIOKafkaConsumer(
             bootstrap_servers=driver.server_list(self.transport.url, self.transport.default_port),
-            enable_auto_commit=False)
+            enable_auto_commit=False,
+            **driver.credentials_to_aiokafka_auth(self.app.conf.broker_credentials, self.app.conf.ssl_context))
         await reader.start()
         try:
             reader.assign([aiokafka.TopicPartition(tp.topic, tp.partition) for tp in check])

@@ -4,7 +4,6 @@ so what the agents send can be read back."""
 from __future__ import annotations
 
 import asyncio
-import base64
 from types import SimpleNamespace
 
 import orjson
@@ -14,6 +13,7 @@ import agents.engine as A
 from faust.types import Message
 from rules.engine import INPUT_TOPICS
 from rules.timeutil import format_ts, parse_ts
+from streams.deadletters import original_bytes
 from streams import topics as T
 from streams.app import app, settings
 from streams.partitioning import partition_for
@@ -37,6 +37,8 @@ async def wired(monkeypatch):
     A.ACKS.clear()
     for table in (T.customer_state, T.partition_state):
         table.data.clear()
+    T.customer_state.partition_of.clear()
+    A._WARNED.clear()
     contexts = {"ticks": A.ticks.test_context()}
     agents = {name: await ctx.__aenter__() for name, ctx in contexts.items()}
     agents.update({topic: Input(topic) for topic in INPUT_TOPICS})
@@ -149,7 +151,8 @@ async def test_invalid_events_go_to_dead_letters_with_original_bytes(wired):
     await _put(agents, "purchases", b"{oops", T0, partition=5, key="c-9")
     dl = _drain(out["dead_letters"])
     assert [(d["topic"], d["partition"], d["field"]) for d in dl] == [("usage", 3, "value"), ("purchases", 5, None)]
-    assert base64.b64decode(dl[0]["original_b64"]) == raw and dl[0]["timestamp"] == format_ts(T0)
+    assert original_bytes(dl[0]) == raw and dl[0]["original"] == raw.decode() and dl[0]["original_b64"] is None
+    assert dl[0]["original_size"] == len(raw) and not dl[0]["truncated"] and dl[0]["timestamp"] == format_ts(T0)
     assert "malformed JSON" in dl[1]["error"]
     # nothing reached the state, and the agents still process valid events
     assert T.customer_state.get(b"c-9") is None

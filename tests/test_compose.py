@@ -23,6 +23,17 @@ def test_compose_structure():
     assert deps["create-topics"]["condition"] == "service_completed_successfully"
     script = s["create-topics"]["command"][0]
     partitions = s["worker"]["environment"]["UPSELL_PARTITIONS"]
-    for t in (*INPUT_TOPICS, "ticks", "proposals", "proposals.suppressed", "dead-letters"):
+    for t in (*INPUT_TOPICS, "repartition", "ticks", "proposals", "proposals.suppressed", "dead-letters"):
         assert t in script
     assert f"--partitions {partitions}" in script
+
+
+def test_compose_publishes_on_localhost_and_protects_redis_and_http():
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    s = doc["services"]
+    for svc in ("kafka", "redis", "worker"):
+        assert all(str(p).startswith("127.0.0.1:") for p in s[svc]["ports"]), svc
+    assert "--requirepass" in s["redis"]["command"]
+    env = s["worker"]["environment"]
+    assert env["UPSELL_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD")
+    assert env["UPSELL_HTTP_TOKEN"]         # the worker binds 0.0.0.0 in its container: a token is required

@@ -24,11 +24,21 @@ pytestmark = pytest.mark.integration
 T0 = 1_767_225_600_000      # 2026-01-01
 
 
+def _full(**fields) -> dict:
+    """A decision as the published schema has it."""
+    p = {"schema": 1, "proposal_id": "x", "customer_id": "c0", "kind": "upsell", "trigger": "usage_limit",
+         "offer": {"plan": "pro"}, "audience": "admin", "reason": "r", "evidence": {}, "priority": 1,
+         "created_at": format_ts(T0), "valid_until": format_ts(T0 + 30 * DAY)}
+    p.update(fields)
+    return p
+
+
 def _doc(i: int, cid: str, kind: str) -> bytes:
-    p = {"proposal_id": f"{kind}-{i:04d}", "customer_id": cid, "trigger": "usage_limit",
-         "created_at": format_ts(T0 + (i * 7919 % 200) * DAY // 10)}
+    created = T0 + (i * 7919 % 200) * DAY // 10
+    p = _full(proposal_id=f"{kind}-{i:04d}", customer_id=cid, created_at=format_ts(created),
+              valid_until=format_ts(created + 30 * DAY))
     if kind == "suppressed":
-        p["suppressed"] = {"reason": "frequency_cap"}
+        p["suppressed"] = {"reason": "frequency_cap", "detail": "d"}
     return orjson.dumps(p)
 
 
@@ -83,8 +93,10 @@ async def test_batches_leave_redis_as_one_record_at_a_time_would(redis_server):
 @pytest.mark.parametrize("raw, reason", [
     (b"{oops", "malformed JSON"),
     (b"[1]", "expected a JSON object"),
-    (b'{"customer_id": "c0", "trigger": "t", "created_at": "2026-01-01T00:00:00Z"}', "field 'proposal_id'"),
-    (b'{"proposal_id": "x", "customer_id": "c0", "trigger": "t", "created_at": "soon"}', "soon"),
+    (orjson.dumps({k: v for k, v in _full().items() if k != "proposal_id"}), "field 'proposal_id'"),
+    (orjson.dumps(_full(created_at="soon")), "soon"),
+    (orjson.dumps(_full(trigger="t")), "field 'trigger'"),
+    (orjson.dumps(_full(created_at="2099-01-01T00:00:00Z", valid_until="2099-02-01T00:00:00Z")), "created_at"),
     (None, "malformed JSON"),
 ])
 def test_read_decision_says_what_is_wrong(raw, reason):
@@ -118,7 +130,7 @@ async def test_unreadable_records_are_dead_letters_and_the_rest_of_their_batch_i
         await readmodel.write(msgs)
         assert set(await r.zrange("upsell:customer:c0:proposals", 0, -1)) == {b"proposals-0001", b"proposals-0002"}
         assert [(d["topic"], d["offset"], d["error"].split(":")[1].strip()) for d in dead.sent] == [
-            ("proposals", 1, "malformed JSON"), ("proposals", 2, "field 'proposal_id'")]
+            ("proposals", 1, "malformed JSON"), ("proposals", 2, "field 'schema'")]
         assert dead.sent[0]["original"] == "{oops"
         assert dead.sent[0]["timestamp"] == format_ts(T0)       # the record's (ms), not a thousand times it
     finally:

@@ -1,0 +1,85 @@
+"""Production concerns on the real broker: the HTTP token, readiness that tells the truth, and
+the Kafka security settings reaching the broker's SASL handshake."""
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from urllib.error import HTTPError
+
+import orjson
+import pytest
+
+from streams.embedded import EmbeddedBroker, free_port
+from streams.kafka import ensure_topics
+from streams.settings import KafkaSecurity
+
+pytestmark = pytest.mark.integration
+
+
+def _get(port: int, path: str, token: str | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, dict(r.headers), r.read()
+    except HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def _wait(predicate, worker, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        worker.alive()
+        try:
+            got = predicate()
+            if got:
+                return got
+        except OSError:
+            pass
+        time.sleep(0.2)     # another process's state: polled
+    raise AssertionError(f"not within {timeout} s: {worker.tail()}")
+
+
+async def test_token_and_readiness(start_worker):
+    dead_redis = f"redis://:pw@127.0.0.1:{free_port()}/0"
+    worker = start_worker(UPSELL_HTTP_TOKEN="s3cret", UPSELL_REDIS_URL=dead_redis)
+    port = worker.port
+    # the probe paths are open; readiness says Redis is the problem, with the password hidden
+    status, headers, body = await asyncio.to_thread(
+        _wait, lambda: (r := _get(port, "/health"))[0] == 503 and "redis" in r[2].decode() and r, worker)
+    report = orjson.loads(body)
+    assert report["status"] == "unavailable" and any(p.startswith("redis:") for p in report["problems"])
+    assert b"pw@" not in body and "Server" not in headers
+    assert (await asyncio.to_thread(_get, port, "/live"))[0] == 200
+    # the broker is there: its check passes and the topics have the configured partition count
+    await asyncio.to_thread(_wait, lambda: orjson.loads(_get(port, "/health")[2])["broker"]["ok"], worker)
+    assert not any(p.startswith(("broker", "partition")) for p in orjson.loads(_get(port, "/health")[2])["problems"])
+    # every other path asks for the token
+    assert (await asyncio.to_thread(_get, port, "/metrics"))[0] == 401
+    assert (await asyncio.to_thread(_get, port, "/metrics", "wrong"))[0] == 403
+    status, headers, body = await asyncio.to_thread(_get, port, "/metrics", "s3cret")
+    assert status == 200 and b"upsell_events_in_total" in body and "Server" not in headers
+    # Faust's own pages are off
+    assert (await asyncio.to_thread(_get, port, "/router/", "s3cret"))[0] == 404
+
+
+async def test_sasl_settings_reach_the_brokers_scram_exchange(logs):
+    """The embedded broker with authentication required: a client configured for SCRAM-SHA-512
+    reaches the SCRAM exchange (and is refused: the broker has no users it can create while
+    authentication is on); one configured for PLAIN is refused at the mechanism."""
+    log = logs / "broker-sasl.log"
+    with EmbeddedBroker(log=log, authentication=True) as broker:
+        scram = KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", "alice", "secret")
+        with pytest.raises(Exception):
+            await asyncio.wait_for(ensure_topics(broker.bootstrap, ["t"], 1, scram), 30)
+        text = log.read_text(errors="replace")
+        assert "NoSharedMechanism" not in text
+        plain = KafkaSecurity("SASL_PLAINTEXT", "PLAIN", "alice", "secret")
+        with pytest.raises(Exception):
+            await asyncio.wait_for(ensure_topics(broker.bootstrap, ["t"], 1, plain), 30)
+        deadline = time.monotonic() + 10
+        while "NoSharedMechanism" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)    # the broker's log is written by another process
+        assert "NoSharedMechanism" in log.read_text(errors="replace")
