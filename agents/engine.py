@@ -3,7 +3,7 @@
 The input records come from Faust's consumer through an inbox (`INBOX`, `streams.inbox`): each
 fetch's messages in one list, to one task (`ingest`), outside Faust's per-record path (the
 fetcher's steps, the conductor, an event and a stream per record), which cost a no-op Faust agent
-more per record than the rules and state cost this worker (bench/README.md, item 34).
+more per record than the rules and state cost this worker.
 Tick records still come through an agent (`ticks`). The code is thin. All decisions are made by
 `rules.engine.PartitionEngine` (pure, shared with the backtest); this module only moves bytes:
 
@@ -46,9 +46,10 @@ import orjson
 from rules.engine import PROPOSAL, PartitionEngine
 from schemas.validate import ValidationError, check_event_time
 from streams import deadletters
+from streams.backtest import ahead_error
 from streams import metrics
 from streams import topics as T
-from streams.app import app, rules, settings
+from streams.app import app, health, rules, settings
 from streams.clock import WALL, LocalClock
 from streams.inbox import Inbox, writing_for
 from streams.partitioning import partition_for, wrong_partition_error
@@ -137,7 +138,8 @@ def engine_for(partition: int) -> PartitionEngine:
             log.warning("partition %d: %d customer document(s) in its changelog partition hash (murmur2) to "
                         "another partition; restored here, as written", partition, misplaced)
         eng = ENGINES[partition] = PartitionEngine.restore(     # JSON: restored frozen
-            rules, partition, orjson.loads(meta) if meta else None, (table[k] for k in keys))
+            rules, partition, orjson.loads(meta) if meta else None, (table[k] for k in keys),
+            max_ahead=settings.max_ahead_ms, forward_sources=settings.partitions if FORWARD_MARKS else None)
         HELD[partition] = {}
     return eng
 
@@ -195,6 +197,8 @@ async def settle(eng: PartitionEngine, out: list, ended: int | None) -> None:
         if out:
             await emit(p, out)
         return
+    if FORWARD_MARKS:
+        await send_forward_marks(eng)
     done = [(ACKS.get(m.tp), m) for m in persist(eng, ended)]
     if out:
         await emit(p, out)
@@ -354,7 +358,11 @@ async def handle(msg) -> None:
     order = acks_for(msg)
     order.read(msg)
     eng = engine_for(msg.partition)
+    if topic == "repartition":
+        await handle_forwarded(eng, msg, order)
+        return
     marker = _header(msg, WATERMARK_HEADER)
+    forward_to = None
     try:
         if marker is not None:
             at = _marker_time(marker)
@@ -367,13 +375,20 @@ async def handle(msg) -> None:
             key = msg.key.decode("utf-8") if msg.key is not None else None
             value = decode_event(topic, key, msg.value, rules.plan_by_name)
             if key not in eng.customers:      # a known customer was checked on its first event
-                check_partition(topic, key, msg.partition, settings.partitions)
+                forward_to = check_partition(topic, key, msg.partition, settings.partitions)
+            else:
+                applied = eng.applied_offset(key, topic)
+                if applied >= msg.offset and not await check_log(eng, msg, topic, applied):
+                    return          # stopping: neither applied nor acknowledged
     except Exception as exc:      # noqa: BLE001 -- any bytes: a dead letter, never a stopped worker
         ts = int(round(msg.timestamp * 1000)) if msg.timestamp is not None else None   # Faust's: s
         await send_dead_letter(topic, msg, ts, exc)
         _ack([(order, msg)])
         return
-    if marker is not None:
+    if forward_to is not None:
+        await forward(msg, order, topic, ts, forward_to)
+        out = ()
+    elif marker is not None:
         # acknowledged once a partition document holds the watermark it raised: acknowledged
         # before, a worker that died first would leave its successor waiting for it for good
         MARKS.setdefault(msg.partition, []).append(msg)
@@ -384,6 +399,8 @@ async def handle(msg) -> None:
         out = eng.push(topic, key, ts, value, msg.offset)
         if eng.stats["late_events"] != late:
             metrics.late_events[topic] += 1
+        if eng.rejected:
+            await drop_ahead(eng)
         if LOCAL is not None and (topic, msg.offset) in eng.pending:
             LOCAL.expect(ts)                 # it waits for stream time: the clock wakes for it
     ended = batch_end(msg.partition, caught_up(msg))
@@ -391,25 +408,182 @@ async def handle(msg) -> None:
         await settle(eng, out, ended)
 
 
+async def drop_ahead(eng: PartitionEngine) -> None:
+    """Dead letters for the events the engine dropped as far ahead of a later record on their
+    topic-partition (`rules.engine`), each acknowledged once its dead letter is sent."""
+    held = HELD[eng.partition]
+    for topic, offset, ts, later in eng.take_rejected():
+        msg = held.pop((topic, offset), None)
+        if msg is None:
+            continue
+        metrics.far_ahead[topic] += 1
+        await send_dead_letter(topic, msg, ts, ValidationError(None, ahead_error(ts, later)))
+        _ack([(ACKS.get(msg.tp), msg)])
+
+
+_LOG_ENDS: dict = {}      # topic-partition -> (end offset reported by fetches, exact end offset)
+
+
+async def check_log(eng: PartitionEngine, msg, topic: str, applied: int) -> bool:
+    """A record at or below an offset the customer's state has applied: a record read again (after
+    a restart or a take-over), unless the topic-partition's log now ends at or below that offset
+    (topic re-created or truncated, broker data lost), when its offsets name other records.
+    That is logged as an ERROR and reported in `/health` and `upsell_offset_regressions_total`;
+    then UPSELL_OFFSETS_BACKWARDS=stop stops the worker, and =reapply forgets the partition's
+    applied offsets of the topic so that the new log's records are applied. False: stopping."""
+    try:
+        end = app.consumer.highwater(msg.tp)
+    except Exception:       # noqa: BLE001 -- no consumer (the test driver): nothing to compare with
+        return True
+    if end is None or applied < end:
+        return True
+    reported, exact = _LOG_ENDS.get(msg.tp, (None, None))
+    if reported != end:      # the reported end can be short (transport: end offsets): ask once
+        exact = (await app.consumer.highwaters(msg.tp)).get(msg.tp, end)
+        _LOG_ENDS[msg.tp] = (end, exact)
+    end = exact
+    if applied < end:
+        return True
+    metrics.offset_regressions[(topic, msg.partition)] += 1
+    action = settings.offsets_backwards
+    health.offsets_went_back(topic, msg.partition, applied, end, action)
+    text = (f"{msg.tp.topic}/{msg.partition}: the log ends at offset {end}, but this partition's state has "
+            f"applied offset {applied}: the topic was re-created or truncated, or the broker lost its data")
+    if action == "stop":
+        log.error("%s. Stopping (UPSELL_OFFSETS_BACKWARDS=stop); to apply the new log's records, "
+                  "start with UPSELL_OFFSETS_BACKWARDS=reapply", text)
+        await app.crash(RuntimeError(text))
+        return False
+    n = eng.forget_offsets(topic)
+    log.error("%s. Applying its records again (UPSELL_OFFSETS_BACKWARDS=reapply): %d customers' offsets "
+              "of %s forgotten", text, n, topic)
+    return True
+
+
 _WARNED: set = set()     # topics whose first record on a wrong partition was logged
 
 
-def check_partition(topic: str, key: str, partition: int, partitions: int) -> None:
-    """A record must be on the partition its key hashes to (murmur2, Kafka's default partitioner):
-    a customer's state lives on one partition, and an event applied elsewhere would start a second,
-    wrong state. Such a record is a dead letter (UPSELL_WRONG_PARTITION=dead-letter), counted per
-    topic; the first one per topic logs which producer setting to change."""
+def check_partition(topic: str, key: str, partition: int, partitions: int) -> int | None:
+    """A record must be applied on the partition its key hashes to (murmur2, Kafka's default
+    partitioner): a customer's state lives on one partition, and an event applied elsewhere would
+    start a second, wrong state. Returns None when the record is there; else the partition to
+    forward it to (UPSELL_WRONG_PARTITION=repartition), or raises: a dead letter (=dead-letter).
+    Counted per topic; the first one per topic logs which producer setting to change."""
     expected = partition_for(key, partitions)
     if expected == partition:
-        return
+        return None
     metrics.wrong_partition[topic] += 1
     if topic not in _WARNED:
         _WARNED.add(topic)
         log.warning("%s: a record keyed %r is on partition %d, but its key hashes to %d (murmur2). Its "
                     "producer uses another partitioner: set murmur2 (librdkafka, confluent-kafka: "
-                    "partitioner=murmur2_random; Sarama: NewMurmur2Partitioner). Such records are "
-                    "dead letters, counted in upsell_wrong_partition_total", topic, key[:40], partition, expected)
+                    "partitioner=murmur2_random; Sarama: NewMurmur2Partitioner). Such records are %s, "
+                    "counted in upsell_wrong_partition_total", topic, key[:40], partition, expected,
+                    "forwarded through the repartition topic" if FORWARD else "dead letters")
+    if FORWARD:
+        return expected
     raise ValidationError(None, wrong_partition_error(partition, expected, partitions))
+
+
+TOPIC_HEADER = "upsell-topic"         # a forwarded record's input topic
+SOURCE_HEADER = "upsell-source"       # "partition:offset" it was read from
+MARK_HEADER = "upsell-forward-mark"   # "partition:ts": that partition forwards nothing older than ts
+FORWARD = settings.wrong_partition == "repartition"
+# With the event clock, stream time waits for the other partitions' forward marks; live, the
+# wall clock moves it, and a forwarded record arrives well within UPSELL_LATENESS_MS.
+FORWARD_MARKS = FORWARD and settings.clock == "event"
+_FWD_SENT: dict[int, int] = {}     # partition -> the latest forward mark it sent
+
+
+async def forward(msg, order: InOrder, topic: str, ts: int, partition: int) -> None:
+    """Send an input record to the repartition topic's partition its key hashes to, key, value
+    and timestamp unchanged, with its topic and origin in headers; acknowledged once it is in
+    the broker. Sent in order with the source partition's forward marks (`send_forward_marks`)."""
+    headers = [(TOPIC_HEADER, topic.encode()), (SOURCE_HEADER, b"%d:%d" % (msg.partition, msg.offset))]
+    producer = T.Batches.producer(app)
+    if producer is None:        # the agents' test driver
+        await T.repartition.send(key=msg.key, value=msg.value, partition=partition, timestamp=ts / 1000,
+                                 headers=headers)
+        _ack([(order, msg)])
+        return
+    name = T.repartition.get_topic_name()
+    sent = T.WRITES.send(producer, name, partition, [], [(msg.key, msg.value, ts, headers)])
+    DECIDED.setdefault(msg.partition, set()).add((name, partition))
+    ack_when_written([(order, msg)], [sent])
+
+
+async def send_forward_marks(eng: PartitionEngine) -> None:
+    """With the event clock: tell every other partition that this one forwards no record older
+    than the lowest high-water mark of its input topics (records of a topic-partition come in
+    time order), when that moved. Sent with the batch's writes, so its records' acknowledgements
+    wait for them."""
+    hws = eng.hw.values()
+    if None in hws:
+        return
+    at, p = min(hws), eng.partition
+    if at <= _FWD_SENT.get(p, -1):
+        return
+    _FWD_SENT[p] = at
+    headers = [(MARK_HEADER, b"%d:%d" % (p, at))]
+    producer = T.Batches.producer(app)
+    name = T.repartition.get_topic_name()
+    for q in range(settings.partitions):
+        if q == p:
+            continue
+        if producer is None:
+            await T.repartition.send(key=None, value=b"", partition=q, timestamp=at / 1000, headers=headers)
+            continue
+        T.WRITES.send(producer, name, q, [], [(None, b"", at, headers)])
+        DECIDED.setdefault(p, set()).add((name, q))
+
+
+async def handle_forwarded(eng: PartitionEngine, msg, order: InOrder) -> None:
+    """A record of the repartition topic: a forwarded input record, or a forward mark."""
+    mark = _header(msg, MARK_HEADER)
+    try:
+        if mark is not None:
+            source, at = _pair(mark, MARK_HEADER)
+            check_event_time(at)
+        else:
+            origin = _header(msg, TOPIC_HEADER)
+            topic = origin.decode() if origin is not None else None
+            if topic not in T.inputs:
+                raise ValidationError(None, f"repartition record without a known {TOPIC_HEADER} header")
+            source, source_offset = _pair(_header(msg, SOURCE_HEADER) or b"", SOURCE_HEADER)
+            ts = int(round(msg.timestamp * 1000))
+            check_event_time(ts)
+            if msg.value is None:
+                raise ValidationError(None, "empty record (tombstone); expected a JSON object")
+            key = msg.key.decode("utf-8") if msg.key is not None else None
+            value = decode_event(topic, key, msg.value, rules.plan_by_name)
+            if partition_for(key, settings.partitions) != msg.partition:
+                raise ValidationError(None, wrong_partition_error(msg.partition, partition_for(
+                    key, settings.partitions), settings.partitions))
+    except Exception as exc:      # noqa: BLE001 -- any bytes: a dead letter, never a stopped worker
+        ts = int(round(msg.timestamp * 1000)) if msg.timestamp is not None else None
+        await send_dead_letter("repartition", msg, ts, exc)
+        _ack([(order, msg)])
+        return
+    if mark is not None:
+        MARKS.setdefault(msg.partition, []).append(msg)     # acknowledged as a watermark record
+        out = eng.mark_forwarded(source, at)
+    else:
+        HELD[msg.partition][("repartition", msg.offset)] = msg
+        out = eng.push_forwarded(topic, key, ts, value, source, source_offset, msg.offset)
+        if LOCAL is not None and ("repartition", msg.offset) in eng.pending:
+            LOCAL.expect(ts)
+    ended = batch_end(msg.partition, caught_up(msg))
+    if out or ended is not None:
+        await settle(eng, out, ended)
+
+
+def _pair(header: bytes, name: str) -> tuple[int, int]:
+    try:
+        a, b = header.split(b":")
+        return int(a), int(b)
+    except ValueError:
+        raise ValidationError(None, f"{name} header {header[:40]!r}: expected two whole numbers "
+                                    "'a:b'") from None
 
 
 def _marker_time(header: bytes) -> int:
@@ -425,7 +599,7 @@ def _marker_time(header: bytes) -> int:
 
 # The input topics' records, from Faust's consumer to `handle` in batches, without an Event and a
 # stream each (streams/inbox.py): that path cost Faust twice as much per record as the rest.
-INBOX = Inbox(app, T.inputs)
+INBOX = Inbox(app, {**T.inputs, "repartition": T.repartition})
 
 
 @app.task
@@ -496,6 +670,8 @@ async def _revoked(sender, revoked, **kwargs) -> None:
     for tp in revoked:
         ACKS.pop(tp, None)
         _ENDS.pop(tp, None)
+        _LOG_ENDS.pop(tp, None)
+        _FWD_SENT.pop(tp.partition, None)
         ENGINES.pop(tp.partition, None)
         HELD.pop(tp.partition, None)
         _unwritten.pop(tp.partition, None)

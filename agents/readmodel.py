@@ -20,13 +20,11 @@ One task (`readmodel`, `feed`) writes what it fetches in batches and commits a b
 once it is written, so a record is written at least once (a batch written twice changes nothing).
 While Redis cannot be reached, a batch is written again after a growing wait (up to 5 s), nothing
 is committed meanwhile, and only this consumer waits: the engine goes on reading its inputs and
-sending decisions, and the read model catches up once Redis is back (before, the decisions came
-through the engine's consumer, and a full queue of them held that consumer's every fetch).
+sending decisions, and the read model catches up once Redis is back.
 Any other error ends the task and stops the worker, like an error in the ingest.
 
-Its own group also keeps it off the engine's fetches, which are the worker's latency path
-(bench/README.md, item 49: on a backlog the worker was faster in three of three alternating pairs;
-at 12,000 events/s live, p99 was shorter in five of seven). A group of its own has partitions of its own: a
+Its own group also keeps it off the engine's fetches, which are the worker's latency path.
+A group of its own has partitions of its own: a
 worker's read model writes the decisions of whichever partitions its group gives it, which need
 not be its engine's; Redis is one store, so any worker can write any customer.
 """

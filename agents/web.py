@@ -18,13 +18,12 @@ from rules.guardrails import unhappy_reason
 from rules.timeutil import format_ts
 from streams import metrics
 from streams import topics as T
-from streams.app import app, rules, settings
-from streams.health import PROBE_S, Health
+from streams.app import app, health as HEALTH, rules, settings
+from streams.health import PROBE_S
 from streams.settings import event_loop_name
 from streams.transport import consumer_runs_on
 
 log = logging.getLogger(__name__)
-HEALTH = Health(settings.partitions)
 OPEN_PATHS = ("/health", "/live")
 
 
@@ -148,8 +147,9 @@ async def watch() -> None:
 
 def report() -> tuple[bool, dict]:
     loop = asyncio.get_running_loop()
-    problems = HEALTH.problems(bool(app.rebalancing))
-    body = {"status": "ok" if not problems else "unavailable", "problems": problems,
+    problems, warnings = HEALTH.problems(bool(app.rebalancing)), HEALTH.warnings()
+    body = {"status": "unavailable" if problems else "degraded" if warnings else "ok",
+            "problems": problems, "warnings": warnings,
             "broker": HEALTH.broker.as_dict(), "redis": HEALTH.redis.as_dict(),
             "topics": HEALTH.topics, "offset_regressions": HEALTH.regressions,
             "assigned": assigned_partitions(), "partitions": sorted(ENGINES),

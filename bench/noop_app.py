@@ -33,6 +33,7 @@ app = App(
     fetch_max_wait_ms=settings.fetch_max_wait_ms, consumer_thread=settings.consumer_thread,
     full_gc_interval=settings.full_gc_interval,
 )
+app.worker_process_settings()       # as the worker: the same logging level and collector
 COUNT = [0]
 SPAN = [None, None]      # monotonic times of the first and the latest record counted
 

@@ -22,6 +22,11 @@ the order in which events are applied is a function of the events alone:
 * Pending events are not state: the worker acknowledges an event to Kafka only
   once it is applied (`take_applied`), so the committed offset never passes a
   pending event, and a restarted engine gets them again from the broker.
+* A record far ahead of its topic-partition cannot hold it: an event is dropped as `ahead`
+  (`take_rejected`, a dead letter for the caller) once a record read after it on the same
+  topic-partition is more than `max_ahead` ms older. Waiting in its FIFO until then, it holds
+  its topic back by at most `max_ahead` of event time. The call depends on the topic-partition's
+  records alone, so the backtest makes it too (`streams.backtest.far_ahead`).
 * Redelivery is harmless. Live, every event carries its offset; a customer
   records the last offset applied per topic (exact, since a topic is applied
   in offset order), so an event delivered again after a crash or a take-over
@@ -95,9 +100,20 @@ class CoPurchase:
 
 
 class PartitionEngine:
-    def __init__(self, rules: Rules, partition: int = 0, topics=INPUT_TOPICS):
+    def __init__(self, rules: Rules, partition: int = 0, topics=INPUT_TOPICS, max_ahead: int | None = None,
+                 forward_sources: int | None = None):
         self.rules = rules
         self.partition = partition
+        self.max_ahead = max_ahead      # ms; None: no event is dropped as ahead
+        # Records forwarded from the partition they were produced to (`push_forwarded`): a heap
+        # by (ts, 2 * topic rank + 1, source partition, source offset, offset, topic, key, value).
+        # With `forward_sources` (the partition count), stream time also waits for every other
+        # partition's forward marks (`mark_forwarded`); without, for ticks alone.
+        self.fwd: list = []
+        self.fwd_marks: dict[int, int] = {}
+        self.fwd_hw: int | None = None
+        self._fwd_from = (frozenset(range(forward_sources)) - {partition}) if forward_sources else None
+        self._rank = {t: r for r, t in enumerate(topics)}
         self.customers: dict[str, dict] = {}
         self.hw: dict[str, int | None] = {t: None for t in topics}
         self.tick_ms: int | None = None
@@ -106,11 +122,13 @@ class PartitionEngine:
         self._fifos = list(self.fifo.items())                         # in rank order
         self.pending: set[tuple[str, int]] = set()   # (topic, offset) waiting in a FIFO
         self.applied: list[tuple[str, int]] = []      # (topic, offset) applied since take_applied()
+        self.rejected: list[tuple[str, int, int, int]] = []   # (topic, offset, ts, ts of the later record)
+        self._fifo_max: dict[str, int] = {}           # topic -> at least the latest ts in its FIFO
         self.timers: list = []
         self.co = CoPurchase()
         self.stats = {"events": defaultdict(int), "late_events": 0,
                       "proposed": defaultdict(int), "suppressed": defaultdict(int),
-                      "outcomes": defaultdict(int), "duplicates": 0}
+                      "outcomes": defaultdict(int), "duplicates": 0, "ahead": 0}
         self.dirty: set[str] = set()
         self._cooling: dict[str, bytes] = {}   # written at the last batch end: cid -> its JSON
         self._window = rules.t("co_purchase")["window_days"] * DAY
@@ -132,10 +150,19 @@ class PartitionEngine:
                 self.stats["duplicates"] += 1
                 self.applied.append((topic, offset))  # applied before: acknowledged with this batch
                 return out
+        q = self.fifo[topic]
+        if q and self.max_ahead is not None:
+            fmax = self._fifo_max[topic]
+            if fmax > ts + self.max_ahead:
+                self._drop_ahead(topic, q, ts)
+            elif ts > fmax:
+                self._fifo_max[topic] = ts
+        else:
+            self._fifo_max[topic] = ts
         self.stats["events"][topic] += 1
         if self.watermark is not None and ts < self.watermark:
             self.stats["late_events"] += 1
-        self.fifo[topic].append((ts, key, value, offset))
+        q.append((ts, key, value, offset))
         if offset is not None:
             self.pending.add((topic, offset))
         hw = self.hw[topic]
@@ -166,6 +193,72 @@ class PartitionEngine:
         self._apply(topic, key, ts, value, out, None)
         return out
 
+    def push_forwarded(self, topic: str, key: str, ts: int, value: dict, source: int,
+                       source_offset: int | None = None, offset: int | None = None) -> list:
+        """A validated event of `topic` produced to partition `source` (at `source_offset`) and
+        forwarded here, at `offset` of the repartition topic. Applied in (ts, topic rank) order
+        with the others, after a direct event of the same time and topic; one read again (its
+        source record forwarded twice, or re-read here) is dropped."""
+        out: list = []
+        if offset is not None and ("repartition", offset) in self.pending:
+            self.stats["duplicates"] += 1
+            return out
+        if source_offset is not None:
+            c = self.customer(key)
+            if c is not None and c["off"].get(f"{topic}@{source}", -1) >= source_offset:
+                self.stats["duplicates"] += 1
+                if offset is not None:
+                    self.applied.append(("repartition", offset))
+                return out
+        self.stats["events"][topic] += 1
+        if self.watermark is not None and ts < self.watermark:
+            self.stats["late_events"] += 1
+        heapq.heappush(self.fwd, (ts, 2 * self._rank[topic] + 1, source, source_offset, offset, topic, key, value))
+        if offset is not None:
+            self.pending.add(("repartition", offset))
+        self._release(out)
+        return out
+
+    def mark_forwarded(self, source: int, ts: int) -> list:
+        """A forward mark: partition `source` forwards no later record older than ts."""
+        if ts > self.fwd_marks.get(source, ts - 1):
+            self.fwd_marks[source] = ts
+        self._forward_hw()
+        out: list = []
+        self._release(out)
+        return out
+
+    def _forward_hw(self) -> None:
+        """The lowest forward mark over the other partitions, once each has sent one."""
+        if self._fwd_from and self._fwd_from <= self.fwd_marks.keys():
+            self.fwd_hw = min(self.fwd_marks[s] for s in self._fwd_from)
+
+    def _drop_ahead(self, topic: str, q: deque, ts: int) -> None:
+        """Drop the events waiting on `topic` that are more than `max_ahead` after `ts`, the
+        record read after them; the topic's high-water mark falls back to what remains (an
+        event dropped here never happened, as in the backtest)."""
+        limit = ts + self.max_ahead
+        keep = deque()
+        for item in q:
+            if item[0] > limit:
+                self.rejected.append((topic, item[3], item[0], ts))
+                if item[3] is not None:
+                    self.pending.discard((topic, item[3]))
+                self.stats["events"][topic] -= 1
+                self.stats["ahead"] += 1
+            else:
+                keep.append(item)
+        q.clear()
+        q.extend(keep)
+        rest = max((item[0] for item in q), default=None)
+        self._fifo_max[topic] = ts if rest is None or rest < ts else rest
+        self.hw[topic] = rest if rest is not None else self.watermark
+
+    def take_rejected(self) -> list[tuple[str, int, int, int]]:
+        """(topic, offset, ts, later_ts) of the events dropped as ahead since the last call."""
+        done, self.rejected = self.rejected, []
+        return done
+
     def mark(self, topic: str, ts: int) -> list:
         """A watermark record: no later event on this topic-partition is older than ts."""
         hw = self.hw[topic]
@@ -185,7 +278,7 @@ class PartitionEngine:
 
     # ---------------------------------------------------------- internals --
     def buffered(self) -> int:
-        return sum(len(q) for q in self.fifo.values())
+        return sum(len(q) for q in self.fifo.values()) + len(self.fwd)
 
     def next_due(self) -> int | None:
         """The earliest event time waiting here: a pending event (a FIFO head) or a timer. Stream
@@ -195,11 +288,15 @@ class PartitionEngine:
         for _, q in self._fifos:
             if q and (due is None or q[0][0] < due):
                 due = q[0][0]
+        if self.fwd and (due is None or self.fwd[0][0] < due):
+            due = self.fwd[0][0]
         return due
 
     def _release(self, out: list) -> None:
         hws = self.hw.values()
         w = None if None in hws else min(hws)
+        if self._fwd_from and w is not None:
+            w = None if self.fwd_hw is None else min(w, self.fwd_hw)
         if self.tick_ms is not None and (w is None or self.tick_ms > w):
             w = self.tick_ms
         if self.watermark is not None and (w is None or w < self.watermark):
@@ -208,6 +305,26 @@ class PartitionEngine:
             return
         fifos, timers = self._fifos, self.timers
         pending, applied = self.pending, self.applied
+        while self.fwd:
+            # with forwarded records waiting: the lowest (ts, 2 * rank (+ 1 if forwarded)) below w
+            best, key_best = None, None
+            for r, (_, q) in enumerate(fifos):
+                if q and q[0][0] < w and (best is None or (q[0][0], 2 * r) < key_best):
+                    best, key_best = r, (q[0][0], 2 * r)
+            head = self.fwd[0]
+            if head[0] < w and (best is None or (head[0], head[1]) < key_best):
+                self._apply_forwarded(heapq.heappop(self.fwd), out)
+                continue
+            if best is None:
+                break
+            topic, q = fifos[best]
+            ts, key, value, offset = q.popleft()
+            if offset is not None:
+                pending.discard((topic, offset))
+                applied.append((topic, offset))
+            if timers and timers[0][0] <= ts:
+                self._fire_timers(ts, True, out)
+            self._apply(topic, key, ts, value, out, offset)
         while True:
             # the lowest (ts, rank) head below w, and the next lowest of the other topics:
             # fifos are in rank order, so a tie keeps the lower rank
@@ -243,6 +360,24 @@ class PartitionEngine:
             if timers and timers[0][0] < w:
                 self._fire_timers(w, False, out)
             self.watermark = w
+
+    def _apply_forwarded(self, item: tuple, out: list) -> None:
+        ts, _, source, source_offset, offset, topic, key, value = item
+        if offset is not None:
+            self.pending.discard(("repartition", offset))
+            self.applied.append(("repartition", offset))
+        origin = f"{topic}@{source}"
+        if source_offset is not None:
+            c = self.customer(key)
+            if c is not None and c["off"].get(origin, -1) >= source_offset:   # two copies were waiting
+                self.stats["duplicates"] += 1
+                self.stats["events"][topic] -= 1
+                return
+        if self.timers and self.timers[0][0] <= ts:
+            self._fire_timers(ts, True, out)
+        self._apply(topic, key, ts, value, out, None)
+        if source_offset is not None:
+            self.customers[key]["off"][origin] = source_offset
 
     def _fire_timers(self, limit: int, inclusive: bool, out: list) -> None:
         timers = self.timers
@@ -364,6 +499,23 @@ class PartitionEngine:
         self.dirty.clear()
         return items
 
+    def applied_offset(self, cid: str, topic: str) -> int:
+        """The offset of the last event of `topic` applied to the customer (-1: none)."""
+        c = self.customer(cid)
+        return -1 if c is None else c["off"].get(topic, -1)
+
+    def forget_offsets(self, topic: str) -> int:
+        """Forget every customer's applied offset of `topic`, so that its records are applied
+        again (its log was re-created or truncated: the offsets kept name other records).
+        Returns how many customers had one."""
+        n = 0
+        for cid in list(self.customers):
+            c = self.customer(cid)
+            if c["off"].pop(topic, None) is not None:
+                n += 1
+                self.dirty.add(cid)
+        return n
+
     def take_applied(self) -> list[tuple[str, int]]:
         """(topic, offset) of the events applied (or dropped as duplicates) since the last call:
         their effects are in the customers, so they may be acknowledged once those are persisted."""
@@ -384,16 +536,24 @@ class PartitionEngine:
                 first = min(item[0] for item in q)
                 if hw[topic] is None or first < hw[topic]:
                     hw[topic] = first
-        return {"hw": hw, "tick": self.tick_ms, "watermark": self.watermark, "stats": self.stats}
+        fwd = dict(self.fwd_marks)
+        if self.fwd:        # forwarded records waiting come again too: marks from before them
+            first = min(item[0] for item in self.fwd)
+            fwd = {s: min(t, first) for s, t in fwd.items()}
+        return {"hw": hw, "tick": self.tick_ms, "watermark": self.watermark, "stats": self.stats,
+                "fwd": {str(s): t for s, t in fwd.items()}}
 
     @classmethod
-    def restore(cls, rules: Rules, partition: int, meta: dict | None, customers, topics=INPUT_TOPICS):
+    def restore(cls, rules: Rules, partition: int, meta: dict | None, customers, topics=INPUT_TOPICS,
+                max_ahead: int | None = None, forward_sources: int | None = None):
         """Rebuild from persisted state; timers and co-purchase counts are derived. A customer
         given as its JSON bytes (a table value) is kept frozen (see `freeze`): its dict only
         lives while its timer and basket are read."""
-        eng = cls(rules, partition, topics)
+        eng = cls(rules, partition, topics, max_ahead, forward_sources)
         if meta:
             eng.hw.update(meta["hw"])
+            eng.fwd_marks = {int(source): ts for source, ts in meta.get("fwd", {}).items()}
+            eng._forward_hw()
             eng.tick_ms, eng.watermark = meta["tick"], meta["watermark"]
             for k, v in meta["stats"].items():
                 if isinstance(v, dict):

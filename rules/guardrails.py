@@ -1,4 +1,4 @@
-"""Guardrails of PRODUCT.md §3: never a pushy seller.
+"""Guardrails: never a pushy seller (docs/rules.md).
 
 `arbitrate` takes every candidate that fired for one customer at one moment
 and returns (emitted, suppressed). Candidates are ranked by priority (then

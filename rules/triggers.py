@@ -1,4 +1,4 @@
-"""The nine triggers of PRODUCT.md §2 as pure functions.
+"""The nine triggers as pure functions (docs/rules.md).
 
 Each returns candidate proposals (dicts); the guardrails decide which are
 emitted. A candidate carries `fire_key` (once per customer, trigger level and

@@ -2,7 +2,7 @@
 
 The hot path decodes with orjson and validates with `schemas.validate`
 (explicit, no silent coercion); these records document the same fields for
-Python consumers and are checked against `SPECS` by tests/test_schemas.py.
+Python consumers and are checked against `SPECS` by tests/test_engine.py.
 """
 from __future__ import annotations
 

@@ -5,11 +5,13 @@ Run it with `upsell worker` (or `faust -A streams.app worker`).
 from __future__ import annotations
 
 from rules.config import load_rules
+from streams.health import Health
 from streams.settings import Settings
 from streams.transport import App
 
 settings = Settings.from_env()
 rules = load_rules(settings.rules)   # a bad rules file fails here, at start
+health = Health(settings.partitions)     # what /health reports (agents/web.py)
 
 app = App(
     settings.app_id,
@@ -44,4 +46,4 @@ app = App(
     web_graph_enabled=settings.web_internal,
     web_stats_enabled=settings.web_internal,
 )
-
+app.worker_process_settings()      # logging level, garbage collector: this process is a worker

@@ -18,10 +18,14 @@ import orjson
 
 from rules.config import Rules
 from rules.engine import INPUT_TOPICS, PROPOSAL, PartitionEngine
+from rules.timeutil import format_ts
 from schemas.validate import check_event_time, event_time_ok
 from streams import deadletters
 from streams.partitioning import partition_for, wrong_partition_error
 from streams.recorded import BadLine, RecordedEvent, decode_event, load_sorted
+
+
+DEFAULT_MAX_AHEAD_MS = 86_400_000     # UPSELL_MAX_AHEAD_MS's default
 
 
 @dataclass
@@ -48,8 +52,12 @@ class BacktestResult:
 
 
 def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
-                 bad_lines: list[BadLine] | None = None) -> BacktestResult:
-    """`events` must be in event-time order (see `load_sorted`)."""
+                 bad_lines: list[BadLine] | None = None, max_ahead: int | None = None,
+                 wrong_partition: str = "repartition") -> BacktestResult:
+    """`events` must be in event-time order (see `load_sorted`); `max_ahead` (ms) drops an event
+    far ahead of a later record on its topic-partition, as the worker does (`far_ahead`). An
+    event recorded on a partition its key does not hash to is applied where it hashes, as the
+    worker forwards it (`wrong_partition="repartition"`), or is a dead letter ("dead-letter")."""
     result = BacktestResult(bad_lines=list(bad_lines or []))
     engines: dict[int, PartitionEngine] = {}
     plans = rules.plan_by_name
@@ -63,25 +71,38 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
         for kind, p in out:
             (collect if kind == PROPOSAL else collect_s)(p)
 
-    valid = []
+    valid, forwarded = [], False
     for ev in events:
         if ev.topic not in rank:
             result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, f"unknown topic {ev.topic!r}"))
             continue
         try:
-            check_event_time(ev.ts)
-            value = decode_event(ev.topic, ev.key, ev.raw if ev.obj is None else b"", plans, ev.obj)
-            if ev.partition is not None:      # produced to a named partition: the worker's check
-                expected = partition_for(ev.key, partitions)
-                if ev.partition != expected:
-                    raise ValueError(wrong_partition_error(ev.partition, expected, partitions))
+            value = read_event(ev, plans, partitions, wrong_partition == "repartition")
         except Exception as exc:    # noqa: BLE001 -- as the worker: any bytes are a dead letter
             result.dead_letters.append(DeadLetter(ev.line, ev.topic, ev.key, deadletters.reason(exc)[0]))
             continue
-        valid.append((ev.ts, rank[ev.topic], ev.topic, ev.key, value))
-    valid.sort(key=_TIME_RANK)      # stable: a topic's events keep their order (see apply_sorted)
+        # the partition it was produced to when it is forwarded from there, else -1: a direct
+        # event goes before a forwarded one of the same time and topic, as the worker applies them
+        source = ev.partition if ev.partition is not None and ev.partition != partition_for(
+            ev.key, partitions) else -1
+        if source >= 0:
+            forwarded = True
+        valid.append((ev.ts, rank[ev.topic], source, ev.topic, ev.key, value, ev.line))
+    if max_ahead is not None and _out_of_order(valid, max_ahead):
+        for v in valid:
+            if v[4] not in partition_of:
+                partition_of[v[4]] = partition_for(v[4], partitions)
+        ahead = far_ahead([(v[6], v[3], partition_of[v[4]], v[0]) for v in valid if v[2] < 0], max_ahead)
+        if ahead:
+            for v in valid:
+                if v[6] in ahead:
+                    result.dead_letters.append(DeadLetter(v[6], v[3], v[4], ahead_error(v[0], ahead[v[6]][1])))
+            valid = [v for v in valid if v[6] not in ahead]
+            last_ts = last_event_time([ev for ev in events if ev.line not in ahead])
+    # stable: a topic's events keep their order (see apply_sorted)
+    valid.sort(key=_TIME_RANK_SOURCE if forwarded else _TIME_RANK)
     result.events = len(valid)
-    for ts, _, topic, key, value in valid:
+    for ts, _, _, topic, key, value, _ in valid:
         p = partition_of.get(key)
         if p is None:
             p = partition_of[key] = partition_for(key, partitions)
@@ -104,6 +125,90 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
 
 
 _TIME_RANK = itemgetter(0, 1)
+_TIME_RANK_SOURCE = itemgetter(0, 1, 2)
+
+
+def read_event(ev: RecordedEvent, plans, partitions: int, forwarded: bool = True) -> dict:
+    """A recorded event's value, validated as the worker validates the record (raises if it is
+    a dead letter there; with `forwarded` False, also when it is not on its key's partition)."""
+    check_event_time(ev.ts)
+    value = decode_event(ev.topic, ev.key, ev.raw if ev.obj is None else b"", plans, ev.obj)
+    if ev.partition is not None and not forwarded:   # produced to a named partition: the worker's check
+        expected = partition_for(ev.key, partitions)
+        if ev.partition != expected:
+            raise ValueError(wrong_partition_error(ev.partition, expected, partitions))
+    return value
+
+
+def far_ahead(records: list[tuple[int, str, int, int]], max_ahead: int) -> dict[int, tuple[int, int]]:
+    """The records the worker drops as far ahead (`rules.engine`): `records` are (line, topic,
+    partition, ts) of valid events, in any order; a record is dropped when a record after it in
+    line order (the order produced) on the same topic-partition is more than `max_ahead` ms
+    older. Returns {line: (line, ts) of the first such later record}."""
+    groups: dict[tuple[str, int], list] = defaultdict(list)
+    for line, topic, partition, ts in records:
+        groups[(topic, partition)].append((line, ts))
+    dropped: dict[int, tuple[int, int]] = {}
+    for items in groups.values():
+        items.sort()
+        kept: list[tuple[int, int]] = []    # earlier records not dropped, in line order
+        top = None                          # the latest ts among them
+        for line, ts in items:
+            if top is not None and top > ts + max_ahead:
+                limit = ts + max_ahead
+                for old_line, old_ts in kept:
+                    if old_ts > limit:
+                        dropped[old_line] = (line, ts)
+                kept = [(ln, t) for ln, t in kept if t <= limit]
+                top = max((t for _, t in kept), default=None)
+            kept.append((line, ts))
+            if top is None or ts > top:
+                top = ts
+    return dropped
+
+
+def ahead_of_later(events: list[RecordedEvent], rules: Rules | None, partitions: int,
+                   max_ahead: int) -> dict[int, tuple[int, int]]:
+    """`far_ahead` of a recording's events (in time order): what the worker drops when they are
+    produced in line order. Validated only when some event is out of line order."""
+    lines = [e.line for e in events]
+    if all(a < b for a, b in zip(lines, lines[1:])):
+        return {}
+    if rules is None:
+        from rules.config import load_rules
+        rules = load_rules()
+    plans, valid = rules.plan_by_name, []
+    for ev in events:
+        try:
+            read_event(ev, plans, partitions)
+        except Exception:   # noqa: BLE001 -- a dead letter in the worker: not part of the order
+            continue
+        p = partition_for(ev.key, partitions)
+        if ev.partition is None or ev.partition == p:     # forwarded events wait elsewhere
+            valid.append((ev.line, ev.topic, p, ev.ts))
+    return far_ahead(valid, max_ahead)
+
+
+def _out_of_order(valid: list, max_ahead: int) -> bool:
+    """Whether any record of `valid` (in time order, each with its line last) is more than
+    `max_ahead` older than a record before it in line order: a cheap test for `far_ahead`."""
+    lines = [v[-1] for v in valid]   # (direct and forwarded alike: a cheap test)
+    if all(a < b for a, b in zip(lines, lines[1:])):      # recorded in time order
+        return False
+    top = None
+    for v in sorted(valid, key=itemgetter(-1)):
+        ts = v[0]
+        if top is not None and top > ts + max_ahead:
+            return True
+        if top is None or ts > top:
+            top = ts
+    return False
+
+
+def ahead_error(ts: int, later_ts: int) -> str:
+    """The dead-letter reason of an event dropped as far ahead."""
+    return (f"event time {format_ts(ts)} is more than UPSELL_MAX_AHEAD_MS ahead of a later record on its "
+            f"topic-partition ({format_ts(later_ts)}): a producer's clock is wrong")
 
 
 def last_event_time(events: list[RecordedEvent]) -> int | None:
@@ -124,11 +229,12 @@ def _order(p: dict):
     return (p["created_at"], p["customer_id"], -p["priority"], p["proposal_id"])
 
 
-def backtest_lines(lines: Iterable[bytes], rules: Rules, partitions: int) -> BacktestResult:
+def backtest_lines(lines: Iterable[bytes], rules: Rules, partitions: int,
+                   max_ahead: int | None = DEFAULT_MAX_AHEAD_MS, wrong_partition: str = "repartition") -> BacktestResult:
     """A recording's lines -> the backtest's result (`upsell simulate`, the demo, the benchmark)."""
     with cycle_gc_paused():
         events, bad = load_sorted(lines)
-        return run_backtest(events, rules, partitions, bad)
+        return run_backtest(events, rules, partitions, bad, max_ahead, wrong_partition)
 
 
 @contextmanager

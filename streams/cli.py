@@ -1,4 +1,5 @@
-"""The `upsell` command line (PRODUCT.md §7). A thin main over the modules."""
+"""The `upsell` command line: a thin main over the modules. A usage mistake is one line and exit
+status 2 (`UsageError`)."""
 from __future__ import annotations
 
 import argparse
@@ -78,22 +79,23 @@ def _positive(text: str) -> int:
 def cmd_simulate(a) -> None:
     from streams.backtest import backtest_lines, compare, summary
     from streams.recorded import open_stream
-    from streams.settings import SettingsError, env_partitions
-    if a.partitions is None:
-        try:
+    from streams.settings import SettingsError, env_max_ahead, env_partitions, env_wrong_partition
+    try:
+        if a.partitions is None:
             a.partitions = env_partitions()
-        except SettingsError as exc:
-            fail(str(exc))
+        max_ahead, wrong = env_max_ahead(), env_wrong_partition()
+    except SettingsError as exc:
+        fail(str(exc))
     rules = _rules(a.rules)
     lines = open_stream(a.file).read().splitlines()
-    result = backtest_lines(lines, rules, a.partitions)
+    result = backtest_lines(lines, rules, a.partitions, max_ahead, wrong)
     if a.out:
         Path(a.out).write_bytes(result.proposal_lines())
     elif not a.compare:
         sys.stdout.buffer.write(result.proposal_lines())
     print(summary(result), file=sys.stderr if not a.out and not a.compare else sys.stdout)
     if a.compare:
-        other = backtest_lines(lines, _rules(a.compare), a.partitions)
+        other = backtest_lines(lines, _rules(a.compare), a.partitions, max_ahead, wrong)
         diff = compare(result, other)
         print(f"\n--compare {a.compare}: {len(diff['appear'])} appear, {len(diff['disappear'])} disappear, "
               f"{len(diff['change'])} change")
@@ -112,7 +114,7 @@ def cmd_replay(a) -> None:
     s = _settings()
     lines = open_stream(a.file).read().splitlines()
     res = asyncio.run(replay(lines, bootstrap_of(s.broker), s.partitions, a.topic_prefix or s.topic_prefix,
-                             speed=a.speed, security=s.kafka))
+                             speed=a.speed, security=s.kafka, rules=_rules(s.rules), max_ahead=s.max_ahead_ms))
     print(f"sent {res['sent']} events in {res['seconds']:.1f} s "
           f"({res['unreadable']} unreadable lines, {res['unknown_topic']} on unknown topics skipped)")
 

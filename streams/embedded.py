@@ -64,7 +64,7 @@ def cpu_seconds(pid: int) -> float:
 
 def main_thread_cpu_seconds(pid: int) -> float:
     """The CPU time of a process's main thread alone (its thread id is the process id). The
-    worker fetches on its main thread since fix 10 of streams/transport.py; with
+    worker fetches on its main thread (its consumer runs on the app's event loop); with
     UPSELL_CONSUMER_THREAD=1, in Faust's consumer thread."""
     return _stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
 
@@ -106,14 +106,15 @@ class EmbeddedBroker(Service):
 
 
 class EmbeddedRedis(Service):
-    def __init__(self, port: int | None = None, log: Path | None = None):
+    def __init__(self, port: int | None = None, log: Path | None = None, password: str | None = None):
         binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
         if binary is None:
             raise RuntimeError("redis-server not found on PATH; run `make setup` (Debian: apt-get install redis-server)")
         port = port or free_port()
-        super().__init__([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                         port, "redis-server", log)
-        self.url = f"redis://127.0.0.1:{port}/0"
+        auth = ["--requirepass", password] if password else []
+        super().__init__([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                          *auth], port, "redis-server", log)
+        self.url = f"redis://{':' + password + '@' if password else ''}127.0.0.1:{port}/0"
 
 
 def metric_sum(body: str, family: str) -> int:

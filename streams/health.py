@@ -95,9 +95,19 @@ class Health:
             elif was is not None:
                 log.warning("Redis reachable again: %s", detail)
 
-    def offsets_went_back(self, topic: str, partition: int, applied: int, log_end: int) -> None:
+    def offsets_went_back(self, topic: str, partition: int, applied: int, log_end: int, action: str) -> None:
+        """An input log found ending at or below an offset the state has applied; `action` is
+        what the worker does (UPSELL_OFFSETS_BACKWARDS): "stop" or "reapply"."""
         self.regressions.append({"topic": topic, "partition": partition, "applied_offset": applied,
-                                 "log_end_offset": log_end})
+                                 "log_end_offset": log_end, "action": action})
+
+    def warnings(self) -> list[str]:
+        """What the worker works on despite, and an operator should look at."""
+        re_applied = [r for r in self.regressions if r["action"] == "reapply"]
+        if not re_applied:
+            return []
+        return ["offsets went backwards on %s: their records were applied again from the new log" % ", ".join(
+            f"{r['topic']}/{r['partition']}" for r in re_applied)]
 
     def wrong_topics(self) -> dict[str, int]:
         return {t: n for t, n in sorted(self.topics.items()) if n != self.partitions}
@@ -114,6 +124,7 @@ class Health:
             out.append(f"redis: {self.redis.detail}")
         if rebalancing:
             out.append("consumer group: rebalancing")
-        if self.regressions:
-            out.append(f"offsets went backwards on {len(self.regressions)} topic-partition(s)")
+        stopped = [r for r in self.regressions if r["action"] != "reapply"]
+        if stopped:
+            out.append(f"offsets went backwards on {len(stopped)} topic-partition(s): stopping")
         return out

@@ -4,9 +4,9 @@ per-record path.
 Faust hands each record it fetches to the conductor one at a time (a generator step, the
 fetcher's wait, the conductor's lock), which decodes it into an `Event` and puts it in the queue
 of every channel subscribed to its topic; each agent's stream takes it from there: a sensor call,
-the task-local current event, processors, an acknowledgement. Measured on the benchmark's backlog
-(bench/README.md, item 34), the path from the conductor's callback on was two thirds of a no-op
-agent's cost per record, and the fetcher's per-record steps before it most of the rest.
+the task-local current event, processors, an acknowledgement. On the benchmark's backlog the path
+from the conductor's callback on was two thirds of a no-op agent's cost per record, and the
+fetcher's per-record steps before it most of the rest (bench/README.md).
 
 An inbox takes the records of its topics (`App.inboxes`) from each fetch as a whole
 (`streams.transport.InboxFetch`: the consumer's messages of a topic-partition, with Faust's
@@ -28,7 +28,7 @@ read-offset and gap bookkeeping), and queues them for one coroutine (`run`), in 
   once; 4 of 12 ad hoc runs of it failed). Kept, they are handed on; a record fetched twice
   (across a seek) is recognised by its offset.
 
-If a record of an inbox topic reaches the conductor anyway, `streams.transport.Conductor` hands it
+If a record of an inbox topic reaches the conductor anyway, `streams.transport.InboxConductor` hands it
 to the inbox too (`handler`), so it is never decoded into a channel nobody reads.
 
 Table writes outside stream iteration need a current event to know their partition:

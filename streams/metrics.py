@@ -10,6 +10,7 @@ suppressed_out: Counter = Counter()     # (trigger, reason)
 late_events: Counter = Counter()        # topic
 readmodel_written: Counter = Counter()  # kind (proposals, suppressed): new in Redis
 read_offsets: dict = {}                 # (topic, partition) -> last offset read
+far_ahead: Counter = Counter()          # topic: events dropped as far ahead of a later record
 wrong_partition: Counter = Counter()    # topic: records on a partition their key does not hash to
 misplaced_customers: dict = {}          # partition -> restored documents whose key hashes elsewhere
 offset_regressions: Counter = Counter()  # (topic, partition): logs found below the applied offsets
@@ -43,6 +44,9 @@ def render(highwater, clock_moves: int | None = None, unsent_bytes: int | None =
            [((("trigger", t),), n) for t, n in sorted(proposals_out.items())])
     family("upsell_suppressed_total", "Proposals suppressed by a guardrail.", "counter",
            [((("trigger", t), ("reason", r)), n) for (t, r), n in sorted(suppressed_out.items())])
+    family("upsell_far_ahead_total", "Input events dropped as dead letters: their time was more than "
+           "UPSELL_MAX_AHEAD_MS ahead of a later record on their topic-partition.", "counter",
+           [((("topic", t),), n) for t, n in sorted(far_ahead.items())])
     family("upsell_wrong_partition_total", "Input records on a partition their key does not hash to "
            "(murmur2); see UPSELL_WRONG_PARTITION.", "counter",
            [((("topic", t),), n) for t, n in sorted(wrong_partition.items())])

@@ -5,6 +5,9 @@ event time. Watermark records (header `upsell-watermark`, empty value) go to
 every input topic-partition now and then and once at the end, so the workers
 release their reorder buffers and fire every timer due by the last event:
 the proposals are then exactly those of `upsell simulate` on the same file.
+An event the backtest drops as far ahead of a later record on its topic-partition
+(`streams.backtest.far_ahead`) is sent just before that record, so the worker
+sees the two in the recording's order and drops it too.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 
 from rules.engine import INPUT_TOPICS
 from schemas.validate import event_time_ok
-from streams.backtest import end_of_stream
+from streams.backtest import DEFAULT_MAX_AHEAD_MS, ahead_of_later, end_of_stream
 from streams.kafka import client_kwargs, ensure_topics
 from streams.recorded import load_sorted
 
@@ -31,11 +34,25 @@ async def send_markers(producer: AIOKafkaProducer, prefix: str, partitions: int,
             await producer.send(prefix + topic, value=b"", partition=p, timestamp_ms=ts, headers=header)
 
 
+async def send_event(producer: AIOKafkaProducer, prefix: str, ev) -> None:
+    await producer.send(prefix + ev.topic, value=ev.raw, partition=ev.partition,
+                        key=ev.key.encode() if ev.key is not None else None, timestamp_ms=ev.ts)
+
+
 async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed: float | None = None,
-                 marker_every: int = 2000, progress: bool = True, out=sys.stderr, security=None) -> dict:
+                 marker_every: int = 2000, progress: bool = True, out=sys.stderr, security=None,
+                 rules=None, max_ahead: int | None = DEFAULT_MAX_AHEAD_MS) -> dict:
     events, bad = load_sorted(lines)
     skipped = [e for e in events if e.topic not in INPUT_TOPICS]
     events = [e for e in events if e.topic in INPUT_TOPICS]
+    before: dict[int, list] = {}        # line -> the far-ahead events sent just before it
+    if max_ahead is not None:
+        ahead = ahead_of_later(events, rules, partitions, max_ahead)
+        if ahead:
+            for e in events:
+                if e.line in ahead:
+                    before.setdefault(ahead[e.line][0], []).append(e)
+            events = [e for e in events if e.line not in ahead]
     await ensure_topics(bootstrap, [prefix + t for t in (*INPUT_TOPICS, "ticks", "proposals",
                                                          "proposals.suppressed", "dead-letters")], partitions,
                         security)
@@ -52,13 +69,13 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
                 delay = (ev.ts - first) / 1000 / speed - (time.monotonic() - started)
                 if delay > 0:
                     await asyncio.sleep(delay)      # pacing to event time is the point here
+            for early in before.get(ev.line, ()):
+                await send_event(producer, prefix, early)
             try:
-                raw = ev.raw
+                await send_event(producer, prefix, ev)
             except TypeError:         # an object deeper than JSON can be written again: unreadable
                 bad.append(ev)
                 continue
-            await producer.send(prefix + ev.topic, value=raw, partition=ev.partition,
-                                key=ev.key.encode() if ev.key is not None else None, timestamp_ms=ev.ts)
             if ok:
                 last = ev.ts
             if i % marker_every == 0 and last is not None:
@@ -77,5 +94,5 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
         await producer.stop()
     if progress:
         out.write("\n")
-    return {"sent": len(events), "unreadable": len(bad), "unknown_topic": len(skipped),
+    return {"sent": len(events) + sum(map(len, before.values())), "unreadable": len(bad), "unknown_topic": len(skipped),
             "seconds": time.monotonic() - started}

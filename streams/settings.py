@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 EVENT_LOOPS = ("uvloop", "aio")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-WRONG_PARTITION = ("dead-letter",)
+WRONG_PARTITION = ("repartition", "dead-letter")
 
 
 class SettingsError(ValueError):
@@ -105,6 +105,16 @@ def env_partitions() -> int:
     return _int("UPSELL_PARTITIONS", "8", "partitions", 1, 10_000)
 
 
+def env_wrong_partition() -> str:
+    """UPSELL_WRONG_PARTITION alone (the backtest treats such records as the worker does)."""
+    return _choice("UPSELL_WRONG_PARTITION", "repartition", WRONG_PARTITION)
+
+
+def env_max_ahead() -> int:
+    """UPSELL_MAX_AHEAD_MS alone (the backtest drops far-ahead events as the worker does)."""
+    return _int("UPSELL_MAX_AHEAD_MS", str(86_400_000), "milliseconds", 1000)
+
+
 @dataclass(frozen=True)
 class KafkaSecurity:
     """How every Kafka client of the project connects: worker, read model, replay, tail, demo.
@@ -189,8 +199,10 @@ class Settings:
     consumer_thread: bool   # the Kafka consumer in a thread of its own (Faust's way), not on the app's loop
     full_gc_interval: float  # seconds between full garbage collections; 0: Python's own
     dead_letter_max_bytes: int   # the most of a rejected record's payload a dead letter keeps
-    max_ahead_ms: int        # the read model refuses decisions dated this far past its clock
-    wrong_partition: str     # dead-letter: a record not on its key's murmur2 partition
+    max_ahead_ms: int        # how far ahead an event time may be: of a later record on its
+    #                          topic-partition (ingest), of the clock (the read model's created_at)
+    wrong_partition: str     # a record not on its key's murmur2 partition: repartition | dead-letter
+    offsets_backwards: str   # stop | reapply: an input log found below the offsets applied
     http_token: str | None = field(repr=False)   # the bearer token the HTTP API asks for (required off loopback)
     web_internal: bool       # Faust's own pages (/router/, /table/, ...) served
     kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
@@ -238,12 +250,16 @@ class Settings:
             full_gc_interval=_seconds("UPSELL_FULL_GC_INTERVAL", "60"),
             dead_letter_max_bytes=_int("UPSELL_DEAD_LETTER_MAX_BYTES", str(DEFAULT_MAX_BYTES), "bytes",
                                        *MAX_BYTES_RANGE),
-            max_ahead_ms=_int("UPSELL_MAX_AHEAD_MS", str(86_400_000), "milliseconds", 0),
-            wrong_partition=_choice("UPSELL_WRONG_PARTITION", "dead-letter", WRONG_PARTITION),
+            max_ahead_ms=env_max_ahead(),
+            wrong_partition=env_wrong_partition(),
+            offsets_backwards=_choice("UPSELL_OFFSETS_BACKWARDS", "stop", ("stop", "reapply")),
             http_token=token,
             web_internal=_flag("UPSELL_WEB_INTERNAL", "0"),
             kafka=KafkaSecurity.from_env(),
         )
+        if s.max_ahead_ms <= s.lateness_ms:
+            raise SettingsError(f"UPSELL_MAX_AHEAD_MS={s.max_ahead_ms} must be more than UPSELL_LATENESS_MS="
+                                f"{s.lateness_ms}: events that late are on time, not far ahead")
         if token is None and not s.web_loopback and not _flag("UPSELL_WEB_OPEN", "0"):
             raise SettingsError(f"UPSELL_WEB_HOST={web_host} serves customer data off this machine: set "
                                 "UPSELL_HTTP_TOKEN (or UPSELL_WEB_OPEN=1 to serve it without one)")
@@ -253,7 +269,7 @@ class Settings:
 def use_event_loop(name: str) -> None:
     """Makes every event loop created from now on (the worker's, and with UPSELL_CONSUMER_THREAD=1
     its consumer thread's) a `name` loop: "uvloop" (libuv's, the default: the live worker used
-    about 7% less CPU per event, bench/README.md item 43) or "aio" (asyncio's own). Call it before
+    about 7% less CPU per event in the benchmark) or "aio" (asyncio's own). Call it before
     the worker makes its loop: `upsell worker` and the benchmark's no-op app do; `faust -A
     streams.app worker` takes `-L`."""
     if name == "uvloop":

@@ -29,8 +29,8 @@ ticks = _topic("ticks")
 proposals = _topic("proposals")
 suppressed = _topic("proposals.suppressed")
 dead_letters = _topic("dead-letters")
-# Reserved for records forwarded from a partition their key does not hash to; checked at start
-# with the others, so that it is created co-partitioned when forwarding is enabled.
+# Input records forwarded from a partition their key does not hash to (agents/engine.py: `forward`),
+# to the partition it does, with their key and timestamp, and the forward marks of event time.
 repartition = _topic("repartition")
 
 
@@ -38,7 +38,7 @@ class Batches:
     """Records sent as record batches, in order per topic-partition: aiokafka's public
     `create_batch` and `send_batch`, one future per send of many records, where Faust's `topic.send` and
     `table[key] = value` cost a message, a future, Faust's buffer or channel, aiokafka's `send`,
-    a delivery callback and sensors per record (bench/README.md, item 51).
+    a delivery callback and sensors per record.
 
     `send` is synchronous: it builds the batches and hands them to a task (or adds its records
     to a send still waiting to be queued). A topic-partition's
@@ -66,12 +66,14 @@ class Batches:
             return None
         return producer._ensure_producer()
 
-    def send(self, producer, topic: str, partition: int, items: list[tuple[bytes, bytes]]):
+    def send(self, producer, topic: str, partition: int, items: list[tuple[bytes, bytes]],
+             stamped: list[tuple[bytes | None, bytes, int, list]] | None = None):
         """Send `items`, (key, value) pairs, to the topic-partition; returns the future of the
         send they went into (`last`), whose result is (the last batch's metadata, the last
         record's offset). While a send to the topic-partition waits for the one before it to be
         queued, later items join it, so a burst of small sends becomes a few record batches,
-        not one produce round trip each."""
+        not one produce round trip each. `stamped` records, (key, value, timestamp ms,
+        headers), are sent after `items`."""
         tp = (topic, partition)
         size = 0
         joining = self._open.get(tp)
@@ -85,6 +87,12 @@ class Batches:
             if batch is None or batch.append(timestamp=None, key=key, value=value) is None:
                 batch = producer.create_batch()
                 batch.append(timestamp=None, key=key, value=value)   # the first record always fits
+                batches.append(batch)
+        for key, value, ts, headers in stamped or ():
+            size += len(key or b"") + len(value)
+            if batch is None or batch.append(timestamp=ts, key=key, value=value, headers=headers) is None:
+                batch = producer.create_batch()
+                batch.append(timestamp=ts, key=key, value=value, headers=headers)
                 batches.append(batch)
         if joining is None:
             queued = asyncio.get_running_loop().create_future()
@@ -144,7 +152,7 @@ class Table(faust.Table):
     keeps, per changelog partition, a future of its latest write (`last_write`): done once the
     broker has that write and every earlier one to the partition, failed if any of them failed.
     Live, a changelog write comes with about one event in seven, and Faust's write per key took
-    a tenth of the worker's CPU (bench/README.md, item 51)."""
+    a tenth of the worker's CPU."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

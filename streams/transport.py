@@ -1,83 +1,26 @@
-"""`App`: faust.App with ten fixes the worker and the benchmark's no-op app share.
+"""`App`: faust.App with the adaptations the worker and the benchmark's no-op app share. Every
+change to faust-streaming's, mode's and aiokafka's behaviour is here, each a named class or
+function:
 
-1. The consumer's fetch wait, a setting Faust does not expose.
+| name | changes | why |
+|---|---|---|
+| `FetchWait` | the consumer's fetch wait (Faust fixes 1,500 ms) to `App(fetch_max_wait_ms=...)` | a broker that holds an empty fetch for the whole wait adds it to every hop |
+| `EmbeddedBrokerEndOffsets` | with the embedded test broker (tansu) only: the end offsets Faust asks for are read from the partition's last batch | tansu reports the last batch's base offset + 1, so table recovery stopped before the last records |
+| `InPlaceWaitFirst` | the fetcher's per-record `wait_first(callback, flow)` runs the callback in place while it need not wait | four tasks and an `asyncio.wait` per record |
+| `RefillAtHalf` | a full stream buffer wakes its producer once it is down to half | the fetcher waited once per record |
+| `PausedInTheClient` | partitions Faust pauses are paused in aiokafka too | aiokafka held back every fetch while records of a paused changelog partition waited untaken |
+| `InboxConductor`, `InboxFetch` | a fetch's records of an inbox topic (`App.inboxes`, `streams/inbox.py`) go to the inbox as one list | Faust's per-record path cost more than the worker's own work |
+| `ConsumerOnAppLoop` | Faust's consumer runs on the app's event loop, not a thread of its own (`consumer_thread=False`) | the same CPU per event and a shorter latency tail |
 
-Faust creates its worker consumer with `fetch_max_wait_ms=1500`. A broker that answers a
-fetch as soon as data arrives makes that harmless, but a broker that holds an empty fetch for
-the whole wait (the embedded tansu does: measured, a new record reached a plain aiokafka
-consumer after about the wait, whatever the wait was) adds up to that wait to every hop.
-`App(fetch_max_wait_ms=...)` sets it; on a Kafka broker a shorter wait only means more empty
-fetch requests while a partition is idle.
+Process-wide settings the worker makes at start (`streams.app`, `worker_process_settings`):
+the root logger's level (Faust leaves it at DEBUG: every debug call built a record), the start-up
+heap frozen for the garbage collector (`freeze_startup_heap`), and full collections on a timer
+(`full_collections`).
 
-2. The root logger's level. The worker's `-l` level is set on its log handler, but the root
-logger stays at DEBUG (Faust's start-up spinner handler listens at DEBUG), so every debug call in
-aiokafka and Faust, several per event, builds a record that is then dropped: measured at about 7%
-of the worker's time. A task raises the root logger to the level asked for.
-
-3. Changelog end offsets. tansu 0.6.0 reports a partition's end offset as its last batch's base
-offset + 1 (8 records sent in batches of 5 and 3: end offset 6), so Faust's table recovery
-stopped before the last records of the last batch. If their events were already committed, a
-worker taking over restored stale customers and never saw those events again. The end offsets Faust asks for are checked by reading the
-partition from end - 1: the batch found there gives the true end. On Kafka that is one fetch
-per partition at each rebalance, and the same number.
-
-4. The heap built at start-up, frozen for the garbage collector once the app runs (see
-`_freeze_startup_heap`): a full collection no longer walks it, so it stalls events for a few
-milliseconds instead of about fifty.
-
-5. The fetcher's per-record wait. Faust hands each record to the conductor with
-`wait_first(callback(message), suspend_flow.wait())`: four tasks per record (the callback, the
-flow event, the consumer's stopped and crashed events), an `asyncio.wait`, and the cancellation of
-the three losers. The callback nearly always finishes without waiting (its channel's buffer has
-room, flow is not suspended): `_Consumer.wait_first` runs it in place, and only a callback that
-has to wait is handed to Faust's own `wait_first`, as before (see `_resume`).
-
-6. Stream buffers refill at half (`RefillAtHalf`, the queue of every channel, from
-`App.FlowControlQueue`): a fetcher waiting for room in a full buffer is woken once it is down to
-half, so it waits once per half buffer, not once per record.
-
-7. Paused partitions are paused in the client (`PausedInTheClient`). Faust "pauses" a partition
-by leaving it out of the fetches it asks aiokafka for, but aiokafka goes on fetching it. After
-recovery that is every changelog partition of the worker's own tables: the first state write to
-each was fetched, never taken, and aiokafka holds back every fetch to a broker while any fetched
-records wait untaken, for up to 100 ms (its `prefetch_backoff`) each time. Writes start with the
-load, one partition every `UPSELL_COMMIT_INTERVAL` / partitions: the first second of load had
-decisions 100-160 ms late. Faust's pauses and resumes are now applied to aiokafka too.
-
-8. Inboxes (`streams/inbox.py`). A topic named in `App.inboxes` is not handed to channels and
-streams: should one of its records reach the conductor, it goes to the inbox's handler.
-
-9. Inbox records skip the fetcher's per-record path (`InboxFetch`): each fetch's records of an
-inbox topic go to the inbox as one list of the consumer's messages, with the bookkeeping Faust's
-fetcher does per record (read offsets, gaps, the commit count, the monitor's end offsets). The
-other topics' records go on through Faust's per-record path. The worker's inbox takes the input
-topics (agents/engine.py; the read model has a consumer of its own); the no-op app takes its input
-topics through an inbox only with NOOP_INBOX=1, else its agents measure Faust's own per-record
-path.
-
-10. The consumer on the app's event loop (`_ConsumerInLoop`, unless `UPSELL_CONSUMER_THREAD=1`).
-Faust runs aiokafka's consumer in a thread of its own with its own event loop. Under the GIL that
-thread runs only while the main thread lets go: a busy main thread holds the GIL for up to its
-switch interval (5 ms) each time the consumer thread wakes (a fetch response to decode, a call
-to serve), and every call between the two (each `getmany`) is a method-queue round trip through
-both loops. On the worker's own loop, the fetches are aiokafka's tasks among the app's. Measured:
-the same CPU per event, and a shorter tail under load (bench/README.md item 47); that the GIL
-handoffs are why is my reading, not measured.
-
-11. Full collections on a timer (`full_collections`, `UPSELL_FULL_GC_INTERVAL`, default 60 s). After
-fix 4, Python still ran a full collection whenever enough objects had lived through two young
-ones: about every 3 s in the latency benchmark's worker, whose heap grows with its customers,
-each stalling the events in flight for 11-21 ms. Now the collector's own full collections are off
-and one runs every interval instead; young collections are as before. Cyclic garbage that
-outlives two young collections waits up to an interval to be freed (bench/README.md item 58).
-
-Fixes 1, 3, 5, 6, 7, 8, 9 and 10 lean on internals of faust-streaming 0.15.3, mode-streaming
-0.7.1 and asyncio.Queue (`_putters`, `_wakeup_next`; fixes 8 and 9: the conductor's
-`_build_handler`, the consumer's `_wait_next_records`, `_read_offset`, `_add_gap`, `_n_acked` and
-Faust's current-event context variable; fix 10: mode's `ServiceThread` start and stop steps):
-pyproject.toml pins the packages; asyncio.Queue's are CPython's (checked on 3.11 only). The tests
-in tests/test_transport.py, tests/test_inbox.py and tests/integration/test_consumer_loop.py and the
-integration suite check them on every run.
+These lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1, aiokafka and
+asyncio.Queue; pyproject.toml pins the packages. `tests/test_transport.py` checks every private
+name used and fails naming the package to re-check; docs/upgrading.md says how to move a pin.
+The numbers behind each adaptation are in bench/README.md.
 """
 from __future__ import annotations
 
@@ -88,6 +31,7 @@ import logging
 import types
 
 import aiokafka
+import aiokafka.protocol.metadata
 import faust
 import faust.transport.conductor
 from faust.transport.drivers import aiokafka as driver
@@ -96,46 +40,69 @@ from mode.services import WaitResults
 from mode.utils.queues import ThrowableQueue
 
 
-class _ConsumerThread(driver.AIOKafkaConsumerThread):
+class FetchWait(driver.AIOKafkaConsumerThread):
+    """The worker consumer's fetch wait from `App.fetch_max_wait_ms`, and the embedded test
+    broker's end offsets corrected (`EmbeddedBrokerEndOffsets`)."""
+
+    _embedded: bool | None = None     # the broker is the embedded test broker (tansu)
+
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms   # read by consumer.start()
         return consumer
 
     async def _highwaters(self, partitions):
-        """End offsets, checked against the partition's last batch (fix 3 above)."""
+        """End offsets; with the embedded test broker, checked against the last batch."""
         ends = dict(await super()._highwaters(partitions))
         check = {tp: end for tp, end in ends.items() if end}
         if not check:
             return ends
-        reader = aiokafka.AIOKafkaConsumer(
-            bootstrap_servers=driver.server_list(self.transport.url, self.transport.default_port),
-            enable_auto_commit=False,
-            **driver.credentials_to_aiokafka_auth(self.app.conf.broker_credentials, self.app.conf.ssl_context))
-        await reader.start()
-        try:
-            reader.assign([aiokafka.TopicPartition(tp.topic, tp.partition) for tp in check])
-            for tp, end in check.items():
-                reader.seek(aiokafka.TopicPartition(tp.topic, tp.partition), end - 1)
-            left = set(check)
-            while left:
-                got = await reader.getmany(*[aiokafka.TopicPartition(t.topic, t.partition) for t in left],
-                                           timeout_ms=1000)
-                if not got:
-                    break           # nothing at end - 1 (compacted away): the reported end stands
-                for tp, records in got.items():     # aiokafka's TopicPartition equals Faust's TP
-                    ends[tp] = max(ends[tp], records[-1].offset + 1)
-                    left.discard(tp)
-        finally:
-            await reader.stop()
-        return ends
+        if self._embedded is None:
+            self._embedded = await is_embedded_broker(self._ensure_consumer()._client)
+        if not self._embedded:
+            return ends
+        return await embedded_broker_end_offsets(self, ends, check)
+
+
+async def is_embedded_broker(client) -> bool:
+    """Whether the cluster is the embedded test broker: tansu names its cluster "tansu_cluster"."""
+    node = client.get_random_node()
+    metadata = await client.send(node, aiokafka.protocol.metadata.MetadataRequest([]))
+    return str(getattr(metadata, "cluster_id", "") or "").startswith("tansu")
+
+
+async def embedded_broker_end_offsets(thread, ends: dict, check: dict) -> dict:
+    """EmbeddedBrokerEndOffsets: tansu 0.6.0 reports a partition's end offset as its last batch's
+    base offset + 1 (8 records in batches of 5 and 3: 6). Each end offset in `check` is read
+    from end - 1: the batch found there gives the true end."""
+    reader = aiokafka.AIOKafkaConsumer(
+        bootstrap_servers=driver.server_list(thread.transport.url, thread.transport.default_port),
+        enable_auto_commit=False,
+        **driver.credentials_to_aiokafka_auth(thread.app.conf.broker_credentials, thread.app.conf.ssl_context))
+    await reader.start()
+    try:
+        reader.assign([aiokafka.TopicPartition(tp.topic, tp.partition) for tp in check])
+        for tp, end in check.items():
+            reader.seek(aiokafka.TopicPartition(tp.topic, tp.partition), end - 1)
+        left = set(check)
+        while left:
+            got = await reader.getmany(*[aiokafka.TopicPartition(t.topic, t.partition) for t in left],
+                                       timeout_ms=1000)
+            if not got:
+                break           # nothing at end - 1 (compacted away): the reported end stands
+            for tp, records in got.items():     # aiokafka's TopicPartition equals Faust's TP
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+                left.discard(tp)
+    finally:
+        await reader.stop()
+    return ends
 
 
 class InPlaceWaitFirst:
-    """Fix 5, for a `mode.Service` with a `suspend_flow` event (Faust's consumer)."""
+    """For a `mode.Service` with a `suspend_flow` event (Faust's consumer)."""
 
     async def wait_first(self, *coros, timeout=None):
-        """Fix 5: the fetcher's `wait_first(callback(message), self.suspend_flow.wait())`, with the
+        """The fetcher's `wait_first(callback(message), self.suspend_flow.wait())`, with the
         callback run in place while it need not wait. Anything else is Faust's own `wait_first`."""
         if (len(coros) == 2 and timeout is None and asyncio.iscoroutine(coros[0])
                 and asyncio.iscoroutine(coros[1]) and not self.suspend_flow.is_set()
@@ -155,7 +122,9 @@ class InPlaceWaitFirst:
 
 
 class PausedInTheClient:
-    """Fix 7, for Faust's consumer: the partitions Faust pauses are paused in aiokafka too."""
+    """For Faust's consumer: the partitions Faust pauses are paused in aiokafka too. Faust pauses
+    by leaving a partition out of the fetches it asks for, but aiokafka goes on fetching it, and
+    holds back every fetch to a broker for up to 100 ms while fetched records wait untaken."""
 
     def pause_partitions(self, tps) -> None:
         tps = list(tps)
@@ -188,7 +157,7 @@ def pause_in_client(client: aiokafka.AIOKafkaConsumer, action: str, tps) -> None
 
 
 class InboxFetch:
-    """Fix 9, for Faust's consumer: each fetch's records of an inbox topic (`App.inboxes`) go to
+    """For Faust's consumer: each fetch's records of an inbox topic (`App.inboxes`) go to
     the inbox as a whole, not one at a time through the fetcher, the conductor and a channel."""
 
     async def _wait_next_records(self, timeout):
@@ -237,8 +206,8 @@ class InboxFetch:
             await self.commit()
 
 
-class _ConsumerInLoop(_ConsumerThread):
-    """Fix 10: Faust's consumer "thread" run as a service of the worker's own event loop, with no
+class ConsumerOnAppLoop(FetchWait):
+    """Faust's consumer "thread" run as a service of the worker's own event loop, with no
     thread of its own. mode's `ServiceThread` makes a loop and a thread for it, and every call
     from Faust's consumer (each `getmany` included) crosses to that thread through a method queue
     and comes back through `call_soon_threadsafe`. Here the thread's loop is the worker's loop,
@@ -275,14 +244,14 @@ class _ConsumerInLoop(_ConsumerThread):
 
 
 def consumer_runs_on(app, loop) -> str:
-    """Where `app`'s Kafka consumer runs, seen from `loop` (the app's): "loop" (fix 10) or
+    """Where `app`'s Kafka consumer runs, seen from `loop` (the app's): "loop" or
     "thread" (its own, `UPSELL_CONSUMER_THREAD=1`)."""
     return "loop" if app.consumer._thread.thread_loop is loop else "thread"
 
 
 class _Consumer(InboxFetch, PausedInTheClient, InPlaceWaitFirst, driver.Consumer):
     def _new_consumer_thread(self):
-        cls = _ConsumerThread if self.app.consumer_thread else _ConsumerInLoop
+        cls = FetchWait if self.app.consumer_thread else ConsumerOnAppLoop
         return cls(self, loop=self.loop, beacon=self.beacon)
 
 
@@ -315,8 +284,8 @@ def _drive(coro, waiting_on):
                 return done.value
 
 
-class Conductor(faust.transport.conductor.Conductor):
-    """Fix 8: the records of a topic an `Inbox` takes (`App.inboxes`) go to its handler, not
+class InboxConductor(faust.transport.conductor.Conductor):
+    """The records of a topic an `Inbox` takes (`App.inboxes`) go to its handler, not
     through a channel's decoding and queue (see streams/inbox.py)."""
 
     def _build_handler(self, tp, channels):
@@ -328,22 +297,27 @@ class Conductor(faust.transport.conductor.Conductor):
 
 class Transport(driver.Transport):
     Consumer = _Consumer
-    Conductor = Conductor
+    Conductor = InboxConductor
 
 
 class App(faust.App):
     """`faust.App` on the aiokafka transport, with `fetch_max_wait_ms` (milliseconds), and with
-    its consumer on the app's own event loop unless `consumer_thread` (fix 10)."""
+    its consumer on the app's own event loop unless `consumer_thread`."""
 
     def __init__(self, *args, fetch_max_wait_ms: int = 100, consumer_thread: bool = False,
                  full_gc_interval: float = 0.0, **kwargs):
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.consumer_thread = consumer_thread
-        self.full_gc_interval = full_gc_interval     # seconds between full collections; 0: Python's (fix 11)
-        self.inboxes: dict = {}      # topic name -> streams.inbox.Inbox taking its records (fix 8)
+        self.full_gc_interval = full_gc_interval     # seconds between full collections; 0: Python's
+        self.inboxes: dict = {}      # topic name -> streams.inbox.Inbox taking its records
         super().__init__(*args, **kwargs)
-        self.task(_root_log_level)
-        self.task(_freeze_startup_heap)
+
+    def worker_process_settings(self) -> None:
+        """The process-wide settings a worker makes once it runs: the root logger's level, the
+        start-up heap frozen, full collections on a timer. Called by the app module of a worker
+        (`streams.app`, the benchmark's no-op app), not by every App made."""
+        self.task(raise_root_log_level)
+        self.task(freeze_startup_heap)
         self.task(_full_collections)
 
     def _new_transport(self):
@@ -354,10 +328,10 @@ class App(faust.App):
 
 
 class RefillAtHalf(ThrowableQueue):
-    """Fix 6: a full buffer wakes the producer waiting to put (Faust's fetcher, for a channel)
-    once it is down to half, not at every get. At every get, a worker slower than its fetcher
-    had the fetcher wait once per record (fix 5's slow path: four tasks and an `asyncio.wait`
-    each time); woken at half, it refills half a buffer in place per wait."""
+    """A full buffer wakes the producer waiting to put (Faust's fetcher, for a channel) once it is
+    down to half, not at every get. At every get, a worker slower than its fetcher had the fetcher
+    wait once per record (`InPlaceWaitFirst`'s slow path); woken at half, it refills half a buffer
+    in place per wait."""
 
     def _wakeup_next(self, waiters):
         if waiters is self._putters and self._maxsize > 0 and self.qsize() > self._maxsize // 2:
@@ -365,18 +339,20 @@ class RefillAtHalf(ThrowableQueue):
         super()._wakeup_next(waiters)
 
 
-async def _root_log_level() -> None:
+async def raise_root_log_level() -> None:
+    """The root logger at the lowest level of its handlers: Faust leaves it at DEBUG (its
+    start-up spinner listens there), so every debug call in aiokafka and Faust, several per
+    event, built a record that was then dropped."""
     levels = [h.level for h in logging.root.handlers if type(h).__name__ != "SpinnerHandler"]
     if levels and min(levels) > logging.root.level:
         logging.root.setLevel(min(levels))
 
 
-async def _freeze_startup_heap() -> None:
-    """Fix 4: what start-up built (modules, Faust's and aiokafka's objects: about 94,000 tracked
-    objects) is moved out of the cyclic garbage collector's reach. Every full collection walked
-    all of it again: 36-56 ms each, every 5-6 s in the latency benchmark's worker, stalling every
-    event in flight. Frozen, they took 3-6 ms. Garbage is collected first, so nothing dead is
-    kept; objects made later are collected as before (their full collections: fix 11)."""
+async def freeze_startup_heap() -> None:
+    """What start-up built (modules, Faust's and aiokafka's objects: about 94,000 tracked
+    objects) is moved out of the cyclic garbage collector's reach, so a full collection does not
+    walk it again (tens of milliseconds each, stalling every event in flight). Garbage is
+    collected first, so nothing dead is kept; objects made later are collected as before."""
     gc.collect()
     gc.freeze()
 
@@ -389,9 +365,9 @@ async def _full_collections(app) -> None:
 
 
 async def full_collections(interval: float) -> None:
-    """Fix 11: while it runs, the collector makes no full collection of its own, and one is made
-    every `interval` seconds; with `interval` 0, nothing changes. The thresholds are restored
-    when it ends (cancelled: the app stops)."""
+    """While it runs, the collector makes no full collection of its own (under load one came every
+    few seconds, each stalling the events in flight), and one is made every `interval` seconds;
+    with `interval` 0, nothing changes. The thresholds are restored when it ends (the app stops)."""
     if interval <= 0:
         return
     young, middle, full = gc.get_threshold()

@@ -53,7 +53,7 @@ class Input:
     driver's `put` is the same as an agent test context's (explicit partition and timestamp)."""
 
     def __init__(self, topic: str):
-        self.name = T.inputs[topic].get_topic_name()
+        self.name = (T.inputs[topic] if topic in T.inputs else getattr(T, topic)).get_topic_name()
         self.sent_offset = 0
 
     async def put(self, value=None, key=None, partition=0, timestamp=None, headers=None) -> Message:
@@ -409,9 +409,9 @@ async def test_a_watermark_record_is_acknowledged_with_the_batch_that_writes_it(
 async def test_the_app_freezes_its_start_up_heap_for_the_garbage_collector():
     import gc
 
-    from streams.transport import _freeze_startup_heap
-    tasks = [t for t in app._app_tasks if getattr(t, "__wrapped__", None) is _freeze_startup_heap]
-    assert len(tasks) == 1            # registered by streams.transport.App, run when the app starts
+    from streams.transport import freeze_startup_heap
+    tasks = [t for t in app._app_tasks if getattr(t, "__wrapped__", None) is freeze_startup_heap]
+    assert len(tasks) == 1            # registered by the worker's app module, run when the app starts
     gc.unfreeze()
     try:
         await tasks[0]()

@@ -106,7 +106,7 @@ def test_the_goal_rate_is_the_highest_rate_tried_that_met_the_goal():
     assert B.goal_rate([[9_000, 100.0], [7_200, 60.0]]) == 9_000          # the goal is <= 100 ms
     assert B.goal_rate([[14_000, 139.0], [11_200, 101.0]]) is None
     assert B.goal_rate([[12_000, 95.0], [9_000, 110.0]], goal_ms=120) == 12_000
-    # a rate run twice counts only if both runs met it (item 56)
+    # a rate run twice counts only if both runs met it
     assert B.goal_rate([[14_000, 139.0], [11_200, 95.0], [11_200, 130.0], [8_400, 88.0], [8_400, 91.0]]) == 8_400
     assert B.goal_rate([[11_200, 95.0], [11_200, 99.5]]) == 11_200
     assert B.goal_rate([[8_400, 120.0], [8_400, 60.0]]) is None

@@ -13,7 +13,8 @@ from streams import topics as T
 from streams.app import settings
 from streams.backtest import backtest_lines
 from streams.partitioning import partition_for
-from tests.test_agents import MIN, T0, _drain, _put, _seat_customer, _tick
+from streams.app import app
+from tests.test_agents import MIN, T0, Input, _drain, _put, _seat_customer, _tick
 from tests.test_agents import wired  # noqa: F401 -- the fixture
 
 
@@ -21,8 +22,10 @@ def _elsewhere(cid: str) -> int:
     return (partition_for(cid, settings.partitions) + 1) % settings.partitions
 
 
-async def test_a_record_on_another_partition_is_a_dead_letter_naming_the_producer_setting(wired, caplog):
+async def test_a_record_on_another_partition_is_a_dead_letter_naming_the_producer_setting(wired, caplog,
+                                                                                         monkeypatch):
     agents, out = wired
+    monkeypatch.setattr(A, "FORWARD", False)         # UPSELL_WRONG_PARTITION=dead-letter
     before = metrics.wrong_partition["customers"]
     wrong = _elsewhere("c-1")
     await _put(agents, "customers", _seat_customer(), T0, partition=wrong)
@@ -74,7 +77,36 @@ def test_the_backtest_makes_the_same_call_for_a_recording_that_names_partitions(
     usage = {"customer_id": "c-1", "metric": "seats", "value": 46}
     lines = [line("customers", "c-1", "2025-06-10T09:00:00Z", _seat_customer(), right),
              line("usage", "c-1", "2025-06-10T09:01:00Z", usage, wrong)]
-    got = backtest_lines(lines, load_rules(), n)
+    got = backtest_lines(lines, load_rules(), n, wrong_partition="dead-letter")
     assert got.proposals == [] and "hashes to partition %d" % right in got.dead_letters[0].error
+    forwarded = backtest_lines(lines, load_rules(), n)          # the default: repartition
     lines[1] = line("usage", "c-1", "2025-06-10T09:01:00Z", usage, right)
-    assert [p["trigger"] for p in backtest_lines(lines, load_rules(), n).proposals] == ["usage_limit"]
+    direct = backtest_lines(lines, load_rules(), n)
+    assert [p["trigger"] for p in direct.proposals] == ["usage_limit"]
+    assert forwarded.proposal_lines() == direct.proposal_lines() and forwarded.dead_letters == []
+
+
+async def test_a_record_on_another_partition_is_forwarded_and_applied_where_its_key_hashes(wired, monkeypatch):
+    """UPSELL_WRONG_PARTITION=repartition: key, value and timestamp unchanged, to the partition
+    the key hashes to, where it is applied in event time with the customer's other events."""
+    agents, out = wired
+    repartition = Input("repartition")
+    channel = app.channel(maxsize=1000)
+    monkeypatch.setattr(T, "repartition", channel)
+    forwarded = channel.clone(is_iterator=True)
+    before = metrics.wrong_partition["usage"]
+    p = await _put(agents, "customers", _seat_customer(), T0)
+    wrong = _elsewhere("c-1")
+    await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN, partition=wrong)
+    assert metrics.wrong_partition["usage"] - before == 1 and _drain(out["dead_letters"]) == []
+    assert wrong not in A.ENGINES or "c-1" not in A.ENGINES[wrong].customers
+    sent = [forwarded.queue.get_nowait() for _ in range(forwarded.queue.qsize())]
+    assert len(sent) == 1
+    m = sent[0].message
+    assert (m.key, m.partition, m.timestamp) == (b"c-1", p, (T0 + MIN) / 1000)
+    assert dict(m.headers)["upsell-source"] == b"%d:0" % wrong
+    await repartition.put(m.value, key=m.key, partition=m.partition, timestamp=m.timestamp, headers=m.headers)
+    await repartition.put(m.value, key=m.key, partition=m.partition, timestamp=m.timestamp, headers=m.headers)
+    await _tick(agents, p, T0 + 2 * MIN)
+    assert [g["trigger"] for g in _drain(out["proposals"])] == ["usage_limit"]      # once: the copy is dropped
+    assert A.ENGINES[p].stats["duplicates"] == 1

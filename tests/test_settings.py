@@ -43,6 +43,10 @@ def test_the_full_collection_interval_is_seconds_at_least_zero(monkeypatch):
     ("UPSELL_KAFKA_SECURITY_PROTOCOL", "TLS", "UPSELL_KAFKA_SECURITY_PROTOCOL must be 'PLAINTEXT' or"),
     ("UPSELL_KAFKA_SSL_CAFILE", "/no/such/ca.pem", "UPSELL_KAFKA_SSL_CAFILE must name a readable file"),
     ("UPSELL_DEAD_LETTER_MAX_BYTES", "10", "from 1024 to 524288"),
+    ("UPSELL_OFFSETS_BACKWARDS", "ignore", "UPSELL_OFFSETS_BACKWARDS must be 'stop' or 'reapply', got 'ignore'"),
+    ("UPSELL_WRONG_PARTITION", "apply", "UPSELL_WRONG_PARTITION must be 'repartition' or 'dead-letter'"),
+    ("UPSELL_MAX_AHEAD_MS", "10", "UPSELL_MAX_AHEAD_MS must be a whole number of milliseconds >= 1000"),
+    ("UPSELL_MAX_AHEAD_MS", "1500", "UPSELL_MAX_AHEAD_MS=1500 must be more than UPSELL_LATENESS_MS=2000"),
 ])
 def test_a_wrong_setting_is_named_with_its_value(monkeypatch, name, value, says):
     from streams.settings import SettingsError

@@ -1,5 +1,5 @@
-"""streams.transport fixes 5 to 7 and 10: Faust's fetcher, its stream buffers, the partitions it pauses,
-the consumer on the app's loop."""
+"""streams.transport: Faust's fetcher (InPlaceWaitFirst), its stream buffers (RefillAtHalf), the partitions it
+pauses (PausedInTheClient), the consumer on the app's loop (ConsumerOnAppLoop)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +13,8 @@ import mode
 import pytest
 from faust.types import TP
 
-from streams.transport import (App, InPlaceWaitFirst, PausedInTheClient, RefillAtHalf, _Consumer, _ConsumerInLoop,
-                               _ConsumerThread, consumer_runs_on)
+from streams.transport import (App, InPlaceWaitFirst, PausedInTheClient, RefillAtHalf, _Consumer, ConsumerOnAppLoop,
+                               FetchWait, consumer_runs_on)
 
 
 class Fetching(InPlaceWaitFirst, mode.Service):
@@ -245,7 +245,7 @@ async def test_the_consumer_runs_on_the_app_s_loop_unless_asked_for_a_thread(in_
     loop = asyncio.get_running_loop()
     app.loop = loop
     thread = app.consumer._thread
-    assert type(thread) is (_ConsumerThread if in_thread else _ConsumerInLoop)
+    assert type(thread) is (FetchWait if in_thread else ConsumerOnAppLoop)
     assert (thread.thread_loop is loop) is not in_thread
     assert consumer_runs_on(app, loop) == ("thread" if in_thread else "loop")
 

@@ -1,18 +1,18 @@
-"""streams.transport fix 10 against the embedded broker: Faust's consumer service started and
+"""streams.transport.ConsumerOnAppLoop against the embedded broker: Faust's consumer service started and
 stopped on the app's own loop, with no thread of its own, and nothing of it left running."""
 from __future__ import annotations
 
 import asyncio
 import threading
 
-from streams.transport import App, _ConsumerInLoop
+from streams.transport import App, ConsumerOnAppLoop
 
 
 async def test_the_in_loop_consumer_starts_and_stops_on_the_app_s_loop(broker):
     app = App("t-consumer-loop-int", broker=broker.url)
     app.loop = asyncio.get_running_loop()
     thread = app.consumer._thread
-    assert type(thread) is _ConsumerInLoop
+    assert type(thread) is ConsumerOnAppLoop
     before = set(asyncio.all_tasks())
     threads = threading.active_count()
     await asyncio.wait_for(thread.start(), 30)

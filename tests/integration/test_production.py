@@ -83,3 +83,39 @@ async def test_sasl_settings_reach_the_brokers_scram_exchange(logs):
         while "NoSharedMechanism" not in log.read_text(errors="replace") and time.monotonic() < deadline:
             await asyncio.sleep(0.1)    # the broker's log is written by another process
         assert "NoSharedMechanism" in log.read_text(errors="replace")
+
+
+async def test_redis_with_a_password(start_worker, broker, logs):
+    """Redis with AUTH: the right password in UPSELL_REDIS_URL, decisions reach Redis and readiness
+    passes; a wrong one makes the worker unready, with the password hidden."""
+    from redis import asyncio as aioredis
+    from rules.timeutil import parse_ts
+    from streams.embedded import EmbeddedRedis
+    from tests.integration.conftest import produce
+    from tests.integration.test_end_to_end import _end_markers
+    t0 = parse_ts("2025-06-10T09:00:00Z")
+    with EmbeddedRedis(log=logs / "redis-auth.log", password="pa55-word") as redis_auth:
+        wrong = redis_auth.url.replace("pa55-word", "not-it")
+        w_bad = start_worker("bad", UPSELL_REDIS_URL=wrong)
+        status, _, body = await asyncio.to_thread(
+            _wait, lambda: (r := _get(w_bad.port, "/health"))[0] == 503 and "redis" in r[2].decode() and r, w_bad)
+        assert b"not-it" not in body and b"pa55" not in body
+        await asyncio.to_thread(w_bad.stop)
+        worker = start_worker("good", UPSELL_REDIS_URL=redis_auth.url)
+        await asyncio.to_thread(_wait, lambda: _get(worker.port, "/health")[0] == 200, worker)
+        prefix = start_worker.prefix
+        await produce(broker.bootstrap, [
+            (prefix + "customers", b"c-1", orjson.dumps({"customer_id": "c-1", "segment": "b2b", "plan": "basic",
+                                                         "signup_at": "2024-01-01T00:00:00Z"}), t0),
+            (prefix + "usage", b"c-1", orjson.dumps({"customer_id": "c-1", "metric": "seats", "value": 46}),
+             t0 + 60_000)])
+        await _end_markers(broker, prefix, t0 + 60_000)
+        r = aioredis.from_url(redis_auth.url)
+        try:
+            async def stored():
+                while not await r.zrange("upsell:customer:c-1:proposals", 0, -1):
+                    await asyncio.sleep(0.2)     # another process's writes: polled
+            await asyncio.wait_for(stored(), 90)
+        finally:
+            await r.aclose()
+
