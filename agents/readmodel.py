@@ -43,7 +43,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agents.engine import send_dead_letter
+from agents.errors import send_dead_letter
 from rules.timeutil import DAY, parse_ts
 from schemas.outputs import PROPOSAL_SCHEMA, SUPPRESSED_SCHEMA, check
 from schemas.validate import MAX_STRING

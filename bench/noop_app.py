@@ -1,11 +1,11 @@
-"""The framework's ceiling on its per-record path: a Faust app with one agent per input topic (as
-the worker read them before its inbox, bench/README.md item 34; raw bytes, the same consumer
-settings and log level: `streams.transport.App`) whose agents do nothing with each event.
+"""The framework's ceiling on its per-record path: a Faust app with one agent per input topic (raw
+bytes, the same consumer settings and log level: `streams.transport.App`) whose agents do nothing
+with each event.
 
     python bench/noop_app.py worker -l warning      (configured by the UPSELL_* environment)
 
 With NOOP_INBOX=1, the input topics go through an inbox instead (`streams.inbox`, the worker's
-path since fixes 8 and 9), to a task that only acknowledges each record: the ceiling of the path
+path), to a task that only acknowledges each record: the ceiling of the path
 the worker takes, so the worker's rate against it is what its own work costs.
 """
 from __future__ import annotations

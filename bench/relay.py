@@ -1,5 +1,5 @@
 """What the latency goal leaves a worker on this machine: a relay that does a live worker's Kafka
-I/O and nothing else (bench/README.md, item 57).
+I/O and nothing else (bench/README.md).
 
     python bench/relay.py BOOTSTRAP PREFIX [--partitions 8] [--lateness-ms 20]
                           [--fetch-max-wait-ms 10] [--every 24] [--cpu-us 0]

@@ -1,4 +1,4 @@
-"""The benchmark: one run, one embedded broker, one generated stream, every number we report.
+"""The benchmark: one run, one embedded broker, one generated stream, every number reported.
 
     python bench/run.py [--quick] [--customers N --days D] [--pace-ms MS] [--fixed-rate EPS]
 
@@ -13,7 +13,7 @@ Phases (all against the same tansu broker, same topics and partition count):
              the worker process used per event meanwhile -> backlog_cpu_us_per_event. The no-op
              agents and the worker run --pairs times (3), alternating, each pair with groups of
              its own: each key is the median of the pairs' (the pairs' own in <key>_pairs), and
-             ratio_noop the median of the pairs' ratios (item 46). The worker is timed until
+             ratio_noop the median of the pairs' ratios. The worker is timed until
              it has read every event and sent as many decisions as the backtest of the same
              file (simulate_decisions) -> worker_decisions (one per pair, each the same number:
              same input, same output), and how long after the poll that found every event read
@@ -30,8 +30,8 @@ Phases (all against the same tansu broker, same topics and partition count):
              threads (Faust's consumer thread, with UPSELL_CONSUMER_THREAD=1) during the load ->
              live_main_thread_cores, live_other_threads_cores; per third of the load,
              p99_ms_by_span and the broker's CPU, broker_cores_by_span (it grows through the
-             phase: item 42)
-  relay      what the goal leaves a worker at that rate here (item 57): bench/relay.py, a process
+             phase)
+  relay      what the goal leaves a worker at that rate here: bench/relay.py, a process
              that reads the inputs as the live worker does (aiokafka on uvloop, the same fetch
              wait, orjson), holds one event in relay_every (the worker's share of event-driven
              decisions in the latency phase) for the lateness and sends a decision for it ->
@@ -42,21 +42,25 @@ Phases (all against the same tansu broker, same topics and partition count):
              relay_backlog_cost_cores
   ramp       if p99_ms misses 100 ms: the latency phase again at --ramp shares of worker_eps (0.4,
              0.3, 0.2, 0.15, 0.1), highest first, until one meets it twice in a row (a step that
-             meets it runs once more, item 56) -> ramp ([rate, p99 ms] of each run, half load
+             meets it runs once more) -> ramp ([rate, p99 ms] of each run, half load
              first), goal_rate_eps (the highest rate at which every run met it, or null) and
-             goal_rate_share (it / worker_eps): what a live worker can be sized for here (item 48)
+             goal_rate_share (it / worker_eps): what a live worker can be sized for here; then the
+             relay spending a backlog event's CPU per event down the same shares, the same way ->
+             relay_ramp, relay_goal_rate_eps, and goal_vs_relay (goal_rate_eps / relay_goal_rate_eps:
+             the worker's live capacity against a worker whose live event costs a backlog one's)
   fixed      both again at --fixed-rate (3,000 events/s) -> fixed_p50_ms, fixed_p99_ms,
              fixed_raw_p99_ms, fixed_live_cpu_us_per_event: a load that does not grow with the
              worker's backlog rate; with the half-load phase, the live worker's CPU as a fixed
-             part and a part per event -> live_fixed_cores, live_marginal_us_per_event (item 45)
+             part and a part per event -> live_fixed_cores, live_marginal_us_per_event
   state      100k customers (a profile and a usage sample each) through a fresh worker -> rss_mb_100k
              (its peak: every event waits for stream time, then all are applied and written); then
              a second worker restores them from the changelog -> rss_mb_100k_restored
   simulate   the offline backtest over the same file, --simulate-runs times (3) -> simulate_eps
-             (their median), simulate_eps_runs
+             (their median), simulate_eps_runs; then in two processes (--jobs 2) ->
+             simulate_jobs2_eps, simulate_jobs2_speedup
 
 The latency phases' load generator sends what is due every --pace-ms (20 ms; 5 before run L1):
-tansu's cost per fetch grows with the number of produce batches a partition holds (item 38).
+tansu's cost per fetch grows with the number of produce batches a partition holds.
 
 Throughput is measured on a backlog (everything produced first), while the consumer works through
 it, so start-up and group joins are not counted: the worker's from polls of its /metrics (from the
@@ -99,8 +103,8 @@ PARTITIONS = 8
 EVENT_DRIVEN = {"usage_limit", "usage_forecast", "purchase", "co_purchase", "volume"}
 OUTPUTS = ("ticks", "proposals", "proposals.suppressed", "dead-letters")
 WARM_S = 2      # the latency phase also reports its p99 without the first WARM_S seconds of load
-SPANS = 3       # the latency phases report p99 and the broker's CPU per third of the load (item 42)
-IDLE_S = 2      # the latency phases first measure the live worker's CPU without load (item 45)
+SPANS = 3       # the latency phases report p99 and the broker's CPU per third of the load
+IDLE_S = 2      # the latency phases first measure the live worker's CPU without load
 LAST_S = 2      # the latency phases collect decisions this long after the load (the last ones arrive)
 GOAL_P99_MS = 100   # the issue's latency goal; the ramp looks for the highest rate that meets it
 
@@ -136,7 +140,7 @@ def consume_rate(p: WorkerProcess, counter, total: int, timeout: float,
     them until the other topics reach their event time, and spends the rest applying and writing
     them. Read counts alone would end the rate when the last event is read, which only the
     inbox's backpressure keeps after the work: the worker's phase also waits for its decisions
-    (`finished`, item 44). The poll interval makes it read slow by up to 200 ms over the run
+    (`finished`). The poll interval makes it read slow by up to 200 ms over the run
     (about 10% for a 2 s backlog)."""
     deadline = time.monotonic() + timeout
     first = read = None
@@ -336,7 +340,7 @@ async def collect_decisions(consumer, lat: list, stop: asyncio.Event) -> None:
 
 async def relay_latency(broker, events, rate: float, a, every: int, cpu_us: float = 0.0,
                         prefix: str = "bench-relay.") -> dict:
-    """What the goal leaves a worker here (item 57): `bench/relay.py` in a process of its own, fed
+    """What the goal leaves a worker here: `bench/relay.py` in a process of its own, fed
     like the latency phase's worker, holding every `every`-th event for the lateness and sending
     a decision for it, and spending `cpu_us` of CPU on each event; produce time -> decision, as
     `latency` measures the worker's. Keys: relay_p50_ms, relay_p99_ms, relay_min_ms (the
@@ -381,14 +385,14 @@ async def pace(producer, prefix: str, events, rate: float, seconds: float, every
     """Sends `events` at `rate` for `seconds`, what is due every `every` seconds, each stamped with
     the time its round is built; returns the number sent and the wall-clock start in ms. `every`
     sets how many produce batches the broker stores, and tansu lists them all on each fetch
-    (bench/README, item 38). Once all are sent it starts again with other customers (`c-1` becomes
+    (bench/README). Once all are sent it starts again with other customers (`c-1` becomes
     `c-1~1`, then `c-1~2`, in the key and the value), so the load goes on deciding like the first
     round: at 11,000 events/s the `--quick` stream lasts 4 s.
 
     Each round goes out as one record batch per topic-partition (aiokafka's `send_batch`, the
     key's partition as Kafka's default partitioner picks it), not a `send` per record: the
     generator shares the machine with what it measures, and per record it cost about four
-    times as much CPU (item 39)."""
+    times as much CPU."""
     n, start, start_ms = 0, time.monotonic(), time.time() * 1000
     partition: dict[bytes, int] = {}
     while time.monotonic() - start < seconds:
@@ -469,7 +473,7 @@ async def raw_latency(broker, events, rate: float, a, prefix: str = "bench-rawla
 
 def live_cost(rate: float, us_per_event: float, other_rate: float, other_us_per_event: float) -> dict:
     """The live worker's CPU, read from two loads as a fixed part (cores, whatever the rate) and a
-    part per event (µs): us_per_event = fixed / rate + per_event at both (item 45). At half load
+    part per event (µs): us_per_event = fixed / rate + per_event at both. At half load
     the fixed part does not shrink with a cheaper event, and the load grows with the backlog rate;
     so the worker's share of a core there is about fixed + 0.5 * per_event / backlog µs per event."""
     if rate == other_rate:
@@ -578,7 +582,7 @@ def state_lines(customers: int) -> list[bytes]:
 
 def simulate_rates(stream: Path, rules, runs: int) -> dict:
     """`upsell simulate` over the file, timed `runs` times in a row (reading the file included):
-    simulate_eps is the median, simulate_eps_runs every run's rate (item 53). One result is kept
+    simulate_eps is the median, simulate_eps_runs every run's rate. One result is kept
     at a time, as a lone `upsell simulate` holds one: two alive slowed the next run (ad hoc,
     5 runs in one process: 62,231 falling to 55,783 events/s with two alive, flat without)."""
     rates, result = [], None
@@ -587,7 +591,16 @@ def simulate_rates(stream: Path, rules, runs: int) -> dict:
         t = time.perf_counter()
         result = backtest_lines(stream.read_bytes().splitlines(), rules, PARTITIONS)
         rates.append(round((result.events + len(result.dead_letters)) / (time.perf_counter() - t)))
-    return {"simulate_eps": round(statistics.median(rates)), "simulate_eps_runs": rates, "_result": result}
+    jobs_rates = []
+    for _ in range(runs):      # the same in two processes (`upsell simulate --jobs 2`)
+        t = time.perf_counter()
+        two = backtest_lines(stream.read_bytes().splitlines(), rules, PARTITIONS, jobs=2)
+        jobs_rates.append(round((two.events + len(two.dead_letters)) / (time.perf_counter() - t)))
+        assert two.proposal_lines() == result.proposal_lines(), "--jobs 2 changed the proposals"
+    jobs_eps = round(statistics.median(jobs_rates))
+    return {"simulate_eps": round(statistics.median(rates)), "simulate_eps_runs": rates,
+            "simulate_jobs2_eps": jobs_eps, "simulate_jobs2_speedup": round(jobs_eps / statistics.median(rates), 3),
+            "_result": result}
 
 
 async def main(a) -> dict:
@@ -605,7 +618,8 @@ async def main(a) -> dict:
     res.update(simulate_rates(stream, rules, a.simulate_runs))
     result = res.pop("_result")
     log(f"simulate: {res['simulate_eps']:,} events/s (median of {res['simulate_eps_runs']}), "
-        f"{len(result.proposals)} proposals")
+        f"{len(result.proposals)} proposals; --jobs 2: {res['simulate_jobs2_eps']:,} events/s "
+        f"({res['simulate_jobs2_speedup']}x)")
 
     with EmbeddedBroker(log=tmp / "broker.log") as broker, EmbeddedRedis(log=tmp / "redis.log") as redis:
         prefix = "bench."
@@ -620,7 +634,7 @@ async def main(a) -> dict:
                                           tmp / "noop-inbox.log", total + markers, a.timeout)
         log(f"no-op Faust app, records through an inbox: {res['noop_inbox_eps']:,} events/s")
 
-        # the no-op agents and the worker in alternating pairs (item 46): `ratio_noop` is the median
+        # the no-op agents and the worker in alternating pairs: `ratio_noop` is the median
         # of the pairs' ratios, so one slow spell of the machine during one phase does not set it
         expected = len(result.proposals) + len(result.suppressed)
         pairs = [throughput_pair(broker, redis, prefix, tmp, i, total, total + markers, expected, a)
@@ -639,7 +653,7 @@ async def main(a) -> dict:
             f"({res['p99_after_warmup_ms']} ms after the first {WARM_S} s) "
             f"({res['latency_samples']} decisions); p99 by third of the load {res['p99_ms_by_span']} ms, "
             f"broker CPU {res['broker_cores_by_span']} cores")
-        # what the goal leaves any worker at this rate here (item 57): a relay that only does the
+        # what the goal leaves any worker at this rate here: a relay that only does the
         # Kafka I/O and holds events for the lateness, deciding on as many events as the worker
         # did; then the same relay spending a worker's backlog CPU per event on each (less what
         # raw aiokafka spends per event on the backlog, which the relay spends itself)
@@ -655,7 +669,7 @@ async def main(a) -> dict:
             f"{res['relay_backlog_cost_p50_ms']} ms, p99 {res['relay_backlog_cost_p99_ms']} ms "
             f"({res['relay_backlog_cost_cores']} cores)")
         # below half load, down the --ramp shares of worker_eps until p99 meets the goal: the
-        # rate to size a live worker for on this machine, measured (item 48)
+        # rate to size a live worker for on this machine, measured
         tried = [[res["latency_rate_eps"], res["p99_ms"]]]
 
         async def ramp_step(share: float, prefix: str) -> bool:
@@ -666,13 +680,33 @@ async def main(a) -> dict:
             return step["p99_ms"] <= GOAL_P99_MS
 
         for i, share in enumerate(a.ramp if res["p99_ms"] > GOAL_P99_MS else []):
-            # one 15-s sample of p99 spreads widely at one rate (item 54: 89.8 and 176.9 ms): a
-            # rate counts once a second run at it meets the goal too (item 56)
+            # one 15-s sample of p99 spreads widely at one rate (89.8 and 176.9 ms): a
+            # rate counts once a second run at it meets the goal too
             if await ramp_step(share, f"bench-lat-ramp-{i}.") and await ramp_step(share, f"bench-lat-ramp-{i}-again."):
                 break
         res["ramp"] = tried
         res["goal_rate_eps"] = goal_rate(tried)
         res["goal_rate_share"] = res["goal_rate_eps"] and round(res["goal_rate_eps"] / res["worker_eps"], 3)
+        # the relay spending a backlog event's CPU on each event, down the same shares: the rate a
+        # worker whose live event cost what a backlog one does could meet the goal at here, so
+        # that the worker's live capacity is a ratio within the run (goal_vs_relay)
+        relay_tried = [[res["latency_rate_eps"], res["relay_backlog_cost_p99_ms"]]]
+
+        async def relay_step(share: float, prefix: str) -> bool:
+            rate = round(res["worker_eps"] * share)
+            step = await relay_latency(broker, events, rate, a, every, spin, prefix=prefix)
+            relay_tried.append([rate, step["relay_p99_ms"]])
+            log(f"relay ramp: {rate:,} events/s, {spin} µs per event: p99 {step['relay_p99_ms']} ms")
+            return step["relay_p99_ms"] is not None and step["relay_p99_ms"] <= GOAL_P99_MS
+
+        for i, share in enumerate(a.ramp if (res["relay_backlog_cost_p99_ms"] or 1e9) > GOAL_P99_MS else []):
+            if await relay_step(share, f"bench-relay-ramp-{i}.") and \
+                    await relay_step(share, f"bench-relay-ramp-{i}-again."):
+                break
+        res["relay_ramp"] = relay_tried
+        res["relay_goal_rate_eps"] = goal_rate([t for t in relay_tried if t[1] is not None])
+        res["goal_vs_relay"] = (round(res["goal_rate_eps"] / res["relay_goal_rate_eps"], 3)
+                                if res["goal_rate_eps"] and res["relay_goal_rate_eps"] else None)
         if a.fixed_rate:
             # the same at a rate that does not move with the backlog rate: comparable between runs
             # and code versions (half of a faster worker is more load on the same two cores)
@@ -743,10 +777,14 @@ def table(res: dict) -> str:
             ("ramp", "[rate, p99 ms] at half load, then down the ramp"),
             ("goal_rate_eps", "highest of those rates with p99 <= 100 ms"),
             ("goal_rate_share", "it / the worker's backlog rate"),
+            ("relay_goal_rate_eps", "highest rate the relay at a backlog event's CPU met p99 <= 100 ms"),
+            ("goal_vs_relay", "goal_rate_eps / relay_goal_rate_eps (goal >= 0.8)"),
             ("fixed_p99_ms", f"latency p99 at {res.get('fixed_rate_eps', 0):,} events/s, ms"),
             ("fixed_raw_p99_ms", "raw aiokafka p99 at that rate, ms"),
             ("simulate_eps", "backtest, events/s, median (goal >= 50k)"),
             ("simulate_eps_runs", "backtest, each run's events/s"),
+            ("simulate_jobs2_eps", "backtest in two processes, events/s (median)"),
+            ("simulate_jobs2_speedup", "it / the one-process rate (goal >= 1.6)"),
             ("state_bytes_per_customer", "state per customer, bytes (mean)"),
             ("rss_mb_100k", f"worker RSS with {res.get('state_customers', 0):,} customers, MB"),
             ("rss_mb_100k_restored", "the same customers restored by a new worker, RSS MB")]
@@ -763,7 +801,7 @@ if __name__ == "__main__":
     ap.add_argument("--latency-seconds", type=float)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--pairs", type=int, default=3,
-                    help="alternating runs of the no-op agents and the worker on the backlog (item 46)")
+                    help="alternating runs of the no-op agents and the worker on the backlog")
     ap.add_argument("--lateness-ms", type=int, default=20, help="latency phase: UPSELL_LATENESS_MS")
     ap.add_argument("--tick", type=float, default=0.02, help="latency phase: UPSELL_TICK_INTERVAL, s")
     ap.add_argument("--fixed-rate", type=int, default=3000,
@@ -772,9 +810,9 @@ if __name__ == "__main__":
                     help="latency phase: UPSELL_FETCH_MAX_WAIT_MS (tansu holds an empty fetch this long)")
     ap.add_argument("--ramp", type=ramp_shares, default="0.4,0.3,0.2,0.15,0.1",
                     help="if p99 at half load misses 100 ms, latency again at these shares of worker_eps, "
-                         "highest first, until one meets it in two runs in a row ('' for none; items 48, 56)")
+                         "highest first, until one meets it in two runs in a row ('' for none)")
     ap.add_argument("--simulate-runs", type=int, default=3,
-                    help="the backtest is timed this many times; simulate_eps is the median (item 53)")
+                    help="the backtest is timed this many times; simulate_eps is the median")
     ap.add_argument("--pace-ms", type=int, default=20,
                     help="latency phases: the load generator sends what is due every this many ms (5 before run L1)")
     a = ap.parse_args()

@@ -304,7 +304,6 @@ class PartitionEngine:
         if w is None:
             return
         fifos, timers = self._fifos, self.timers
-        pending, applied = self.pending, self.applied
         while self.fwd:
             # with forwarded records waiting: the lowest (ts, 2 * rank (+ 1 if forwarded)) below w
             best, key_best = None, None
@@ -317,14 +316,7 @@ class PartitionEngine:
                 continue
             if best is None:
                 break
-            topic, q = fifos[best]
-            ts, key, value, offset = q.popleft()
-            if offset is not None:
-                pending.discard((topic, offset))
-                applied.append((topic, offset))
-            if timers and timers[0][0] <= ts:
-                self._fire_timers(ts, True, out)
-            self._apply(topic, key, ts, value, out, offset)
+            self._apply_head(*fifos[best], out)
         while True:
             # the lowest (ts, rank) head below w, and the next lowest of the other topics:
             # fifos are in rank order, so a tie keeps the lower rank
@@ -347,19 +339,23 @@ class PartitionEngine:
                 ts = q[0][0]
                 if ts >= w or ts > st or (ts == st and best > sr):
                     break
-                ts, key, value, offset = q.popleft()
-                if offset is not None:
-                    pending.discard((topic, offset))
-                    applied.append((topic, offset))
-                if timers and timers[0][0] <= ts:
-                    self._fire_timers(ts, True, out)
-                self._apply(topic, key, ts, value, out, offset)
+                self._apply_head(topic, q, out)
             if st == w:     # no other head was below w, and this topic's is not now: done
                 break
         if self.watermark is None or w > self.watermark:
             if timers and timers[0][0] < w:
                 self._fire_timers(w, False, out)
             self.watermark = w
+
+    def _apply_head(self, topic: str, q: deque, out: list) -> None:
+        """Apply the event at the head of `topic`'s FIFO, after the timers due by its time."""
+        ts, key, value, offset = q.popleft()
+        if offset is not None:
+            self.pending.discard((topic, offset))
+            self.applied.append((topic, offset))
+        if self.timers and self.timers[0][0] <= ts:
+            self._fire_timers(ts, True, out)
+        self._apply(topic, key, ts, value, out, offset)
 
     def _apply_forwarded(self, item: tuple, out: list) -> None:
         ts, _, source, source_offset, offset, topic, key, value = item

@@ -32,7 +32,8 @@ app = App(
     broker_session_timeout=settings.session_timeout,
     broker_heartbeat_interval=settings.heartbeat_interval,
     topic_allow_declare=True,
-    # Events waiting for stream time stay unacknowledged (agents/engine.py); a rebalance
+    topic_replication_factor=settings.replication_factor,
+    # Events waiting for stream time stay unacknowledged (agents/ingest.py); a rebalance
     # must not wait for them: they are read again by the partition's next owner.
     stream_wait_empty=False,
     producer_linger_ms=5,

@@ -8,13 +8,19 @@ live worker emits for the same recording, byte for byte.
 from __future__ import annotations
 
 import gc
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
+from io import StringIO
 from typing import Iterable
 
 import orjson
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from rules.config import Rules
 from rules.engine import INPUT_TOPICS, PROPOSAL, PartitionEngine
@@ -53,11 +59,14 @@ class BacktestResult:
 
 def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
                  bad_lines: list[BadLine] | None = None, max_ahead: int | None = None,
-                 wrong_partition: str = "repartition") -> BacktestResult:
+                 wrong_partition: str = "repartition", ahead: dict | None = None,
+                 end_ts: int | None = None) -> BacktestResult:
     """`events` must be in event-time order (see `load_sorted`); `max_ahead` (ms) drops an event
     far ahead of a later record on its topic-partition, as the worker does (`far_ahead`). An
     event recorded on a partition its key does not hash to is applied where it hashes, as the
-    worker forwards it (`wrong_partition="repartition"`), or is a dead letter ("dead-letter")."""
+    worker forwards it (`wrong_partition="repartition"`), or is a dead letter ("dead-letter").
+    A part of a recording (`backtest_lines` with jobs) comes with the whole recording's
+    `ahead` (`ahead_of_later`) and the time its stream ends (`end_ts`, see `last_event_time`)."""
     result = BacktestResult(bad_lines=list(bad_lines or []))
     engines: dict[int, PartitionEngine] = {}
     plans = rules.plan_by_name
@@ -65,7 +74,7 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     collect_s = result.suppressed.append
     rank = {t: i for i, t in enumerate(INPUT_TOPICS)}
     partition_of: dict[str, int] = {}
-    last_ts = last_event_time(events)
+    last_ts = last_event_time(events) if end_ts is None else end_ts
 
     def route(out):
         for kind, p in out:
@@ -88,7 +97,13 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
         if source >= 0:
             forwarded = True
         valid.append((ev.ts, rank[ev.topic], source, ev.topic, ev.key, value, ev.line))
-    if max_ahead is not None and _out_of_order(valid, max_ahead):
+    if ahead is not None:
+        if ahead:
+            for v in valid:
+                if v[6] in ahead:
+                    result.dead_letters.append(DeadLetter(v[6], v[3], v[4], ahead_error(v[0], ahead[v[6]][1])))
+            valid = [v for v in valid if v[6] not in ahead]
+    elif max_ahead is not None and _out_of_order(valid, max_ahead):
         for v in valid:
             if v[4] not in partition_of:
                 partition_of[v[4]] = partition_for(v[4], partitions)
@@ -121,7 +136,11 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     result.engines = engines
     result.proposals.sort(key=_order)
     result.suppressed.sort(key=_order)
+    result.dead_letters.sort(key=_LINE)
     return result
+
+
+_LINE = attrgetter("line")
 
 
 _TIME_RANK = itemgetter(0, 1)
@@ -230,11 +249,61 @@ def _order(p: dict):
 
 
 def backtest_lines(lines: Iterable[bytes], rules: Rules, partitions: int,
-                   max_ahead: int | None = DEFAULT_MAX_AHEAD_MS, wrong_partition: str = "repartition") -> BacktestResult:
-    """A recording's lines -> the backtest's result (`upsell simulate`, the demo, the benchmark)."""
+                   max_ahead: int | None = DEFAULT_MAX_AHEAD_MS, wrong_partition: str = "repartition",
+                   jobs: int = 1) -> BacktestResult:
+    """A recording's lines -> the backtest's result (`upsell simulate`, the demo, the benchmark).
+    With `jobs` > 1 the partitions are split among that many processes: partitions share no state,
+    so the result is the same (without `engines`)."""
     with cycle_gc_paused():
         events, bad = load_sorted(lines)
-        return run_backtest(events, rules, partitions, bad, max_ahead, wrong_partition)
+        if jobs <= 1 or partitions <= 1:
+            return run_backtest(events, rules, partitions, bad, max_ahead, wrong_partition)
+        return _run_in_jobs(events, bad, rules, partitions, max_ahead, wrong_partition, min(jobs, partitions))
+
+
+_JOBS: dict = {}      # the recording's parts, for the forked processes of `_run_in_jobs` (set while it runs)
+
+
+def _run_in_jobs(events, bad, rules, partitions, max_ahead, wrong_partition, jobs) -> BacktestResult:
+    """Each process takes the events of the partitions p with p % jobs == its index, validates and
+    applies them; the far-ahead drops and the end of the stream are the whole recording's."""
+    ahead = ahead_of_later(events, rules, partitions, max_ahead) if max_ahead is not None else {}
+    end_ts = last_event_time([e for e in events if e.line not in ahead] if ahead else events)
+    parts: list[list] = [[] for _ in range(jobs)]
+    partition_of: dict = {}
+    for ev in events:
+        key = ev.key
+        p = partition_of.get(key)
+        if p is None:
+            p = partition_of[key] = partition_for(key, partitions) if isinstance(key, str) else 0
+        parts[p % jobs].append(ev)
+    _JOBS.update(parts=parts, rules=rules, partitions=partitions, wrong=wrong_partition, ahead=ahead, end=end_ts)
+    try:
+        context = multiprocessing.get_context("fork")     # the parts are inherited, not pickled
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            results = list(pool.map(_run_part, range(jobs)))
+    finally:
+        _JOBS.clear()
+    merged = BacktestResult(bad_lines=list(bad))
+    for r in results:
+        merged.proposals += r.proposals
+        merged.suppressed += r.suppressed
+        merged.dead_letters += r.dead_letters
+        merged.events += r.events
+        merged.late_events += r.late_events
+        merged.outcomes.update(r.outcomes)
+    merged.proposals.sort(key=_order)
+    merged.suppressed.sort(key=_order)
+    merged.dead_letters.sort(key=_LINE)
+    return merged
+
+
+def _run_part(index: int) -> BacktestResult:
+    j = _JOBS
+    result = run_backtest(j["parts"][index], j["rules"], j["partitions"], None, None, j["wrong"],
+                          ahead=j["ahead"], end_ts=j["end"])
+    result.engines = {}
+    return result
 
 
 @contextmanager
@@ -258,21 +327,29 @@ def cycle_gc_paused():
 # ---------------------------------------------------------------- reports --
 
 def summary(result: BacktestResult) -> str:
+    """What a backtest decided, for a person: counts, a table per trigger and kind (proposed,
+    suppressed by reason), outcomes, the first dead letters and unreadable lines."""
     rows = defaultdict(lambda: {"proposed": 0, "suppressed": Counter()})
     for p in result.proposals:
         rows[(p["trigger"], p["kind"])]["proposed"] += 1
     for p in result.suppressed:
         rows[(p["trigger"], p["kind"])]["suppressed"][p["suppressed"]["reason"]] += 1
-    out = [f"events: {result.events} valid, {len(result.dead_letters)} dead letters, "
-           f"{len(result.bad_lines)} unreadable lines, {result.late_events} late",
-           "",
-           f"{'trigger':<16} {'kind':<11} {'proposed':>8} {'suppressed':>10}  reasons"]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name, justify in (("trigger", "left"), ("kind", "left"), ("proposed", "right"),
+                          ("suppressed", "right"), ("reasons", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
     for (trigger, kind), r in sorted(rows.items()):
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["suppressed"].items()))
-        out.append(f"{trigger:<16} {kind:<11} {r['proposed']:>8} {sum(r['suppressed'].values()):>10}  {reasons}")
+        table.add_row(trigger, kind, str(r["proposed"]), str(sum(r["suppressed"].values())), reasons)
     kinds = Counter(p["kind"] for p in result.proposals)
-    out.append(f"{'total':<28} {len(result.proposals):>8} {len(result.suppressed):>10}  "
-               + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    table.add_section()
+    table.add_row("total", "", str(len(result.proposals)), str(len(result.suppressed)),
+                  ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    text = StringIO()
+    Console(file=text, width=132, color_system=None, force_terminal=False).print(table)
+    out = [f"events: {result.events} valid, {len(result.dead_letters)} dead letters, "
+           f"{len(result.bad_lines)} unreadable lines, {result.late_events} late",
+           "\n".join(line.rstrip() for line in text.getvalue().splitlines())]
     if result.outcomes:
         out += ["", "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items()))]
     if result.dead_letters:

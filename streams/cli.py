@@ -38,17 +38,18 @@ def _settings():
 
 
 def check_topics(s, timeout: float = 10.0) -> None:
-    """Before a worker starts: the existing topics have UPSELL_PARTITIONS partitions. A broker
-    that does not answer within `timeout` is left to the worker, which waits for it."""
+    """Before a worker starts: the existing topics have UPSELL_PARTITIONS partitions, and the
+    missing ones are created with that many (and UPSELL_REPLICATION_FACTOR replicas), so that no
+    client's first use creates one with the broker's default count. A broker that does not answer
+    within `timeout` is left to the worker, which waits for it."""
     import logging
-    from rules.engine import INPUT_TOPICS
-    from streams.kafka import bootstrap_of, copartition_problem, partition_counts
-    p = s.topic_prefix
-    names = [p + t for t in (*INPUT_TOPICS, "repartition", "ticks", "proposals", "proposals.suppressed")]
-    names.append(f"{s.app_id}-customer-state-changelog")
+    from streams.kafka import bootstrap_of, copartition_problem, ensure_topics, partition_counts
+    from streams.replay import TOPICS
+    names = [s.topic_prefix + t for t in TOPICS]
+    changelog = f"{s.app_id}-customer-state-changelog"
+    bootstrap = bootstrap_of(s.broker)
     try:
-        counts = asyncio.run(asyncio.wait_for(
-            partition_counts(bootstrap_of(s.broker), names, s.kafka), timeout))
+        counts = asyncio.run(asyncio.wait_for(partition_counts(bootstrap, [*names, changelog], s.kafka), timeout))
     except Exception as exc:      # noqa: BLE001 -- unreachable or refused: the worker reports it
         logging.getLogger("upsell").warning("could not check the topics' partition counts (%s): "
                                             "the worker starts and waits for the broker", type(exc).__name__)
@@ -56,6 +57,15 @@ def check_topics(s, timeout: float = 10.0) -> None:
     problem = copartition_problem(counts, s.partitions)
     if problem:
         fail(problem)
+    missing = [n for n in names if n not in counts]
+    if missing:
+        try:
+            asyncio.run(asyncio.wait_for(
+                ensure_topics(bootstrap, missing, s.partitions, s.kafka, s.replication_factor), timeout))
+        except Exception as exc:      # noqa: BLE001 -- refused (ACLs, a policy): say what to create
+            fail(f"topics {', '.join(missing)} do not exist and could not be created ({type(exc).__name__}: "
+                 f"{str(exc)[:120]}): create them with {s.partitions} partitions, or set "
+                 f"UPSELL_REPLICATION_FACTOR to what the cluster allows")
 
 
 def cmd_generate(a) -> None:
@@ -88,14 +98,14 @@ def cmd_simulate(a) -> None:
         fail(str(exc))
     rules = _rules(a.rules)
     lines = open_stream(a.file).read().splitlines()
-    result = backtest_lines(lines, rules, a.partitions, max_ahead, wrong)
+    result = backtest_lines(lines, rules, a.partitions, max_ahead, wrong, a.jobs)
     if a.out:
         Path(a.out).write_bytes(result.proposal_lines())
     elif not a.compare:
         sys.stdout.buffer.write(result.proposal_lines())
     print(summary(result), file=sys.stderr if not a.out and not a.compare else sys.stdout)
     if a.compare:
-        other = backtest_lines(lines, _rules(a.compare), a.partitions, max_ahead, wrong)
+        other = backtest_lines(lines, _rules(a.compare), a.partitions, max_ahead, wrong, a.jobs)
         diff = compare(result, other)
         print(f"\n--compare {a.compare}: {len(diff['appear'])} appear, {len(diff['disappear'])} disappear, "
               f"{len(diff['change'])} change")
@@ -178,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--partitions", type=_positive, default=None,
                    help="partition count of the live topics (co-purchase counts are per partition); "
                         "default: UPSELL_PARTITIONS, else 8")
+    s.add_argument("--jobs", type=_positive, default=1,
+                   help="processes to share the partitions among (the same output as one)")
     s.set_defaults(func=cmd_simulate)
 
     g = sub.add_parser("generate", help="a realistic synthetic recording (seeded)")

@@ -18,13 +18,13 @@ def client_kwargs(bootstrap: str, security: KafkaSecurity | None = None) -> dict
 
 
 async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
-                        security: KafkaSecurity | None = None) -> None:
+                        security: KafkaSecurity | None = None, replication: int = 1) -> None:
     """Create the co-partitioned topics if they do not exist yet."""
     admin = AIOKafkaAdminClient(**client_kwargs(bootstrap, security))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        new = [NewTopic(n, partitions, replication) for n in names if n not in existing]
         if new:
             try:
                 await admin.create_topics(new)

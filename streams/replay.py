@@ -16,6 +16,8 @@ import sys
 import time
 
 from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rules.engine import INPUT_TOPICS
 from schemas.validate import event_time_ok
@@ -24,6 +26,8 @@ from streams.kafka import client_kwargs, ensure_topics
 from streams.recorded import load_sorted
 
 WATERMARK_HEADER = "upsell-watermark"
+# every topic of the app but the table's changelog (Faust makes that): co-partitioned
+TOPICS = (*INPUT_TOPICS, "repartition", "ticks", "proposals", "proposals.suppressed", "dead-letters")
 
 
 async def send_markers(producer: AIOKafkaProducer, prefix: str, partitions: int, ts: int) -> None:
@@ -53,13 +57,15 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
                 if e.line in ahead:
                     before.setdefault(ahead[e.line][0], []).append(e)
             events = [e for e in events if e.line not in ahead]
-    await ensure_topics(bootstrap, [prefix + t for t in (*INPUT_TOPICS, "ticks", "proposals",
-                                                         "proposals.suppressed", "dead-letters")], partitions,
-                        security)
+    await ensure_topics(bootstrap, [prefix + t for t in TOPICS], partitions, security)
     producer = AIOKafkaProducer(**client_kwargs(bootstrap, security), linger_ms=10, max_batch_size=256 * 1024)
     await producer.start()
 
     started, shown = time.monotonic(), 0.0
+    bar = Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} ev/s"),
+                   TimeElapsedColumn(), console=Console(file=out), disable=not progress)
+    task = bar.add_task("replay", total=len(events), rate="0")
+    bar.start()
     try:
         first = next((e.ts for e in events if event_time_ok(e.ts)), 0)
         last = None         # the latest event time in range sent
@@ -83,16 +89,12 @@ async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed
             now = time.monotonic()
             if progress and (now - shown > 0.2 or i == len(events)):
                 shown = now
-                done = int(30 * i / len(events))
-                out.write(f"\rreplay [{'#' * done}{'.' * (30 - done)}] {i}/{len(events)} "
-                          f"{i / max(now - started, 1e-9):,.0f} ev/s")
-                out.flush()
+                bar.update(task, completed=i, rate=f"{i / max(now - started, 1e-9):,.0f}")
         if last is not None:
             await send_markers(producer, prefix, partitions, end_of_stream(last))
         await producer.flush()
     finally:
+        bar.stop()
         await producer.stop()
-    if progress:
-        out.write("\n")
     return {"sent": len(events) + sum(map(len, before.values())), "unreadable": len(bad), "unknown_topic": len(skipped),
             "seconds": time.monotonic() - started}

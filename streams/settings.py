@@ -203,6 +203,7 @@ class Settings:
     #                          topic-partition (ingest), of the clock (the read model's created_at)
     wrong_partition: str     # a record not on its key's murmur2 partition: repartition | dead-letter
     offsets_backwards: str   # stop | reapply: an input log found below the offsets applied
+    replication_factor: int  # of the topics a worker creates (missing ones at start, the changelog)
     http_token: str | None = field(repr=False)   # the bearer token the HTTP API asks for (required off loopback)
     web_internal: bool       # Faust's own pages (/router/, /table/, ...) served
     kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
@@ -253,6 +254,7 @@ class Settings:
             max_ahead_ms=env_max_ahead(),
             wrong_partition=env_wrong_partition(),
             offsets_backwards=_choice("UPSELL_OFFSETS_BACKWARDS", "stop", ("stop", "reapply")),
+            replication_factor=_int("UPSELL_REPLICATION_FACTOR", "1", "replicas", 1, 16),
             http_token=token,
             web_internal=_flag("UPSELL_WEB_INTERNAL", "0"),
             kafka=KafkaSecurity.from_env(),

@@ -29,7 +29,7 @@ ticks = _topic("ticks")
 proposals = _topic("proposals")
 suppressed = _topic("proposals.suppressed")
 dead_letters = _topic("dead-letters")
-# Input records forwarded from a partition their key does not hash to (agents/engine.py: `forward`),
+# Input records forwarded from a partition their key does not hash to (agents/ingest.py: `forward`),
 # to the partition it does, with their key and timestamp, and the forward marks of event time.
 repartition = _topic("repartition")
 
@@ -230,7 +230,7 @@ class Table(faust.Table):
 
 # Per-customer state, one orjson document per customer, and per partition a document of what
 # cannot be derived from the customers (watermarks, counters) under a key that is not UTF-8
-# (`agents.engine.meta_key`), so that it shares the customers' changelog partition and order.
+# (`agents.ingest.meta_key`), so that it shares the customers' changelog partition and order.
 customer_state = app.tables.add(Table(app, name="customer-state", partitions=N, key_type=bytes,
                                       value_type=bytes, beacon=app.tables.beacon))
 # Where earlier versions kept the partition documents: read, never written.

@@ -166,7 +166,7 @@ class InboxFetch:
         if not records or not inboxes or not self.flow_active or self.should_stop:
             return records, active_partitions       # Faust's getmany does the rest (or seeks back)
         for tp in [tp for tp in records if tp.topic in inboxes]:
-            # the partitions Faust would deliver from (the rest it drops, and so do we: left in)
+            # the partitions Faust would deliver from (the rest it drops, and so does this: left in)
             if active_partitions is None or tp in active_partitions or tp in self._buffered_partitions:
                 await self._to_inbox(inboxes[tp.topic], tp, records.pop(tp))
                 if not self.flow_active or self.should_stop:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-import agents.engine as A
+import agents.ingest as A
 from faust.types import Message
 from rules.engine import INPUT_TOPICS
 from rules.timeutil import format_ts, parse_ts
@@ -30,22 +30,18 @@ async def wired(monkeypatch):
         channel = app.channel(maxsize=1000)
         monkeypatch.setattr(T, name, channel)
         out[name] = channel.clone(is_iterator=True)    # a subscriber: it receives what is sent
-    A.ENGINES.clear()
-    A._unwritten.clear()
-    A._since_meta.clear()
-    A.MARKS.clear()
-    A.ACKS.clear()
+    A.PARTITIONS.runtimes.clear()
     for table in (T.customer_state, T.partition_state):
         table.data.clear()
     T.customer_state.partition_of.clear()
-    A._WARNED.clear()
+    A.PARTITIONS.warned.clear()
     contexts = {"ticks": A.ticks.test_context()}
     agents = {name: await ctx.__aenter__() for name, ctx in contexts.items()}
     agents.update({topic: Input(topic) for topic in INPUT_TOPICS})
     yield agents, out
     for ctx in contexts.values():
         await ctx.__aexit__(None, None, None)
-    A.ENGINES.clear()
+    A.PARTITIONS.runtimes.clear()
 
 
 class Input:
@@ -103,9 +99,9 @@ async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired
     # state is in the table, keyed by customer, and the engine's partition is the event's
     state = orjson.loads(T.customer_state[b"c-1"])
     assert state["usage"]["seats"]["value"] == 46 and state["off"]["usage"] == 0
-    assert p in A.ENGINES and "c-1" in A.ENGINES[p].customers
+    assert p in A.PARTITIONS.runtimes and "c-1" in A.PARTITIONS.runtimes[p].engine.customers
     meta = orjson.loads(T.customer_state[A.meta_key(p)])       # written at the tick, the 3rd record
-    assert meta["watermark"] == T0 + 2 * MIN and A.ENGINES[p].buffered() == 0
+    assert meta["watermark"] == T0 + 2 * MIN and A.PARTITIONS.runtimes[p].engine.buffered() == 0
 
 
 async def test_engines_are_per_partition(wired):
@@ -124,7 +120,7 @@ async def test_engines_are_per_partition(wired):
     # only the ticked partition's customers: the others still wait for their stream time
     assert sorted(g["customer_id"] for g in got) == sorted(by_p[first])
     for p, cids in by_p.items():     # applied (ticked) or buffered, each on its own partition
-        eng = A.ENGINES[p]
+        eng = A.PARTITIONS.runtimes[p].engine
         waiting = {e[1] for q in eng.fifo.values() for e in q}
         assert set(eng.customers) | waiting == set(cids)
         assert (p == first) == (not waiting)
@@ -141,7 +137,7 @@ async def test_late_event_and_unhappy_customer_are_suppressed_with_reason(wired)
     assert _drain(out["proposals"]) == []
     sup = _drain(out["suppressed"])
     assert [(s["trigger"], s["suppressed"]["reason"]) for s in sup] == [("usage_limit", "unhappy_customer")]
-    assert A.ENGINES[p].stats["late_events"] == 1
+    assert A.PARTITIONS.runtimes[p].engine.stats["late_events"] == 1
 
 
 async def test_invalid_events_go_to_dead_letters_with_original_bytes(wired):
@@ -166,10 +162,10 @@ async def test_a_dead_letter_is_not_acknowledged_before_an_earlier_event_that_wa
     p = await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 3}, T0)
     await _put(agents, "usage", b"{oops", T0 + 1, partition=p, key="c-1")
     assert len(_drain(out["dead_letters"])) == 1
-    read = list(A.ACKS[(T.inputs["usage"].get_topic_name(), p)].queue)
+    read = list(A.PARTITIONS.runtimes[p].acks[(T.inputs["usage"].get_topic_name(), p)].queue)
     assert [m.offset for m in read] == [0, 1] and not any(m.acked for m in read)
     await _tick(agents, p, T0 + MIN)                # the event is applied and written: both go
-    assert all(m.acked for m in read) and not A.ACKS[read[0].tp].queue
+    assert all(m.acked for m in read) and not A.PARTITIONS.runtimes[p].acks[read[0].tp].queue
 
 
 async def test_a_redelivered_event_changes_nothing(wired):
@@ -183,7 +179,7 @@ async def test_a_redelivered_event_changes_nothing(wired):
     usage.sent_offset -= 1        # the same offset again, as after a take-over
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
     assert T.customer_state[b"c-1"] == before
-    assert A.ENGINES[p].stats["duplicates"] == 1 and A.ENGINES[p].stats["late_events"] == 0
+    assert A.PARTITIONS.runtimes[p].engine.stats["duplicates"] == 1 and A.PARTITIONS.runtimes[p].engine.stats["late_events"] == 0
 
 
 async def test_engine_is_rebuilt_from_the_tables_and_pending_events_come_again(wired):
@@ -193,8 +189,8 @@ async def test_engine_is_rebuilt_from_the_tables_and_pending_events_come_again(w
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 30}, T0 + MIN)   # offset 0
     await _tick(agents, p, T0 + MIN + 1)                 # both applied, persisted and acknowledged
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + 2 * MIN)  # 1
-    assert A.ENGINES[p].buffered() == 1 and _drain(out["proposals"]) == []
-    A.ENGINES.clear()        # a rebalance (what on_partitions_revoked does): the tables stay
+    assert A.PARTITIONS.runtimes[p].engine.buffered() == 1 and _drain(out["proposals"]) == []
+    A.PARTITIONS.runtimes.clear()        # a rebalance (what on_partitions_revoked does): the tables stay
     # the broker delivers again from the last committed offset: offset 0 (applied) and 1 (pending)
     usage.sent_offset = 0
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 30}, T0 + MIN)
@@ -202,7 +198,7 @@ async def test_engine_is_rebuilt_from_the_tables_and_pending_events_come_again(w
     await _tick(agents, p, T0 + 3 * MIN)
     got = _drain(out["proposals"])
     assert [(g["trigger"], g["evidence"]["value"]) for g in got] == [("usage_limit", 46)]
-    assert A.ENGINES[p].stats["duplicates"] == 1
+    assert A.PARTITIONS.runtimes[p].engine.stats["duplicates"] == 1
     assert orjson.loads(T.customer_state[b"c-1"])["usage"]["seats"]["value"] == 46
 
 
@@ -215,27 +211,35 @@ async def test_the_partition_document_is_kept_with_the_customers(wired, monkeypa
     assert orjson.loads(T.customer_state[A.meta_key(p)])["watermark"] == T0 + MIN
     assert A.meta_key(p).decode("utf-8", "replace") != A.meta_key(p).decode("latin-1")
     assert len(T.partition_state.data) == 0
-    A.ENGINES.clear()                                 # restored: the document is not a customer
-    eng = A.engine_for(p)
+    A.PARTITIONS.runtimes.clear()                                 # restored: the document is not a customer
+    eng = A.PARTITIONS[p].engine
     assert eng.watermark == T0 + MIN and list(eng.customers) == ["c-1"]
     # a document where earlier versions kept it is still read
     T.partition_state.data[str(p).encode()] = T.customer_state.data.pop(A.meta_key(p))
-    A.ENGINES.clear()
-    assert A.engine_for(p).watermark == T0 + MIN
+    A.PARTITIONS.runtimes.clear()
+    assert A.PARTITIONS[p].engine.watermark == T0 + MIN
 
 
 def _records(monkeypatch, acked: list, offsets, tp=("usage", 0), on_ack=None):
     """Records of one topic-partition; Faust's consumer appends the offset of each it is told
     is acknowledged to `acked`."""
     monkeypatch.setattr(app.consumer, "ack", lambda m: acked.append(m.offset) or (on_ack and on_ack(m)))
-    return [SimpleNamespace(tp=tp, offset=o, generation_id=1) for o in offsets]
+    return [SimpleNamespace(tp=tp, partition=tp[1], offset=o, generation_id=1) for o in offsets]
+
+
+def _runtime(monkeypatch, partition: int = 0):
+    """A partition's runtime of its own (no engine), registered as the worker's only one."""
+    partitions = A.Partitions()
+    rt = partitions.runtimes[partition] = A.PartitionRuntime(partition, None)
+    monkeypatch.setattr(A, "PARTITIONS", partitions)
+    return rt
 
 
 def test_records_are_acknowledged_to_faust_in_offset_order(monkeypatch):
-    monkeypatch.setattr(A, "ACKS", {})
+    rt = _runtime(monkeypatch)
     acked = []
     records = _records(monkeypatch, acked, [0, 1, 2, 3, 3, 4])        # offset 3 read twice
-    order = A.acks_for(records[0])
+    order = rt.acks_for(records[0])
     for r in records:
         order.read(r)
     order.ack(records[2])          # a dead letter read after two events still waiting: held
@@ -248,18 +252,18 @@ def test_records_are_acknowledged_to_faust_in_offset_order(monkeypatch):
     order.ack(records[5])
     assert acked == [0, 1, 2, 3, 3, 4] and not order.queue and not order.done
     # after a rebalance (a new consumer generation) the old order is left behind
-    newer = SimpleNamespace(tp=("usage", 0), offset=5, generation_id=2)
-    assert A.acks_for(newer) is not order and A.acks_for(newer) is A.acks_for(newer)
+    newer = SimpleNamespace(tp=("usage", 0), partition=0, offset=5, generation_id=2)
+    assert rt.acks_for(newer) is not order and rt.acks_for(newer) is rt.acks_for(newer)
 
 
 async def test_events_are_acknowledged_once_the_broker_has_their_batch(monkeypatch):
     monkeypatch.setattr(type(app.producer.buffer), "state", property(lambda self: "running"))
-    monkeypatch.setattr(A, "ACKS", {})
+    rt = _runtime(monkeypatch)
     loop = asyncio.get_running_loop()
     acked, all_acked, crashed = [], loop.create_future(), loop.create_future()
     records = _records(monkeypatch, acked, range(4),
                        on_ack=lambda m: m.offset == 2 and all_acked.set_result(None))
-    order = A.acks_for(records[0])
+    order = rt.acks_for(records[0])
     for r in records:
         order.read(r)
     monkeypatch.setattr(app, "crash", lambda exc: crashed.set_result(exc) or crashed)
@@ -285,7 +289,7 @@ async def test_events_are_acknowledged_once_the_broker_has_their_batch(monkeypat
 def backlog(monkeypatch):
     """As while reading a backlog: the consumer knows of later records on every partition,
     so only PERSIST_EVERY (4 here) and ticks end a batch."""
-    monkeypatch.setattr(A, "caught_up", lambda msg: False)
+    monkeypatch.setattr(A, "caught_up", lambda rt, msg: False)
     monkeypatch.setattr(A, "PERSIST_EVERY", 4)
 
 
@@ -297,18 +301,18 @@ async def test_a_backlog_is_written_behind_and_decisions_are_not_held(wired, bac
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
     # the proposal is sent at once, but the batch is not written nor acknowledged yet
     assert [g["trigger"] for g in _drain(out["proposals"])] == ["usage_limit"]
-    assert T.customer_state.get(b"c-1") is None and len(A.HELD[p]) == 2
+    assert T.customer_state.get(b"c-1") is None and len(A.PARTITIONS.runtimes[p].held) == 2
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 30}, T0 + 2 * MIN)
-    assert T.customer_state.get(b"c-1") is None and len(A.HELD[p]) == 3
+    assert T.customer_state.get(b"c-1") is None and len(A.PARTITIONS.runtimes[p].held) == 3
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 31}, T0 + 3 * MIN)
     # the 4th record ends the batch: the customer is written once, with all three usage samples
     state = orjson.loads(T.customer_state[b"c-1"])
     assert state["usage"]["seats"]["value"] == 31 and state["off"] == {"customers": 0, "usage": 2}
-    assert A.HELD[p] == {}
+    assert A.PARTITIONS.runtimes[p].held == {}
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 32}, T0 + 4 * MIN)
-    assert len(A.HELD[p]) == 1
+    assert len(A.PARTITIONS.runtimes[p].held) == 1
     await _tick(agents, p, T0 + 11 * MIN)            # a tick ends the batch too
-    assert orjson.loads(T.customer_state[b"c-1"])["usage"]["seats"]["value"] == 32 and A.HELD[p] == {}
+    assert orjson.loads(T.customer_state[b"c-1"])["usage"]["seats"]["value"] == 32 and A.PARTITIONS.runtimes[p].held == {}
 
 
 async def test_a_batch_lost_before_its_write_is_applied_again_with_the_same_decisions(wired, backlog):
@@ -327,7 +331,7 @@ async def test_a_batch_lost_before_its_write_is_applied_again_with_the_same_deci
     await _tick(agents, p, T0 + 11 * MIN)            # its stream time (the old tick was committed)
     again = _drain(out["proposals"])
     assert again == first          # at least once: the same proposal_id and content
-    assert A.ENGINES[p].stats["duplicates"] == 0
+    assert A.PARTITIONS.runtimes[p].engine.stats["duplicates"] == 0
 
 
 def test_with_the_event_clock_a_batch_ends_once_the_consumer_is_caught_up(monkeypatch):
@@ -340,21 +344,21 @@ def test_with_the_event_clock_a_batch_ends_once_the_consumer_is_caught_up(monkey
         asked.append(tp)
         return highwater[tp]
     monkeypatch.setattr(A, "app", SimpleNamespace(consumer=SimpleNamespace(highwater=consumer_highwater)))
-    monkeypatch.setattr(A, "_ENDS", {})
+    rt = A.PartitionRuntime(0, None)
     msg = lambda offset, tp="usage": SimpleNamespace(tp=tp, offset=offset)   # noqa: E731
     monkeypatch.setattr(A, "settings", replace(settings, clock="event"))
-    assert A.caught_up(msg(3))        # not fetched yet: cannot tell, so write
+    assert A.caught_up(rt, msg(3))        # not fetched yet: cannot tell, so write
     highwater["usage"] = 5            # the consumer knows of offsets 0..4
-    assert [A.caught_up(msg(o)) for o in (3, 4)] == [False, True]
+    assert [A.caught_up(rt, msg(o)) for o in (3, 4)] == [False, True]
     asked.clear()
-    assert not A.caught_up(msg(2))    # below a high-water mark seen: known without asking
+    assert not A.caught_up(rt, msg(2))    # below a high-water mark seen: known without asking
     assert asked == []
     highwater["usage"] = 9            # more records fetched
-    assert [A.caught_up(msg(o)) for o in (4, 8)] == [False, True]
-    assert A.caught_up(msg(0, "feedback")) is False and asked == ["usage", "usage", "feedback"]
+    assert [A.caught_up(rt, msg(o)) for o in (4, 8)] == [False, True]
+    assert A.caught_up(rt, msg(0, "feedback")) is False and asked == ["usage", "usage", "feedback"]
     monkeypatch.setattr(A, "settings", replace(settings, clock="wall"))
     highwater["usage"] = 5
-    assert not A.caught_up(msg(4))    # live, the ticks end the batches
+    assert not A.caught_up(rt, msg(4))    # live, the ticks end the batches
 
 
 async def test_live_clock_decides_at_once_and_the_tick_record_writes(wired):
@@ -367,11 +371,11 @@ async def test_live_clock_decides_at_once_and_the_tick_record_writes(wired):
     got = _drain(out["proposals"])
     assert [(g["trigger"], g["created_at"]) for g in got] == [("usage_limit", format_ts(T0 + MIN))]
     # applied but neither written nor acknowledged until the partition's tick record
-    assert A.ENGINES[p].buffered() == 0 and len(A.HELD[p]) == 2
+    assert A.PARTITIONS.runtimes[p].engine.buffered() == 0 and len(A.PARTITIONS.runtimes[p].held) == 2
     assert T.customer_state.get(b"c-1") is None
     await _tick(agents, p, T0 + MIN + 1)
     assert orjson.loads(T.customer_state[b"c-1"])["off"] == {"customers": 0, "usage": 0}
-    assert A.HELD[p] == {} and _drain(out["proposals"]) == []
+    assert A.PARTITIONS.runtimes[p].held == {} and _drain(out["proposals"]) == []
 
 
 async def test_table_values_are_exact_size_copies(wired):
@@ -381,11 +385,11 @@ async def test_table_values_are_exact_size_copies(wired):
     await _tick(agents, p, T0 + 1)
     stored = T.customer_state[b"c-1"]
     await _tick(agents, p, T0 + 2)                      # a batch without it: kept as the table's bytes
-    assert A.ENGINES[p].customers["c-1"] is stored
-    assert stored == orjson.dumps(A.ENGINES[p].customer("c-1"))
+    assert A.PARTITIONS.runtimes[p].engine.customers["c-1"] is stored
+    assert stored == orjson.dumps(A.PARTITIONS.runtimes[p].engine.customer("c-1"))
     # orjson's own bytes carry its write buffer (kilobytes); what the table keeps must not
     tracemalloc.start()
-    kept = [A.dumps(A.ENGINES[p].customer("c-1")) for _ in range(100)]
+    kept = [A.dumps(A.PARTITIONS.runtimes[p].engine.customer("c-1")) for _ in range(100)]
     per_value = tracemalloc.get_traced_memory()[0] / len(kept)
     tracemalloc.stop()
     assert per_value < 2 * len(stored) + 100
@@ -398,11 +402,11 @@ async def test_a_watermark_record_is_acknowledged_with_the_batch_that_writes_it(
     p = partition_for("c-1", settings.partitions)
     marker = await agents["usage"].put(b"", partition=p, timestamp=(T0 + MIN) / 1000,
                                        headers=[(WATERMARK_HEADER, str(T0 + MIN).encode())])
-    assert A.MARKS[p] == [marker]
+    assert A.PARTITIONS.runtimes[p].marks == [marker]
     # not written yet: acknowledged, a successor restoring the tables would not know this watermark
     assert not marker.acked and T.customer_state.get(A.meta_key(p)) is None
     await _tick(agents, p, T0)                     # the batch ends, the partition document is written
-    assert marker.acked and A.MARKS.get(p) is None
+    assert marker.acked and A.PARTITIONS.runtimes[p].marks == []
     assert orjson.loads(T.customer_state[A.meta_key(p)])["hw"]["usage"] == T0 + MIN
 
 
@@ -458,7 +462,7 @@ async def test_an_event_time_out_of_range_is_a_dead_letter_and_moves_no_stream_t
     agents, out = wired
     p = await _put(agents, "customers", _seat_customer(), T0)
     await _tick(agents, p, T0 + 1)
-    watermark = A.ENGINES[p].watermark
+    watermark = A.PARTITIONS.runtimes[p].engine.watermark
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 49}, ts_ms)
     await agents["usage"].put(b"", partition=p, timestamp=T0 / 1000,
                               headers=[(WATERMARK_HEADER, str(ts_ms).encode())])
@@ -466,7 +470,7 @@ async def test_an_event_time_out_of_range_is_a_dead_letter_and_moves_no_stream_t
     dl = _drain(out["dead_letters"])
     assert [d["error"].split(" ")[:2] for d in dl] == [["record", "timestamp"]] * 2 + [["watermark", "record:"]]
     assert str(ts_ms) in dl[0]["error"] and dl[0]["timestamp"] is None and dl[0]["partition"] == p
-    assert A.ENGINES[p].watermark == watermark and A.ENGINES[p].stats["events"]["usage"] == 0
+    assert A.PARTITIONS.runtimes[p].engine.watermark == watermark and A.PARTITIONS.runtimes[p].engine.stats["events"]["usage"] == 0
     # the worker goes on: the next valid event is applied and decided
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 49}, T0 + 2)
     await _tick(agents, p, T0 + MIN)

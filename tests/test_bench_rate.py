@@ -66,7 +66,8 @@ def test_metric_sum_adds_every_label_set_of_one_family_from_the_real_page(monkey
     assert "upsell_events_waiting" not in page                     # not given: not shown
     page = metrics.render(lambda topic, partition: None, waiting={2: 0, 0: 3})
     assert page.count("upsell_events_waiting{") == 2
-    assert 'upsell_events_waiting{partition="0"} 3' in page and metric_sum(page, "upsell_events_waiting") == 3
+    assert 'upsell_events_waiting{partition="0"} 3.0' in page and metric_sum(page, "upsell_events_waiting") == 3
+    assert "process_cpu_seconds_total" in page and "upsell_decision_latency_seconds histogram" in page
 
 
 def test_live_cost_splits_two_loads_into_a_fixed_part_and_a_part_per_event():

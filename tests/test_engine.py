@@ -27,7 +27,7 @@ def stream():
 
 def _engine_run(events, order_seed=None, freeze_every=None):
     """Feed one partition like a live consumer: topics interleaved arbitrarily, then a final
-    watermark; with `freeze_every`, a write-behind batch end (agents.engine.persist) every so many
+    watermark; with `freeze_every`, a write-behind batch end (agents.ingest.PartitionRuntime.persist) every so many
     events: the customers that changed are serialised and kept frozen."""
     eng = PartitionEngine(RULES)
     out = []
@@ -286,7 +286,7 @@ def test_the_partition_document_holds_no_high_water_mark_of_a_pending_event():
 
 
 def test_next_due_is_the_earliest_pending_event_or_timer():
-    """What the live clock wakes for (agents.engine.LocalClock)."""
+    """What the live clock wakes for (streams.clock.LocalClock)."""
     t0 = 1_750_000_000_000
     eng = PartitionEngine(RULES)
     assert eng.next_due() is None

@@ -22,11 +22,11 @@ def runs(tmp_path_factory):
     with open(stream, "wb") as f:
         subprocess.run([*CLI, "generate", "--customers", "1000", "--days", "120", "--seed", "7",
                         "--start", "2025-01-01"], stdout=f, check=True)
-    # run 1 reads the file, run 2 reads a pipe
+    # run 1 reads the file in one process, run 2 a pipe in two (`--jobs 2`)
     one = subprocess.run([*CLI, "simulate", str(stream), "--out", str(d / "one.jsonl")],
                          capture_output=True, check=True, text=True)
     with open(stream, "rb") as f:
-        two = subprocess.run([*CLI, "simulate", "-", "--out", str(d / "two.jsonl")], stdin=f,
+        two = subprocess.run([*CLI, "simulate", "-", "--jobs", "2", "--out", str(d / "two.jsonl")], stdin=f,
                              capture_output=True, check=True, text=True)
     return (d / "one.jsonl").read_bytes(), (d / "two.jsonl").read_bytes(), one.stdout, two.stdout
 

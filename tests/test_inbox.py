@@ -11,7 +11,7 @@ from faust.types import TP
 from mode.utils.queues import FlowControlEvent
 from faust.types.tuples import ConsumerMessage
 
-import agents.engine as A
+import agents.ingest as A
 from streams import topics as T
 from streams.app import app
 from streams.inbox import Inbox, writing_for

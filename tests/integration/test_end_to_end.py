@@ -188,12 +188,14 @@ async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker)
     assert health["consumer"] == "loop"            # the default (UPSELL_CONSUMER_THREAD=0)
     metrics = (await asyncio.to_thread(worker.get, "/metrics"))[1].decode()
     moves = [line for line in metrics.splitlines() if line.startswith("upsell_clock_moves_total ")]
-    assert len(moves) == 1 and int(moves[0].split()[1]) > 0
+    assert len(moves) == 1 and float(moves[0].split()[1]) > 0
+    # its decision was timed from its event time: at least the lateness, in the histogram
+    assert metric_sum(metrics, "upsell_decision_latency_seconds_count") >= 1
     # what it handed to Kafka (state, decisions) reaches the broker: the gauge comes back to 0
     deadline = time.monotonic() + 30
     while True:
         page = (await asyncio.to_thread(worker.get, "/metrics"))[1].decode()
-        unsent = [int(line.split()[1]) for line in page.splitlines() if line.startswith("upsell_unsent_bytes ")]
+        unsent = [float(line.split()[1]) for line in page.splitlines() if line.startswith("upsell_unsent_bytes ")]
         assert len(unsent) == 1 and unsent[0] >= 0
         if unsent[0] == 0:
             break

@@ -119,3 +119,15 @@ async def test_redis_with_a_password(start_worker, broker, logs):
         finally:
             await r.aclose()
 
+
+
+async def test_a_worker_creates_the_missing_topics_with_its_partition_count(start_worker, broker):
+    """No topic exists yet: the worker creates every one with UPSELL_PARTITIONS (3, not the
+    broker's default), and a record forwarded through `repartition` finds its partition."""
+    from streams.kafka import partition_counts
+    from streams.replay import TOPICS
+    worker = start_worker(UPSELL_PARTITIONS="3")
+    await asyncio.to_thread(_wait, lambda: _get(worker.port, "/health")[0] == 200, worker)
+    names = [start_worker.prefix + t for t in TOPICS]
+    counts = await partition_counts(broker.bootstrap, names)
+    assert counts == {n: 3 for n in names}

@@ -1,38 +1,39 @@
-"""Ingest: decode -> update state -> rules -> emit, for every input topic.
+"""The ingest: decode -> update state -> rules -> emit, for every input topic.
 
-The input records come from Faust's consumer through an inbox (`INBOX`, `streams.inbox`): each
-fetch's messages in one list, to one task (`ingest`), outside Faust's per-record path (the
-fetcher's steps, the conductor, an event and a stream per record), which cost a no-op Faust agent
-more per record than the rules and state cost this worker.
-Tick records still come through an agent (`ticks`). The code is thin. All decisions are made by
-`rules.engine.PartitionEngine` (pure, shared with the backtest); this module only moves bytes:
+`PartitionRuntime` owns one partition's life on this worker (its `PartitionEngine`, the records
+held for stream time, the acknowledgement order of its topic-partitions, the write-behind
+counters, the decision partitions it sent to); `PARTITIONS` holds this worker's, made on a
+partition's first record and dropped on revocation. `tests/ingest_driver.py` drives it record by
+record.
 
-* decode and validate (`streams.recorded.decode_event`); anything invalid goes
-  to `dead-letters` with the reason and the original bytes, and the stream
-  moves on (its offset is committed like any other);
-* feed the partition's engine; send its proposals and suppressions at once,
-  keyed by customer_id, as record batches (`emit`, `streams.topics.WRITES`);
-* write behind: the tables are written once per batch of records on a
-  partition, not once per event, so a customer with several events in a batch
-  is written once. A batch ends at every tick record (live: each commit
-  interval), after PERSIST_EVERY records, and, with the event clock (no ticks),
-  when the consumer knows of no later record on the event's topic-partition;
+Input records come from Faust's consumer through an inbox (`INBOX`, `streams.inbox`): each
+fetch's records in one list, to one task (`ingest`), outside Faust's per-record path, which cost
+a no-op Faust agent more per record than the rules and state cost this worker. Tick records come
+through an agent (`ticks`). All decisions are made by `rules.engine.PartitionEngine` (pure,
+shared with the backtest); this module moves bytes:
+
+* decode and validate (`streams.recorded.decode_event`); anything invalid goes to `dead-letters`
+  with the reason (`agents.errors`), and the stream moves on (its offset is committed like any
+  other). A record on a partition its key does not hash to is forwarded to the `repartition`
+  topic (`forward`) or dead-lettered (UPSELL_WRONG_PARTITION);
+* feed the partition's engine; send its proposals and suppressions at once, keyed by
+  customer_id, as record batches (`emit`, `streams.topics.WRITES`);
+* write behind: the table is written once per batch of records on a partition, not once per
+  event. A batch ends at every tick record (live: each commit interval), after PERSIST_EVERY
+  records, and, with the event clock (no ticks), when the consumer knows of no later record on
+  the event's topic-partition;
 * a batch end waits while Faust's producer buffer holds more than PRODUCER_BACKLOG messages
-  (`ebb`), or more than UNSENT_BYTES of table writes and decisions are not yet in the broker:
-  one batch end can make thousands of writes, and the stream must not run ahead;
+  (`ebb`), or more than UNSENT_BYTES of table writes and decisions are not yet in the broker;
 * live, stream time moves on a local clock (`advance`, `LOCAL`), without a broker hop, as soon
   as a waiting event falls due: released events are applied and decided at once, and written at
   the batch end;
 * acknowledge an input event only once the engine has applied it and the broker has its
-  decisions and its batch's writes (a watermark record:
-  once it has a partition document holding it). Events waiting for stream time
-  stay unacknowledged, so Kafka's committed offset never passes them (Faust
-  commits up to the first unacknowledged record, as `InOrder` hands it the
-  acknowledgements in offset order): a worker that dies loses nothing, and the
-  next owner of the partition reads them again. Re-read events whose effects
-  were written are recognised by offset and dropped by the engine; the others
-  are applied again and their decisions sent again, with the same proposal_id
-  (at least once).
+  decisions and its batch's writes (a watermark record: once a partition document holds it), in
+  offset order per topic-partition (`InOrder`). Events waiting for stream time stay
+  unacknowledged, so Kafka's committed offset never passes them: a worker that dies loses
+  nothing, and the next owner of the partition reads them again. Re-read events whose effects
+  were written are recognised by offset and dropped by the engine; the others are applied again
+  and their decisions sent again, with the same proposal_id (at least once).
 """
 from __future__ import annotations
 
@@ -44,10 +45,11 @@ from collections import deque
 import orjson
 
 from rules.engine import PROPOSAL, PartitionEngine
+from rules.timeutil import parse_ts
 from schemas.validate import ValidationError, check_event_time
-from streams import deadletters
-from streams.backtest import ahead_error
+from agents.errors import send_dead_letter
 from streams import metrics
+from streams.backtest import ahead_error
 from streams import topics as T
 from streams.app import app, health, rules, settings
 from streams.clock import WALL, LocalClock
@@ -57,10 +59,6 @@ from streams.recorded import decode_event, dumps
 from streams.replay import WATERMARK_HEADER
 
 log = logging.getLogger(__name__)
-ENGINES: dict[int, PartitionEngine] = {}
-HELD: dict[int, dict[tuple[str, int], object]] = {}   # partition -> (topic, offset) -> unacked message
-MARKS: dict[int, list] = {}   # partition -> watermark records read since its last partition document
-DECIDED: dict[int, set] = {}   # engine partition -> the (topic, partition)s it sent decisions to
 PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
 META_EVERY = 1000       # records between writes of the partition document (at a batch end)
 PRODUCER_BACKLOG = 10_000   # messages in Faust's producer buffer beyond which a batch end waits (`ebb`)
@@ -68,8 +66,13 @@ UNSENT_BYTES = settings.max_unsent_mb << 20   # bytes not yet in the broker beyo
 # The topic whose partition p a write of partition p's state stands for (tables are written for a
 # current event; an input topic's partition count is checked against the changelog's)
 STATE_SOURCE = T.ticks.get_topic_name()
-_unwritten: dict[int, int] = {}   # partition -> records since its last table write
-_since_meta: dict[int, int] = {}  # partition -> records since its last partition document
+TOPIC_HEADER = "upsell-topic"         # a forwarded record's input topic
+SOURCE_HEADER = "upsell-source"       # "partition:offset" it was read from
+MARK_HEADER = "upsell-forward-mark"   # "partition:ts": that partition forwards nothing older than ts
+FORWARD = settings.wrong_partition == "repartition"
+# With the event clock, stream time waits for the other partitions' forward marks; live, the
+# wall clock moves it, and a forwarded record arrives well within UPSELL_LATENESS_MS.
+FORWARD_MARKS = FORWARD and settings.clock == "event"
 
 
 class InOrder:
@@ -101,14 +104,110 @@ class InOrder:
             app.consumer.ack(first)          # what `first.ack(consumer)` comes to: one reference
 
 
-ACKS: dict = {}   # topic-partition -> InOrder of its current assignment
+class PartitionRuntime:
+    """Everything this worker keeps for one partition it owns: its `PartitionEngine` (customers,
+    events waiting for stream time, timers), the records read and not yet acknowledged, the
+    acknowledgement order of each of its topic-partitions, the write-behind counters and the
+    decision partitions it sent to. Made on the partition's first record after an assignment
+    (the engine restored from the table), dropped when the partition is revoked: what it held
+    and had not acknowledged is read again by the partition's next owner."""
+
+    __slots__ = ("partition", "engine", "held", "marks", "decided", "unwritten", "since_meta",
+                 "acks", "ends", "log_ends", "forward_mark")
+
+    def __init__(self, partition: int, engine: PartitionEngine):
+        self.partition = partition
+        self.engine = engine
+        self.held: dict[tuple[str, int], object] = {}   # (topic, offset) -> a record waiting in the engine
+        self.marks: list = []          # watermark records read since the last partition document
+        self.decided: set = set()      # (topic, partition)s this partition sent decisions and forwards to
+        self.unwritten = 0             # records since the last table write
+        self.since_meta = 0            # records since the last partition document
+        self.acks: dict = {}           # topic-partition -> InOrder of the current assignment
+        self.ends: dict = {}           # topic-partition -> the highest end offset seen (they only grow)
+        self.log_ends: dict = {}       # topic-partition -> (end offset reported by fetches, exact end)
+        self.forward_mark = -1         # the latest forward mark sent (event clock)
+
+    def acks_for(self, msg) -> InOrder:
+        order = self.acks.get(msg.tp)
+        if order is None or order.generation != msg.generation_id:
+            order = self.acks[msg.tp] = InOrder(msg.generation_id)
+        return order
+
+    def batch_end(self, idle: bool) -> int | None:
+        """Count a record read; if the batch ends now (see the module doc), the number of records
+        in the batch, else None."""
+        self.unwritten += 1
+        if idle or self.unwritten >= PERSIST_EVERY:
+            n, self.unwritten = self.unwritten, 0
+            return n
+        return None
+
+    def persist(self, records: int) -> list:
+        """End the batch: write the customers that changed, and every META_EVERY records the
+        partition document (watermarks and counters) after them; returns the records to
+        acknowledge now: the events applied, and the watermark records read once a partition
+        document holds them. Synchronous, so nothing else runs meanwhile; the writes go to
+        partition p of the changelog, as one `write_many` (record batches, not a message per key)."""
+        eng, p = self.engine, self.partition
+        blobs, items = {}, []
+        for cid, c in eng.take_dirty():
+            blob = blobs[cid] = dumps(c)
+            items.append((cid.encode(), blob))
+        eng.written(blobs)      # customers idle since the batch before are kept as these bytes
+        held = self.held
+        done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]
+        self.since_meta += records
+        if self.since_meta >= META_EVERY:
+            items.append((meta_key(p), dumps(eng.meta())))
+            self.since_meta = 0
+            done += self.marks
+            self.marks = []
+        with writing_for(STATE_SOURCE, p):     # a table writes to its current event's partition
+            T.customer_state.write_many(p, items)
+        return done
+
+    def sent(self) -> list:
+        """The latest state write of the partition and the latest send to each topic-partition it
+        sent decisions or forwards to: once they are in the broker, so is everything it wrote and
+        sent before (`streams.topics.Batches`). Empty in the agents' test driver."""
+        writes = [T.WRITES.last[tp] for tp in self.decided]
+        state = T.customer_state.last_write.get(self.partition)
+        return writes + [state] if state is not None else writes
+
+    def ack(self, messages) -> None:
+        """Acknowledge these records now, each in its topic-partition's order."""
+        for m in messages:
+            order = self.acks.get(m.tp)
+            if order is not None:
+                order.ack(m)
 
 
-def acks_for(msg) -> InOrder:
-    order = ACKS.get(msg.tp)
-    if order is None or order.generation != msg.generation_id:
-        order = ACKS[msg.tp] = InOrder(msg.generation_id)
-    return order
+class Partitions:
+    """The partitions this worker owns, each a `PartitionRuntime`, and what is logged once per
+    worker (the first record on a wrong partition, per topic)."""
+
+    def __init__(self):
+        self.runtimes: dict[int, PartitionRuntime] = {}
+        self.warned: set[str] = set()
+
+    def __getitem__(self, partition: int) -> PartitionRuntime:
+        rt = self.runtimes.get(partition)
+        if rt is None:
+            rt = self.runtimes[partition] = PartitionRuntime(partition, restore(partition))
+        return rt
+
+    def engines(self) -> dict[int, PartitionEngine]:
+        return {p: rt.engine for p, rt in self.runtimes.items()}
+
+    def revoke(self, tps) -> None:
+        """The tables stay the source of truth; a runtime is made again on its next record, and
+        its records not acknowledged are read again by the partition's next owner."""
+        for tp in tps:
+            self.runtimes.pop(tp.partition, None)
+
+
+PARTITIONS = Partitions()
 
 
 def meta_key(partition: int) -> bytes:
@@ -122,26 +221,22 @@ def meta_key(partition: int) -> bytes:
     return b"\xffpartition:%d" % partition
 
 
-def engine_for(partition: int) -> PartitionEngine:
-    """The partition's engine, rebuilt from the tables after an assignment."""
-    eng = ENGINES.get(partition)
-    if eng is None:
-        # partition-state: where earlier versions kept the document (read until it is rewritten)
-        meta = T.customer_state.get(meta_key(partition)) or T.partition_state.get(str(partition).encode())
-        table = T.customer_state
-        keys = [k for k in table.keys_of(partition, _hashed) if k[:1] != b"\xff"]
-        misplaced = sum(partition_for(k.decode("utf-8", "replace"), settings.partitions) != partition
-                        for k in keys)
-        if misplaced:
-            # kept where they are: dropping them would lose those customers' state
-            metrics.misplaced_customers[partition] = misplaced
-            log.warning("partition %d: %d customer document(s) in its changelog partition hash (murmur2) to "
-                        "another partition; restored here, as written", partition, misplaced)
-        eng = ENGINES[partition] = PartitionEngine.restore(     # JSON: restored frozen
-            rules, partition, orjson.loads(meta) if meta else None, (table[k] for k in keys),
-            max_ahead=settings.max_ahead_ms, forward_sources=settings.partitions if FORWARD_MARKS else None)
-        HELD[partition] = {}
-    return eng
+def restore(partition: int) -> PartitionEngine:
+    """The partition's engine, rebuilt from the table after an assignment."""
+    # partition-state: where earlier versions kept the document (read until it is rewritten)
+    meta = T.customer_state.get(meta_key(partition)) or T.partition_state.get(str(partition).encode())
+    table = T.customer_state
+    keys = [k for k in table.keys_of(partition, _hashed) if k[:1] != b"\xff"]
+    misplaced = sum(partition_for(k.decode("utf-8", "replace"), settings.partitions) != partition
+                    for k in keys)
+    if misplaced:
+        # kept where they are: dropping them would lose those customers' state
+        metrics.misplaced_customers[partition] = misplaced
+        log.warning("partition %d: %d customer document(s) in its changelog partition hash (murmur2) to "
+                    "another partition; restored here, as written", partition, misplaced)
+    return PartitionEngine.restore(     # JSON: restored frozen
+        rules, partition, orjson.loads(meta) if meta else None, (table[k] for k in keys),
+        max_ahead=settings.max_ahead_ms, forward_sources=settings.partitions if FORWARD_MARKS else None)
 
 
 def _hashed(key: bytes) -> int:
@@ -151,70 +246,26 @@ def _hashed(key: bytes) -> int:
     return partition_for(key.decode("utf-8", "replace"), settings.partitions)
 
 
-def persist(eng: PartitionEngine, records: int) -> list:
-    """End the partition's batch: write the customers that changed, and every META_EVERY records
-    the partition document (watermarks and counters) after them; returns the records to
-    acknowledge now: the events applied, and the watermark records read once a partition
-    document holds them. Synchronous, so nothing else runs meanwhile; the writes go to partition
-    p of the changelog, as one `write_many` (record batches, not a message per key)."""
-    p = eng.partition
-    blobs, items = {}, []
-    for cid, c in eng.take_dirty():
-        blob = blobs[cid] = dumps(c)
-        items.append((cid.encode(), blob))
-    eng.written(blobs)      # customers idle since the batch before are kept as these bytes
-    held = HELD[p]
-    done = [e for e in (held.pop(key, None) for key in eng.take_applied()) if e is not None]
-    n = _since_meta[p] = _since_meta.get(p, 0) + records
-    if n >= META_EVERY:
-        items.append((meta_key(p), dumps(eng.meta())))
-        _since_meta[p] = 0
-        done += MARKS.pop(p, [])
-    with writing_for(STATE_SOURCE, p):     # a table writes to its current event's partition
-        T.customer_state.write_many(p, items)
-    return done
-
-
-def batch_end(partition: int, idle: bool) -> int | None:
-    """Count a record read on the partition; if its batch ends now (see the module doc), the
-    number of records in the batch, else None."""
-    n = _unwritten[partition] = _unwritten.get(partition, 0) + 1
-    if idle or n >= PERSIST_EVERY:
-        _unwritten[partition] = 0
-        return n
-    return None
-
-
-async def settle(eng: PartitionEngine, out: list, ended: int | None) -> None:
+async def settle(rt: PartitionRuntime, out: list, ended: int | None) -> None:
     """Send the decisions; if the partition's batch ended (`ended` records, from `batch_end`),
     first write what changed, then acknowledge the records written once the broker has the
     writes and the decisions sent so far. The write comes first, in the same step as the
     engine's change: after an await the partition may have been revoked (Faust does not wait for
     agents, `stream_wait_empty=False`), and a write then would put a dropped engine's state in
     the table under its successor."""
-    p = eng.partition
     if ended is None:
         if out:
-            await emit(p, out)
+            await emit(rt, out)
         return
     if FORWARD_MARKS:
-        await send_forward_marks(eng)
-    done = [(ACKS.get(m.tp), m) for m in persist(eng, ended)]
+        await send_forward_marks(rt)
+    done = [(rt.acks.get(m.tp), m) for m in rt.persist(ended)]
     if out:
-        await emit(p, out)
+        await emit(rt, out)
     if done:
-        ack_when_written(done, sent_for(p))
+        ack_when_written(done, rt.sent())
     await ebb(app.producer.buffer)
     await T.WRITES.drain(UNSENT_BYTES)
-
-
-def sent_for(partition: int) -> list:
-    """The latest state write of the engine's partition and the latest send to each
-    topic-partition it sent decisions to: once they are in the broker, so is everything it wrote
-    and decided before (`streams.topics.Batches`). Empty in the agents' test driver."""
-    writes = [T.WRITES.last[tp] for tp in DECIDED.get(partition, ())]
-    state = T.customer_state.last_write.get(partition)
-    return writes + [state] if state is not None else writes
 
 
 async def ebb(buffer, high: int = PRODUCER_BACKLOG) -> None:
@@ -234,7 +285,7 @@ async def ebb(buffer, high: int = PRODUCER_BACKLOG) -> None:
 
 def ack_when_written(events: list, writes: list) -> None:
     """Acknowledge the events ((InOrder, message) pairs) once every future of `writes` is done:
-    the partition's latest state write and decision sends (`sent_for`), each of which stands for
+    the partition's latest state write and decision sends (`PartitionRuntime.sent`), each of which stands for
     every earlier one of its topic-partition. Earlier is not safe: Faust's commit flushes its
     own producer buffer, then aiokafka's producer, which does not hold the sends still on their
     way to it, and commits anyway. A worker that died then would leave its successor committed
@@ -275,19 +326,24 @@ def _delivered(events: list, writes: list) -> None:
 
 
 def _ack(events: list) -> None:
+    runtimes = PARTITIONS.runtimes
     for order, message in events:
-        if order is not None and ACKS.get(message.tp) is order:   # else revoked: read again
+        rt = runtimes.get(message.partition)
+        if order is not None and rt is not None and rt.acks.get(message.tp) is order:   # else revoked
             order.ack(message)
 
 
-async def emit(partition: int, out: list) -> None:
-    """Send engine `partition`'s decisions, keyed by customer_id to the partition Kafka's default
+async def emit(rt: PartitionRuntime, out: list) -> None:
+    """Send the partition's decisions, keyed by customer_id to the partition Kafka's default
     partitioner gives the key (as Faust's `send` did): as record batches, one send per
-    topic-partition (`streams.topics.WRITES`), whose futures `sent_for` hands to the
+    topic-partition (`streams.topics.WRITES`), whose futures `PartitionRuntime.sent` hands to the
     acknowledgements. Without a running producer (the agents' test driver), Faust's `send`."""
     producer = T.Batches.producer(app)
     groups: dict[tuple[str, int], list] = {}
+    now = WALL.now_ms() if LOCAL is not None else None     # live: decision latency
     for kind, p in out:
+        if now is not None:
+            observe_latency(p["trigger"], now - parse_ts(p["created_at"]))
         if kind == PROPOSAL:
             metrics.proposals_out[p["trigger"]] += 1
             topic = T.proposals
@@ -301,24 +357,19 @@ async def emit(partition: int, out: list) -> None:
         tp = (topic.get_topic_name(), partition_for(p["customer_id"], settings.partitions))
         groups.setdefault(tp, []).append((key, value))
     if groups:
-        DECIDED.setdefault(partition, set()).update(groups)
+        rt.decided.update(groups)
         for (topic_name, q), items in groups.items():
             T.WRITES.send(producer, topic_name, q, items)
 
 
-def dead_letter(topic: str, msg, ts_ms: int | None, error: str, field: str | None) -> bytes:
-    """The bounded dead letter (`streams.deadletters`) of `msg`, a Faust message or an aiokafka
-    record (key, value, partition, offset), read from `topic` at record time `ts_ms` (ms)."""
-    return deadletters.dead_letter(topic, msg.partition, msg.offset, ts_ms, msg.key, msg.value, error,
-                                   field, settings.dead_letter_max_bytes)
+_LATENCY: dict = {}     # trigger -> its child of metrics.DECISION_LATENCY
 
 
-async def send_dead_letter(topic: str, msg, ts_ms: int | None, exc: BaseException) -> None:
-    """Count and send the dead letter of a record that could not be read (`exc` says why)."""
-    metrics.dead_letters[topic] += 1
-    error, field = deadletters.reason(exc)
-    await T.dead_letters.send(key=deadletters.bounded_key(msg.key),
-                              value=dead_letter(topic, msg, ts_ms, error, field))
+def observe_latency(trigger: str, ms: int) -> None:
+    child = _LATENCY.get(trigger)
+    if child is None:
+        child = _LATENCY[trigger] = metrics.DECISION_LATENCY.labels(trigger)
+    child.observe(ms / 1000)
 
 
 def _header(msg, name: str) -> bytes | None:
@@ -328,17 +379,14 @@ def _header(msg, name: str) -> bytes | None:
     return None
 
 
-_ENDS: dict = {}      # topic-partition -> the highest high-water mark seen (they only grow)
-
-
-def caught_up(msg) -> bool:
+def caught_up(rt: PartitionRuntime, msg) -> bool:
     """With the event clock: no later record of the message's topic-partition is known to the
     consumer (or it cannot tell: no consumer running, as under the test driver). Live, the
-    ticks end the batches instead: this is False. Below a high-water mark already seen, the
-    answer is known without asking the consumer (on a backlog, nearly every record)."""
+    ticks end the batches instead: this is False. Below an end offset already seen, the answer
+    is known without asking the consumer (on a backlog, nearly every record)."""
     if settings.clock == "wall":
         return False
-    end = _ENDS.get(msg.tp)
+    end = rt.ends.get(msg.tp)
     if end is not None and msg.offset + 1 < end:
         return False
     try:
@@ -347,7 +395,7 @@ def caught_up(msg) -> bool:
         return True
     if hw is None:
         return True
-    _ENDS[msg.tp] = hw
+    rt.ends[msg.tp] = hw
     return msg.offset + 1 >= hw
 
 
@@ -355,11 +403,12 @@ async def handle(msg) -> None:
     """One input record (a Faust consumer message, from `INBOX`)."""
     topic = INBOX.names[msg.topic]
     metrics.read_offsets[(topic, msg.partition)] = msg.offset
-    order = acks_for(msg)
+    rt = PARTITIONS[msg.partition]
+    order = rt.acks_for(msg)
     order.read(msg)
-    eng = engine_for(msg.partition)
+    eng = rt.engine
     if topic == "repartition":
-        await handle_forwarded(eng, msg, order)
+        await handle_forwarded(rt, msg, order)
         return
     marker = _header(msg, WATERMARK_HEADER)
     forward_to = None
@@ -368,17 +417,12 @@ async def handle(msg) -> None:
             at = _marker_time(marker)
         else:
             metrics.events_in[topic] += 1
-            ts = int(round(msg.timestamp * 1000))
-            check_event_time(ts)
-            if msg.value is None:
-                raise ValidationError(None, "empty record (tombstone); expected a JSON object")
-            key = msg.key.decode("utf-8") if msg.key is not None else None
-            value = decode_event(topic, key, msg.value, rules.plan_by_name)
+            ts, key, value = read_event(topic, msg)
             if key not in eng.customers:      # a known customer was checked on its first event
                 forward_to = check_partition(topic, key, msg.partition, settings.partitions)
             else:
                 applied = eng.applied_offset(key, topic)
-                if applied >= msg.offset and not await check_log(eng, msg, topic, applied):
+                if applied >= msg.offset and not await check_log(rt, msg, topic, applied):
                     return          # stopping: neither applied nor acknowledged
     except Exception as exc:      # noqa: BLE001 -- any bytes: a dead letter, never a stopped worker
         ts = int(round(msg.timestamp * 1000)) if msg.timestamp is not None else None   # Faust's: s
@@ -386,45 +430,52 @@ async def handle(msg) -> None:
         _ack([(order, msg)])
         return
     if forward_to is not None:
-        await forward(msg, order, topic, ts, forward_to)
+        await forward(rt, msg, order, topic, ts, forward_to)
         out = ()
     elif marker is not None:
         # acknowledged once a partition document holds the watermark it raised: acknowledged
         # before, a worker that died first would leave its successor waiting for it for good
-        MARKS.setdefault(msg.partition, []).append(msg)
+        rt.marks.append(msg)
         out = eng.mark(topic, at)
     else:
         late = eng.stats["late_events"]
-        HELD[msg.partition][(topic, msg.offset)] = msg
+        rt.held[(topic, msg.offset)] = msg
         out = eng.push(topic, key, ts, value, msg.offset)
         if eng.stats["late_events"] != late:
             metrics.late_events[topic] += 1
         if eng.rejected:
-            await drop_ahead(eng)
+            await drop_ahead(rt)
         if LOCAL is not None and (topic, msg.offset) in eng.pending:
             LOCAL.expect(ts)                 # it waits for stream time: the clock wakes for it
-    ended = batch_end(msg.partition, caught_up(msg))
+    ended = rt.batch_end(caught_up(rt, msg))
     if out or ended is not None:        # most records: nothing to send, the batch goes on
-        await settle(eng, out, ended)
+        await settle(rt, out, ended)
 
 
-async def drop_ahead(eng: PartitionEngine) -> None:
+def read_event(topic: str, msg) -> tuple[int, str, dict]:
+    """An input record's event time (ms), key and validated value; raises if it is a dead letter."""
+    ts = int(round(msg.timestamp * 1000))
+    check_event_time(ts)
+    if msg.value is None:
+        raise ValidationError(None, "empty record (tombstone); expected a JSON object")
+    key = msg.key.decode("utf-8") if msg.key is not None else None
+    return ts, key, decode_event(topic, key, msg.value, rules.plan_by_name)
+
+
+async def drop_ahead(rt: PartitionRuntime) -> None:
     """Dead letters for the events the engine dropped as far ahead of a later record on their
     topic-partition (`rules.engine`), each acknowledged once its dead letter is sent."""
-    held = HELD[eng.partition]
-    for topic, offset, ts, later in eng.take_rejected():
+    held = rt.held
+    for topic, offset, ts, later in rt.engine.take_rejected():
         msg = held.pop((topic, offset), None)
         if msg is None:
             continue
         metrics.far_ahead[topic] += 1
         await send_dead_letter(topic, msg, ts, ValidationError(None, ahead_error(ts, later)))
-        _ack([(ACKS.get(msg.tp), msg)])
+        _ack([(rt.acks.get(msg.tp), msg)])
 
 
-_LOG_ENDS: dict = {}      # topic-partition -> (end offset reported by fetches, exact end offset)
-
-
-async def check_log(eng: PartitionEngine, msg, topic: str, applied: int) -> bool:
+async def check_log(rt: PartitionRuntime, msg, topic: str, applied: int) -> bool:
     """A record at or below an offset the customer's state has applied: a record read again (after
     a restart or a take-over), unless the topic-partition's log now ends at or below that offset
     (topic re-created or truncated, broker data lost), when its offsets name other records.
@@ -437,10 +488,10 @@ async def check_log(eng: PartitionEngine, msg, topic: str, applied: int) -> bool
         return True
     if end is None or applied < end:
         return True
-    reported, exact = _LOG_ENDS.get(msg.tp, (None, None))
-    if reported != end:      # the reported end can be short (transport: end offsets): ask once
+    reported, exact = rt.log_ends.get(msg.tp, (None, None))
+    if reported != end:      # the reported end can be short (the embedded broker's): ask once
         exact = (await app.consumer.highwaters(msg.tp)).get(msg.tp, end)
-        _LOG_ENDS[msg.tp] = (end, exact)
+        rt.log_ends[msg.tp] = (end, exact)
     end = exact
     if applied < end:
         return True
@@ -454,13 +505,10 @@ async def check_log(eng: PartitionEngine, msg, topic: str, applied: int) -> bool
                   "start with UPSELL_OFFSETS_BACKWARDS=reapply", text)
         await app.crash(RuntimeError(text))
         return False
-    n = eng.forget_offsets(topic)
+    n = rt.engine.forget_offsets(topic)
     log.error("%s. Applying its records again (UPSELL_OFFSETS_BACKWARDS=reapply): %d customers' offsets "
               "of %s forgotten", text, n, topic)
     return True
-
-
-_WARNED: set = set()     # topics whose first record on a wrong partition was logged
 
 
 def check_partition(topic: str, key: str, partition: int, partitions: int) -> int | None:
@@ -473,8 +521,8 @@ def check_partition(topic: str, key: str, partition: int, partitions: int) -> in
     if expected == partition:
         return None
     metrics.wrong_partition[topic] += 1
-    if topic not in _WARNED:
-        _WARNED.add(topic)
+    if topic not in PARTITIONS.warned:
+        PARTITIONS.warned.add(topic)
         log.warning("%s: a record keyed %r is on partition %d, but its key hashes to %d (murmur2). Its "
                     "producer uses another partitioner: set murmur2 (librdkafka, confluent-kafka: "
                     "partitioner=murmur2_random; Sarama: NewMurmur2Partitioner). Such records are %s, "
@@ -485,17 +533,7 @@ def check_partition(topic: str, key: str, partition: int, partitions: int) -> in
     raise ValidationError(None, wrong_partition_error(partition, expected, partitions))
 
 
-TOPIC_HEADER = "upsell-topic"         # a forwarded record's input topic
-SOURCE_HEADER = "upsell-source"       # "partition:offset" it was read from
-MARK_HEADER = "upsell-forward-mark"   # "partition:ts": that partition forwards nothing older than ts
-FORWARD = settings.wrong_partition == "repartition"
-# With the event clock, stream time waits for the other partitions' forward marks; live, the
-# wall clock moves it, and a forwarded record arrives well within UPSELL_LATENESS_MS.
-FORWARD_MARKS = FORWARD and settings.clock == "event"
-_FWD_SENT: dict[int, int] = {}     # partition -> the latest forward mark it sent
-
-
-async def forward(msg, order: InOrder, topic: str, ts: int, partition: int) -> None:
+async def forward(rt: PartitionRuntime, msg, order: InOrder, topic: str, ts: int, partition: int) -> None:
     """Send an input record to the repartition topic's partition its key hashes to, key, value
     and timestamp unchanged, with its topic and origin in headers; acknowledged once it is in
     the broker. Sent in order with the source partition's forward marks (`send_forward_marks`)."""
@@ -508,22 +546,22 @@ async def forward(msg, order: InOrder, topic: str, ts: int, partition: int) -> N
         return
     name = T.repartition.get_topic_name()
     sent = T.WRITES.send(producer, name, partition, [], [(msg.key, msg.value, ts, headers)])
-    DECIDED.setdefault(msg.partition, set()).add((name, partition))
+    rt.decided.add((name, partition))
     ack_when_written([(order, msg)], [sent])
 
 
-async def send_forward_marks(eng: PartitionEngine) -> None:
+async def send_forward_marks(rt: PartitionRuntime) -> None:
     """With the event clock: tell every other partition that this one forwards no record older
     than the lowest high-water mark of its input topics (records of a topic-partition come in
     time order), when that moved. Sent with the batch's writes, so its records' acknowledgements
     wait for them."""
-    hws = eng.hw.values()
+    hws = rt.engine.hw.values()
     if None in hws:
         return
-    at, p = min(hws), eng.partition
-    if at <= _FWD_SENT.get(p, -1):
+    at, p = min(hws), rt.partition
+    if at <= rt.forward_mark:
         return
-    _FWD_SENT[p] = at
+    rt.forward_mark = at
     headers = [(MARK_HEADER, b"%d:%d" % (p, at))]
     producer = T.Batches.producer(app)
     name = T.repartition.get_topic_name()
@@ -534,11 +572,12 @@ async def send_forward_marks(eng: PartitionEngine) -> None:
             await T.repartition.send(key=None, value=b"", partition=q, timestamp=at / 1000, headers=headers)
             continue
         T.WRITES.send(producer, name, q, [], [(None, b"", at, headers)])
-        DECIDED.setdefault(p, set()).add((name, q))
+        rt.decided.add((name, q))
 
 
-async def handle_forwarded(eng: PartitionEngine, msg, order: InOrder) -> None:
+async def handle_forwarded(rt: PartitionRuntime, msg, order: InOrder) -> None:
     """A record of the repartition topic: a forwarded input record, or a forward mark."""
+    eng = rt.engine
     mark = _header(msg, MARK_HEADER)
     try:
         if mark is not None:
@@ -550,12 +589,7 @@ async def handle_forwarded(eng: PartitionEngine, msg, order: InOrder) -> None:
             if topic not in T.inputs:
                 raise ValidationError(None, f"repartition record without a known {TOPIC_HEADER} header")
             source, source_offset = _pair(_header(msg, SOURCE_HEADER) or b"", SOURCE_HEADER)
-            ts = int(round(msg.timestamp * 1000))
-            check_event_time(ts)
-            if msg.value is None:
-                raise ValidationError(None, "empty record (tombstone); expected a JSON object")
-            key = msg.key.decode("utf-8") if msg.key is not None else None
-            value = decode_event(topic, key, msg.value, rules.plan_by_name)
+            ts, key, value = read_event(topic, msg)
             if partition_for(key, settings.partitions) != msg.partition:
                 raise ValidationError(None, wrong_partition_error(msg.partition, partition_for(
                     key, settings.partitions), settings.partitions))
@@ -565,16 +599,16 @@ async def handle_forwarded(eng: PartitionEngine, msg, order: InOrder) -> None:
         _ack([(order, msg)])
         return
     if mark is not None:
-        MARKS.setdefault(msg.partition, []).append(msg)     # acknowledged as a watermark record
+        rt.marks.append(msg)     # acknowledged as a watermark record
         out = eng.mark_forwarded(source, at)
     else:
-        HELD[msg.partition][("repartition", msg.offset)] = msg
+        rt.held[("repartition", msg.offset)] = msg
         out = eng.push_forwarded(topic, key, ts, value, source, source_offset, msg.offset)
         if LOCAL is not None and ("repartition", msg.offset) in eng.pending:
             LOCAL.expect(ts)
-    ended = batch_end(msg.partition, caught_up(msg))
+    ended = rt.batch_end(caught_up(rt, msg))
     if out or ended is not None:
-        await settle(eng, out, ended)
+        await settle(rt, out, ended)
 
 
 def _pair(header: bytes, name: str) -> tuple[int, int]:
@@ -613,14 +647,14 @@ async def ticks(stream):
     """Tick records from the leader's ticker, one per partition (keyless): stream time, and the
     end of the partition's write-behind batch."""
     async for event in stream.events():
-        eng = engine_for(event.message.partition)
+        rt = PARTITIONS[event.message.partition]
         try:
             at = orjson.loads(event.message.value)["at"]
         except (orjson.JSONDecodeError, TypeError, KeyError):
             log.warning("ignoring a malformed tick at offset %s", event.message.offset)
             continue
-        out = eng.tick(int(at))
-        await settle(eng, out, batch_end(eng.partition, True))
+        out = rt.engine.tick(int(at))
+        await settle(rt, out, rt.batch_end(True))
 
 
 async def advance(now_ms: int) -> None:
@@ -630,13 +664,13 @@ async def advance(now_ms: int) -> None:
     or batch end (write-behind: a move of the clock writes nothing). No record, no broker hop.
     `LOCAL` (streams.clock.LocalClock) calls it each tick interval and when an event falls due."""
     at = now_ms - settings.lateness_ms
-    for eng in list(ENGINES.values()):
-        await emit(eng.partition, eng.tick(at))
+    for rt in list(PARTITIONS.runtimes.values()):
+        await emit(rt, rt.engine.tick(at))
 
 
 def waiting() -> list:
     """The earliest event time waiting in each partition engine (what the local clock wakes for)."""
-    return [eng.next_due() for eng in ENGINES.values()]
+    return [rt.engine.next_due() for rt in PARTITIONS.runtimes.values()]
 
 
 # Live: this worker's stream time (see `advance`), moved each UPSELL_TICK_INTERVAL and whenever a
@@ -665,15 +699,4 @@ if LOCAL is not None:
 
 @app.on_partitions_revoked.connect
 async def _revoked(sender, revoked, **kwargs) -> None:
-    # The tables stay the source of truth; an engine is rebuilt on its next event.
-    # Unacknowledged events of those partitions will be read again by their next owner.
-    for tp in revoked:
-        ACKS.pop(tp, None)
-        _ENDS.pop(tp, None)
-        _LOG_ENDS.pop(tp, None)
-        _FWD_SENT.pop(tp.partition, None)
-        ENGINES.pop(tp.partition, None)
-        HELD.pop(tp.partition, None)
-        _unwritten.pop(tp.partition, None)
-        _since_meta.pop(tp.partition, None)
-        MARKS.pop(tp.partition, None)
+    PARTITIONS.revoke(revoked)

@@ -1,0 +1,93 @@
+"""The worker's ingest driven record by record (tests/ingest_driver.py): what it sends, writes and
+acknowledges, and what a crash at any point leaves its successor."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import agents.ingest as A
+from rules.config import load_rules
+from rules.engine import INPUT_TOPICS
+from streams.app import settings
+from streams.backtest import backtest_lines, end_of_stream, last_event_time
+from streams.generate import generate
+from streams.partitioning import partition_for
+from streams.recorded import load_sorted
+from tests.ingest_driver import IngestDriver
+from tests.test_agents import MIN, T0, _seat_customer
+
+SEATS_46 = {"customer_id": "c-1", "metric": "seats", "value": 46}
+
+
+@pytest.fixture
+async def driver(monkeypatch):
+    context = A.ticks.test_context()
+    ticks = await context.__aenter__()
+    yield IngestDriver(monkeypatch, ticks)
+    await context.__aexit__(None, None, None)
+
+
+async def test_records_in_then_decisions_writes_and_acknowledgements_out(driver):
+    p = partition_for("c-1", settings.partitions)
+    m1 = await driver.pipe("customers", _seat_customer(), T0)
+    m2 = await driver.pipe("usage", SEATS_46, T0 + MIN)
+    assert driver.read() == [] and not driver.acked            # waiting for stream time
+    assert A.PARTITIONS.runtimes[p].held.keys() == {("customers", 0), ("usage", 0)}
+    await driver.tick(p, T0 + 2 * MIN)                          # stream time passes both; batch end
+    assert [g["trigger"] for g in driver.read()] == ["usage_limit"]
+    assert driver.stored("c-1")["usage"]["seats"]["value"] == 46
+    assert {(m.topic, m.partition, m.offset) for m in (m1, m2)} <= driver.acked
+    assert A.PARTITIONS.runtimes[p].held == {}
+
+
+async def test_decided_but_not_written_when_the_worker_dies_is_decided_again(driver):
+    p = partition_for("c-1", settings.partitions)
+    await driver.pipe("customers", _seat_customer(), T0)
+    await driver.pipe("usage", SEATS_46, T0 + MIN)
+    await driver.advance_wall_clock(T0 + 2 * MIN + settings.lateness_ms)    # decided, not written
+    first = driver.read()
+    assert len(first) == 1 and driver.stored("c-1") is None and not driver.acked
+    driver.crash()
+    assert await driver.redeliver() == 2                       # nothing was acknowledged
+    await driver.tick(p, T0 + 2 * MIN)
+    assert driver.read() == first                              # at least once: the same id and content
+    assert driver.stored("c-1")["usage"]["seats"]["value"] == 46 and not driver.unacknowledged()
+
+
+async def test_written_and_acknowledged_records_are_not_applied_twice(driver):
+    p = partition_for("c-1", settings.partitions)
+    await driver.pipe("customers", _seat_customer(), T0)
+    await driver.pipe("usage", SEATS_46, T0 + MIN)
+    await driver.tick(p, T0 + 2 * MIN)
+    assert len(driver.read()) == 1
+    later = await driver.pipe("usage", {**SEATS_46, "value": 20}, T0 + 3 * MIN)
+    driver.crash()
+    assert [m.offset for m in driver.unacknowledged()] == [later.offset]
+    assert await driver.redeliver() == 1
+    await driver.tick(p, T0 + 4 * MIN)
+    assert driver.read() == [] and driver.stored("c-1")["usage"]["seats"]["value"] == 20
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_crashes_at_random_points_give_the_backtests_proposals(driver, seed):
+    lines = b"".join(generate(customers=30, days=40, seed=seed, start="2025-01-01", bad_rate=0.01)).splitlines()
+    expected = backtest_lines(lines, load_rules(), settings.partitions)
+    events, _ = load_sorted(lines)
+    rng, crashes = random.Random(seed), 0
+    for i, e in enumerate(ev for ev in events if ev.topic in INPUT_TOPICS):
+        await driver.pipe(e.topic, e.raw, e.ts, key=e.key)
+        if i % 40 == 39:                                        # the leader's ticks: stream time so far
+            for p in range(settings.partitions):
+                await driver.tick(p, e.ts)
+        if rng.random() < 0.03:
+            driver.crash()
+            await driver.redeliver()
+            crashes += 1
+    for p in range(settings.partitions):
+        await driver.tick(p, end_of_stream(last_event_time(events)))
+    got = {}
+    for proposal in driver.read():
+        assert got.setdefault(proposal["proposal_id"], proposal) == proposal     # a repeat is the same
+    assert crashes > 3 and got == {p["proposal_id"]: p for p in expected.proposals}
+    assert not driver.unacknowledged()
