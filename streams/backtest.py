@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import re
+import traceback
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -255,55 +256,103 @@ def backtest_lines(lines: Iterable[bytes], rules: Rules, partitions: int,
     With `jobs` > 1 the partitions are split among that many processes: partitions share no state,
     so the result is the same (without `engines`)."""
     with cycle_gc_paused():
+        if jobs > 1 and partitions > 1:
+            return _run_in_jobs(lines, rules, partitions, max_ahead, wrong_partition, min(jobs, partitions))
         events, bad = load_sorted(lines)
-        if jobs <= 1 or partitions <= 1:
-            return run_backtest(events, rules, partitions, bad, max_ahead, wrong_partition)
-        return _run_in_jobs(events, bad, rules, partitions, max_ahead, wrong_partition, min(jobs, partitions))
+        return run_backtest(events, rules, partitions, bad, max_ahead, wrong_partition)
 
 
 _JOBS: dict = {}      # the recording's parts, for the forked processes of `_run_in_jobs` (set while it runs)
+# a recording line's key, read without parsing the line (one that does not match is parsed)
+_KEY = re.compile(rb'"key"\s*:\s*"([^"\\]*)"')
 
 
-def _run_in_jobs(events, bad, rules, partitions, max_ahead, wrong_partition, jobs) -> BacktestResult:
-    """Each process takes the events of the partitions p with p % jobs == its index, validates and
-    applies them; the far-ahead drops and the end of the stream are the whole recording's."""
-    ahead = ahead_of_later(events, rules, partitions, max_ahead) if max_ahead is not None else {}
-    end_ts = last_event_time([e for e in events if e.line not in ahead] if ahead else events)
+def _run_in_jobs(lines, rules, partitions, max_ahead, wrong_partition, jobs) -> BacktestResult:
+    """Each process reads the lines of the partitions p with p % jobs == its index (a line's
+    partition is its key's), validates and applies them. The far-ahead rule is per
+    topic-partition, so each process applies it to its own; the stream's end, where the last
+    timers fire, is the whole recording's: each process sends the latest event time it read,
+    and goes on with the latest of all."""
     parts: list[list] = [[] for _ in range(jobs)]
     partition_of: dict = {}
-    for ev in events:
-        key = ev.key
+    for n, line in enumerate(lines, 1):
+        m = _KEY.search(line)
+        key = m.group(1) if m is not None and line.find(b'"value"', 0, m.start()) < 0 else _key_of(line)
         p = partition_of.get(key)
         if p is None:
-            p = partition_of[key] = partition_for(key, partitions) if isinstance(key, str) else 0
-        parts[p % jobs].append(ev)
-    _JOBS.update(parts=parts, rules=rules, partitions=partitions, wrong=wrong_partition, ahead=ahead, end=end_ts)
+            p = partition_of[key] = (partition_for(key.decode("utf-8", "replace"), partitions)
+                                     if isinstance(key, bytes) else 0)
+        parts[p % jobs].append((n, line))
+    context = multiprocessing.get_context("fork")     # the parts are inherited, not pickled
+    _JOBS.update(parts=parts, rules=rules, partitions=partitions, wrong=wrong_partition, max_ahead=max_ahead)
     try:
-        context = multiprocessing.get_context("fork")     # the parts are inherited, not pickled
-        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            results = list(pool.map(_run_part, range(jobs)))
+        pipes = [context.Pipe() for _ in range(jobs)]
+        procs = [context.Process(target=_run_part, args=(i, child), daemon=True)
+                 for i, (_, child) in enumerate(pipes)]
+        for proc in procs:
+            proc.start()
+        lasts = [_receive(conn) for conn, _ in pipes]
+        end = max((t for t in lasts if t is not None), default=None)
+        for conn, _ in pipes:
+            conn.send(end)
+        results = [_receive(conn) for conn, _ in pipes]
+        for proc in procs:
+            proc.join()
     finally:
         _JOBS.clear()
-    merged = BacktestResult(bad_lines=list(bad))
+    merged = BacktestResult()
     for r in results:
         merged.proposals += r.proposals
         merged.suppressed += r.suppressed
         merged.dead_letters += r.dead_letters
+        merged.bad_lines += r.bad_lines
         merged.events += r.events
         merged.late_events += r.late_events
         merged.outcomes.update(r.outcomes)
     merged.proposals.sort(key=_order)
     merged.suppressed.sort(key=_order)
     merged.dead_letters.sort(key=_LINE)
+    merged.bad_lines.sort(key=_LINE)
     return merged
 
 
-def _run_part(index: int) -> BacktestResult:
-    j = _JOBS
-    result = run_backtest(j["parts"][index], j["rules"], j["partitions"], None, None, j["wrong"],
-                          ahead=j["ahead"], end_ts=j["end"])
-    result.engines = {}
-    return result
+def _key_of(line: bytes):
+    """The key of a line `_KEY` did not read (escaped, a number, null, after the value, or not
+    JSON), as `streams.recorded` reads it: bytes, or None (partition 0: a keyless or unreadable
+    line is a dead letter or a bad line anyway)."""
+    try:
+        key = orjson.loads(line).get("key")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return str(key).encode() if isinstance(key, (str, int)) else None
+
+
+def _receive(conn):
+    got = conn.recv()
+    if isinstance(got, _Failed):
+        raise RuntimeError(f"a backtest process failed:\n{got.text}")
+    return got
+
+
+@dataclass
+class _Failed:
+    text: str
+
+
+def _run_part(index: int, conn) -> None:
+    """One process of `_run_in_jobs`: its lines read and sorted, the latest event time sent, the
+    stream's end received, its partitions run."""
+    try:
+        j = _JOBS
+        events, bad = load_sorted((), j["parts"][index])
+        ahead = ahead_of_later(events, j["rules"], j["partitions"], j["max_ahead"]) if j["max_ahead"] else {}
+        conn.send(last_event_time([e for e in events if e.line not in ahead] if ahead else events))
+        end = conn.recv()
+        result = run_backtest(events, j["rules"], j["partitions"], bad, None, j["wrong"], ahead=ahead, end_ts=end)
+        result.engines = {}
+        conn.send(result)
+    except BaseException:       # noqa: BLE001 -- handed to the parent, which raises it
+        conn.send(_Failed(traceback.format_exc()))
 
 
 @contextmanager

@@ -53,7 +53,12 @@ def dumps(obj) -> bytes:
 
 
 def read_recorded(lines: Iterable[bytes]) -> Iterator[RecordedEvent | BadLine]:
-    for n, line in enumerate(lines, 1):
+    return read_numbered(enumerate(lines, 1))
+
+
+def read_numbered(numbered: Iterable[tuple[int, bytes]]) -> Iterator[RecordedEvent | BadLine]:
+    """`read_recorded` of (line number, line) pairs: a part of a recording, numbered as a whole."""
+    for n, line in numbered:
         if not line.strip():
             continue
         try:
@@ -87,10 +92,12 @@ def read_recorded(lines: Iterable[bytes]) -> Iterator[RecordedEvent | BadLine]:
             yield RecordedEvent(n, topic, key, ts, None, value, partition)
 
 
-def load_sorted(lines: Iterable[bytes]) -> tuple[list[RecordedEvent], list[BadLine]]:
-    """All events of a recording in event-time order (stable for equal timestamps)."""
+def load_sorted(lines: Iterable[bytes], numbered: Iterable[tuple[int, bytes]] | None = None
+                ) -> tuple[list[RecordedEvent], list[BadLine]]:
+    """All events of a recording (or of `numbered` lines of one) in event-time order (stable for
+    equal timestamps)."""
     events, bad = [], []
-    for item in read_recorded(lines):
+    for item in (read_numbered(numbered) if numbered is not None else read_recorded(lines)):
         (bad if isinstance(item, BadLine) else events).append(item)
     events.sort(key=lambda e: e.ts)
     return events, bad
