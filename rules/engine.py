@@ -56,7 +56,8 @@ def thaw(blob: bytes) -> dict:
 
 def _as_held(c: dict) -> dict:
     """A customer parsed from JSON, as the engine holds it (in place)."""
-    c.setdefault("off", {})             # written before offsets were kept
+    if c.get("v") != st.DOCUMENT_VERSION:    # written by an earlier release
+        st.upgrade(c)
     for u in c["usage"].values():       # JSON has no tuples (see state.apply_usage)
         u["samples"] = list(map(tuple, u["samples"]))
     return c

@@ -11,8 +11,15 @@ from .config import Rules
 from .timeutil import DAY, month_key, month_start, to_dt
 
 
+# The customer document's format (docs/guarantees.md lists its keys). A document of an earlier
+# version is brought to this one when it is read (`upgrade`), so a worker reads what the
+# release before it wrote; a change of format adds a step there and raises the number.
+DOCUMENT_VERSION = 1
+
+
 def new_customer(customer_id: str) -> dict:
     return {
+        "v": DOCUMENT_VERSION,
         "id": customer_id,
         "segment": None, "plan": None, "signup_at": None, "fy_month": None,
         "term": None, "renews_at": None,
@@ -28,6 +35,14 @@ def new_customer(customer_id: str) -> dict:
         "due": None,          # next time-based evaluation (ms), derived
         "off": {},            # input topic -> offset of the last event applied (redelivery guard)
     }
+
+
+def upgrade(c: dict) -> dict:
+    """A customer document of an earlier version, in this version's format (in place)."""
+    if c.get("v", 0) < 1:       # version 0: no "v"; the oldest had no applied offsets either
+        c.setdefault("off", {})
+        c["v"] = 1
+    return c
 
 
 # ------------------------------------------------------------------ updates --

@@ -91,3 +91,22 @@ async def test_crashes_at_random_points_give_the_backtests_proposals(driver, see
         assert got.setdefault(proposal["proposal_id"], proposal) == proposal     # a repeat is the same
     assert crashes > 3 and got == {p["proposal_id"]: p for p in expected.proposals}
     assert not driver.unacknowledged()
+
+
+async def test_a_customer_document_of_an_earlier_release_is_read_and_upgraded(driver):
+    """Version 0 (no "v"; the oldest without applied offsets) is read, upgraded, written as 1."""
+    import orjson
+
+    from rules.state import DOCUMENT_VERSION, new_customer
+    from streams import topics as T
+    p = partition_for("c-1", settings.partitions)
+    old = new_customer("c-1")
+    del old["v"], old["off"]
+    old.update(segment="b2b", plan="basic", signup_at=T0 - 400 * 86_400_000)
+    T.customer_state.data[b"c-1"] = orjson.dumps(old)       # as the changelog restores it
+    T.customer_state.partition_of[b"c-1"] = p
+    await driver.pipe("usage", SEATS_46, T0 + MIN)
+    await driver.tick(p, T0 + 2 * MIN)
+    assert [g["trigger"] for g in driver.read()] == ["usage_limit"]      # the plan was read
+    stored = driver.stored("c-1")
+    assert stored["v"] == DOCUMENT_VERSION == 1 and stored["off"] == {"usage": 0}
