@@ -75,7 +75,7 @@ async def consume(bootstrap: str, topic: str, count: int, timeout: float = 90, u
     """Read `count` records (and until `until(records)` holds) from the start of `topic`,
     or fail after `timeout` seconds."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, max_partition_fetch_bytes=16 << 20)
+                                enable_auto_commit=False)
     await consumer.start()
     got = []
     try:
