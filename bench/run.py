@@ -680,8 +680,8 @@ async def main(a) -> dict:
             return step["p99_ms"] <= GOAL_P99_MS
 
         for i, share in enumerate(a.ramp if res["p99_ms"] > GOAL_P99_MS else []):
-            # one 15-s sample of p99 spreads widely at one rate (89.8 and 176.9 ms): a
-            # rate counts once a second run at it meets the goal too
+            # one 15-s sample of p99 spreads widely at one rate: a rate counts once a second
+            # run at it meets the goal too
             if await ramp_step(share, f"bench-lat-ramp-{i}.") and await ramp_step(share, f"bench-lat-ramp-{i}-again."):
                 break
         res["ramp"] = tried
