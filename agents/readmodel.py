@@ -277,11 +277,21 @@ def assigned() -> dict[str, list[int]]:
 async def readmodel() -> None:
     """Every worker: the decisions of the partitions its read model's group gives it, into Redis."""
     c = consumer()
-    try:
-        await c.start()         # a worker stopped during the first group join cancels this
+
+    async def run() -> None:
+        await c.start()
         _running.append(c)
         await feed(c)
+
+    work = asyncio.ensure_future(run())
+    try:
+        # Faust can start app tasks while the worker is already stopping (a stop during start-up),
+        # after the app has cancelled its tasks: the app's stop, not a cancel, must end this one,
+        # so the consumer is closed before the event loop is
+        await app.wait_first(work)
     finally:
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)     # an error is raised by wait_first
         if c in _running:
             _running.remove(c)
         await c.stop()
