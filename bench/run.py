@@ -263,14 +263,16 @@ def steady(w: WorkerProcess) -> bool:
             and all(t is not None and now - parse_ts(t) < 1000 for t in times))
 
 
-async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str = "bench-lat.") -> dict:
-    """A live worker (wall clock) fed at `rate` events/s; each event is stamped with its
-    produce time, so a decision's created_at is its input's produce time."""
+async def latency(broker, redis, tmp: Path, events, rate: float, a, prefix: str = "bench-lat.",
+                  argv: list[str] | None = None, **extra: str) -> dict:
+    """A live worker (wall clock; `argv` and `extra` environment as `WorkerProcess` takes them)
+    fed at `rate` events/s; each event is stamped with its produce time, so a decision's
+    created_at is its input's produce time."""
     await ensure_topics(broker.bootstrap, [prefix + t for t in (*INPUT_TOPICS, *OUTPUTS)], PARTITIONS)
     lateness, tick, fetch_wait = a.lateness_ms, a.tick, a.fetch_max_wait_ms
     w = WorkerProcess(env_for(broker, redis, prefix, tmp, UPSELL_CLOCK="wall", UPSELL_LATENESS_MS=str(lateness),
-                              UPSELL_TICK_INTERVAL=str(tick), UPSELL_FETCH_MAX_WAIT_MS=str(fetch_wait)),
-                      tmp / "latency-worker.log")
+                              UPSELL_TICK_INTERVAL=str(tick), UPSELL_FETCH_MAX_WAIT_MS=str(fetch_wait), **extra),
+                      tmp / "latency-worker.log", argv=argv)
     lat: list[float] = []
     consumer = AIOKafkaConsumer(prefix + "proposals", prefix + "proposals.suppressed",
                                 bootstrap_servers=broker.bootstrap, auto_offset_reset="latest",

@@ -39,7 +39,6 @@ app = App(
     producer_linger_ms=5,
     fetch_max_wait_ms=settings.fetch_max_wait_ms,
     consumer_thread=settings.consumer_thread,
-    full_gc_interval=settings.full_gc_interval,
     broker_credentials=settings.kafka.faust_credentials(),
     # Faust's own pages (/router/, /table/, /graph/, statistics) show internals: off unless asked for
     web_router_enabled=settings.web_internal,
@@ -47,4 +46,3 @@ app = App(
     web_graph_enabled=settings.web_internal,
     web_stats_enabled=settings.web_internal,
 )
-app.worker_process_settings()      # logging level, garbage collector: this process is a worker

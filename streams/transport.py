@@ -2,33 +2,23 @@
 change to faust-streaming's, mode's and aiokafka's behaviour is here, each a named class or
 function:
 
-| name | changes | why |
+| name | changes | why (bench/adaptations.py: the figure with it off) |
 |---|---|---|
-| `FetchWait` | the consumer's fetch wait (Faust fixes 1,500 ms) to `App(fetch_max_wait_ms=...)` | a broker that holds an empty fetch for the whole wait adds it to every hop |
-| `EmbeddedBrokerEndOffsets` | with the embedded test broker (tansu) only: the end offsets Faust asks for are read from the partition's last batch | tansu reports the last batch's base offset + 1, so table recovery stopped before the last records |
-| `InPlaceWaitFirst` | the fetcher's per-record `wait_first(callback, flow)` runs the callback in place while it need not wait | four tasks and an `asyncio.wait` per record |
-| `RefillAtHalf` | a full stream buffer wakes its producer once it is down to half | the fetcher waited once per record |
-| `PausedInTheClient` | partitions Faust pauses are paused in aiokafka too | aiokafka held back every fetch while records of a paused changelog partition waited untaken |
-| `InboxConductor`, `InboxFetch` | a fetch's records of an inbox topic (`App.inboxes`, `streams/inbox.py`) go to the inbox as one list | Faust's per-record path cost more than the worker's own work |
-| `ConsumerOnAppLoop` | Faust's consumer runs on the app's event loop, not a thread of its own (`consumer_thread=False`) | the same CPU per event and a shorter latency tail |
+| `FetchWait` | the consumer's fetch wait (Faust fixes 1,500 ms) to `App(fetch_max_wait_ms=...)` | a broker that holds an empty fetch for the whole wait adds it to every hop (p99 at 3,000 events/s 21x) |
+| `EmbeddedBrokerEndOffsets` | with the embedded test broker (tansu) only: the end offsets Faust asks for are read from the partition's last batch | tansu reports the last batch's base offset + 1, so table recovery stopped before the last records (correctness, not speed) |
+| `PausedInTheClient` | partitions Faust pauses are paused in aiokafka too | aiokafka held back every fetch while records of a paused changelog partition waited untaken (p99 at 3,000 events/s 2.8x) |
+| `InboxConductor`, `InboxFetch` | a fetch's records of an inbox topic (`App.inboxes`, `streams/inbox.py`) go to the inbox as one list | Faust's per-record path cost more than the worker's own work (backlog: 0.34x the events/s, 2.8x the CPU per event) |
+| `ConsumerOnAppLoop` | Faust's consumer runs on the app's event loop, not a thread of its own (`consumer_thread=False`) | a shorter latency tail under load (p99 at 27,000 events/s 1.9x) |
 
-Process-wide settings the worker makes at start (`streams.app`, `worker_process_settings`):
-the root logger's level (Faust leaves it at DEBUG: every debug call built a record), the start-up
-heap frozen for the garbage collector (`freeze_startup_heap`), and full collections on a timer
-(`full_collections`).
-
-These lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1, aiokafka and
-asyncio.Queue; pyproject.toml pins the packages. `tests/test_transport.py` checks every private
+These lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka;
+pyproject.toml pins the packages. `tests/test_private_names.py` checks every private
 name used and fails naming the package to re-check; docs/upgrading.md says how to move a pin.
-The numbers behind each adaptation are in bench/README.md.
+`python bench/adaptations.py` measures each one against the framework's own behaviour; the runs
+are in bench/README.md.
 """
 from __future__ import annotations
 
-import asyncio
-import gc
 import inspect
-import logging
-import types
 
 import aiokafka
 import aiokafka.protocol.metadata
@@ -36,8 +26,6 @@ import faust
 import faust.transport.conductor
 from faust.transport.drivers import aiokafka as driver
 from mode import Service
-from mode.services import WaitResults
-from mode.utils.queues import ThrowableQueue
 
 
 class FetchWait(driver.AIOKafkaConsumerThread):
@@ -96,29 +84,6 @@ async def embedded_broker_end_offsets(thread, ends: dict, check: dict) -> dict:
     finally:
         await reader.stop()
     return ends
-
-
-class InPlaceWaitFirst:
-    """For a `mode.Service` with a `suspend_flow` event (Faust's consumer)."""
-
-    async def wait_first(self, *coros, timeout=None):
-        """The fetcher's `wait_first(callback(message), self.suspend_flow.wait())`, with the
-        callback run in place while it need not wait. Anything else is Faust's own `wait_first`."""
-        if (len(coros) == 2 and timeout is None and asyncio.iscoroutine(coros[0])
-                and asyncio.iscoroutine(coros[1]) and not self.suspend_flow.is_set()
-                and not self._stopped.is_set() and not self._crashed.is_set()):
-            callback = coros[0]
-            try:
-                waiting_on = callback.send(None)
-            except StopIteration as done:
-                coros[1].close()         # the flow event's wait, never started
-                return WaitResults([callback], [done.value], False)
-            except BaseException:
-                coros[1].close()
-                raise
-            # it has to wait (a full buffer, flow control): as Faust does, it races the flow event
-            coros = (_resume(callback, waiting_on), coros[1])
-        return await super().wait_first(*coros, timeout=timeout)
 
 
 class PausedInTheClient:
@@ -249,39 +214,10 @@ def consumer_runs_on(app, loop) -> str:
     return "loop" if app.consumer._thread.thread_loop is loop else "thread"
 
 
-class _Consumer(InboxFetch, PausedInTheClient, InPlaceWaitFirst, driver.Consumer):
+class _Consumer(InboxFetch, PausedInTheClient, driver.Consumer):
     def _new_consumer_thread(self):
         cls = FetchWait if self.app.consumer_thread else ConsumerOnAppLoop
         return cls(self, loop=self.loop, beacon=self.beacon)
-
-
-async def _resume(coro, waiting_on):
-    """The rest of a coroutine that was started in place and is waiting on `waiting_on` (what it
-    yielded: a future, or None for a bare yield), as a coroutine of its own: mode's `wait_first`
-    takes awaitables, and a generator-based coroutine (`_drive`) is not one."""
-    return await _drive(coro, waiting_on)
-
-
-@types.coroutine
-def _drive(coro, waiting_on):
-    """Yields `waiting_on` to the task that runs it, then goes on driving `coro`, passing in
-    whatever the task sends or throws (a cancellation included), as `await` would have."""
-    while True:
-        try:
-            sent = yield waiting_on
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:    # noqa: B036 -- handed on to the coroutine, as `await` does
-            try:
-                waiting_on = coro.throw(exc)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                waiting_on = coro.send(sent)
-            except StopIteration as done:
-                return done.value
 
 
 class InboxConductor(faust.transport.conductor.Conductor):
@@ -304,77 +240,11 @@ class App(faust.App):
     """`faust.App` on the aiokafka transport, with `fetch_max_wait_ms` (milliseconds), and with
     its consumer on the app's own event loop unless `consumer_thread`."""
 
-    def __init__(self, *args, fetch_max_wait_ms: int = 100, consumer_thread: bool = False,
-                 full_gc_interval: float = 0.0, **kwargs):
+    def __init__(self, *args, fetch_max_wait_ms: int = 100, consumer_thread: bool = False, **kwargs):
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.consumer_thread = consumer_thread
-        self.full_gc_interval = full_gc_interval     # seconds between full collections; 0: Python's
         self.inboxes: dict = {}      # topic name -> streams.inbox.Inbox taking its records
         super().__init__(*args, **kwargs)
 
-    def worker_process_settings(self) -> None:
-        """The process-wide settings a worker makes once it runs: the root logger's level, the
-        start-up heap frozen, full collections on a timer. Called by the app module of a worker
-        (`streams.app`, the benchmark's no-op app), not by every App made."""
-        self.task(raise_root_log_level)
-        self.task(freeze_startup_heap)
-        self.task(_full_collections)
-
     def _new_transport(self):
         return Transport(self.conf.broker_consumer, self)
-
-    def FlowControlQueue(self, maxsize=None, *, clear_on_resume=False):  # noqa: N802 -- Faust's name
-        return RefillAtHalf(maxsize=maxsize, flow_control=self.flow_control, clear_on_resume=clear_on_resume)
-
-
-class RefillAtHalf(ThrowableQueue):
-    """A full buffer wakes the producer waiting to put (Faust's fetcher, for a channel) once it is
-    down to half, not at every get. At every get, a worker slower than its fetcher had the fetcher
-    wait once per record (`InPlaceWaitFirst`'s slow path); woken at half, it refills half a buffer
-    in place per wait."""
-
-    def _wakeup_next(self, waiters):
-        if waiters is self._putters and self._maxsize > 0 and self.qsize() > self._maxsize // 2:
-            return
-        super()._wakeup_next(waiters)
-
-
-async def raise_root_log_level() -> None:
-    """The root logger at the lowest level of its handlers: Faust leaves it at DEBUG (its
-    start-up spinner listens there), so every debug call in aiokafka and Faust, several per
-    event, built a record that was then dropped."""
-    levels = [h.level for h in logging.root.handlers if type(h).__name__ != "SpinnerHandler"]
-    if levels and min(levels) > logging.root.level:
-        logging.root.setLevel(min(levels))
-
-
-async def freeze_startup_heap() -> None:
-    """What start-up built (modules, Faust's and aiokafka's objects: about 94,000 tracked
-    objects) is moved out of the cyclic garbage collector's reach, so a full collection does not
-    walk it again (tens of milliseconds each, stalling every event in flight). Garbage is
-    collected first, so nothing dead is kept; objects made later are collected as before."""
-    gc.collect()
-    gc.freeze()
-
-
-NEVER = 1 << 30     # a collector threshold no count reaches
-
-
-async def _full_collections(app) -> None:
-    await full_collections(app.full_gc_interval)
-
-
-async def full_collections(interval: float) -> None:
-    """While it runs, the collector makes no full collection of its own (under load one came every
-    few seconds, each stalling the events in flight), and one is made every `interval` seconds;
-    with `interval` 0, nothing changes. The thresholds are restored when it ends (the app stops)."""
-    if interval <= 0:
-        return
-    young, middle, full = gc.get_threshold()
-    gc.set_threshold(young, middle, NEVER)
-    try:
-        while True:
-            await asyncio.sleep(interval)     # a period: a timer, not a wait for something
-            gc.collect()
-    finally:
-        gc.set_threshold(young, middle, full)

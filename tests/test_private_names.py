@@ -1,9 +1,8 @@
-"""Every private name of faust-streaming, mode, aiokafka and asyncio the worker relies on
+"""Every private name of faust-streaming, mode and aiokafka the worker relies on
 (`streams/transport.py`, `streams/inbox.py`, `streams/topics.py`, `agents/web.py`) still exists.
 A failure names the package and the version to re-check; docs/upgrading.md says how."""
 from __future__ import annotations
 
-import asyncio
 import inspect
 from importlib.metadata import version
 
@@ -42,7 +41,6 @@ PRIVATE = [
     ("mode-streaming", mode.Service, "_default_stop_futures"),
     ("mode-streaming", mode.Service, "_default_stop_exit_stacks"),
     ("mode-streaming", mode.Service, "_stopped"),
-    ("mode-streaming", mode.Service, "_crashed"),
     ("mode-streaming", mode.Service, "_shutdown"),
     ("mode-streaming", mode.Service, "_started"),
     ("mode-streaming", mode.threads.ServiceThread, "_thread_started"),
@@ -50,9 +48,6 @@ PRIVATE = [
     ("mode-streaming", mode.threads.ServiceThread, "on_thread_stop"),
     ("aiokafka", aiokafka.AIOKafkaConsumer, "_fetch_max_wait_ms"),
     ("aiokafka", aiokafka.AIOKafkaConsumer, "_client"),
-    ("python", asyncio.Queue, "_putters"),
-    ("python", asyncio.Queue, "_wakeup_next"),
-    ("python", asyncio.Queue, "_maxsize"),
 ]
 
 
@@ -71,9 +66,6 @@ def _has(owner, name: str) -> bool:
 
 
 def _version(package: str) -> str:
-    if package == "python":
-        import sys
-        return sys.version.split()[0]
     return version(package)
 
 

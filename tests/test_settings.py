@@ -21,18 +21,6 @@ def test_whole_number_settings_are_checked(monkeypatch, name, field, default, un
             Settings.from_env()
 
 
-def test_the_full_collection_interval_is_seconds_at_least_zero(monkeypatch):
-    name = "UPSELL_FULL_GC_INTERVAL"
-    monkeypatch.delenv(name, raising=False)
-    assert Settings.from_env().full_gc_interval == 60.0
-    for good, seconds in (("0", 0.0), ("2.5", 2.5)):
-        monkeypatch.setenv(name, good)
-        assert Settings.from_env().full_gc_interval == seconds
-    for bad in ("-1", "soon", "nan", "inf"):
-        monkeypatch.setenv(name, bad)
-        with pytest.raises(ValueError, match=f"{name} must be a number of seconds >= 0, got '{bad}'"):
-            Settings.from_env()
-
 
 @pytest.mark.parametrize("name, value, says", [
     ("UPSELL_PARTITIONS", "abc", "UPSELL_PARTITIONS must be a whole number of partitions from 1 to 10000, got 'abc'"),
