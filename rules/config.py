@@ -6,6 +6,7 @@ worker with a bad rules file fails at start, never mid-stream.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class Plan:
     tier: int
     price: float
     limits: dict[str, float]
+    display_name: str = ""      # what a person reads (proposals carry it); the name if not given
 
     @property
     def paid(self) -> bool:
@@ -66,6 +68,7 @@ class Rules:
     volume_lines: tuple[VolumeLine, ...]
     source: str = "<rules>"
     plan_by_name: dict[str, Plan] = field(default_factory=dict)
+    digest: str = ""        # the file's SHA-256, its first 12 hex digits: which rules a worker runs
 
     def __post_init__(self):
         self.plan_by_name.update({p.name: p for p in self.plans})
@@ -186,7 +189,8 @@ def _parse(doc: dict, ck: _Checker) -> Rules:
         plans.append(Plan(ck.text(p.get("name"), path + ("name",)),
                           ck.number(p.get("tier"), path + ("tier",), int, 0),
                           ck.number(p.get("price"), path + ("price",), float, 0),
-                          {m: ck.number(v, path + ("limits", m), float, 0) for m, v in limits.items()}))
+                          {m: ck.number(v, path + ("limits", m), float, 0) for m, v in limits.items()},
+                          ck.text(p.get("display_name", p.get("name")), path + ("display_name",))))
     if not plans:
         ck.fail(("plans",), "at least one [[plans]] entry is required")
     if len({p.tier for p in plans}) != len(plans) or len({p.name for p in plans}) != len(plans):
@@ -198,6 +202,7 @@ def _parse(doc: dict, ck: _Checker) -> Rules:
         if not isinstance(prod, dict):
             ck.fail(("products", sku), "expected { name = ..., price = ... }")
         ck.number(prod.get("price"), ("products", sku), float, 0)
+        ck.text(prod.get("name"), ("products", sku, "name"))
 
     def known_skus(skus, path):
         if not isinstance(skus, list) or not skus:
@@ -294,7 +299,9 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise RulesError(source, int(m[1]) if m else None, f"not valid TOML: {exc}") from None
-    return _parse(doc, _Checker(source, text))
+    rules = _parse(doc, _Checker(source, text))
+    object.__setattr__(rules, "digest", hashlib.sha256(text.encode()).hexdigest()[:12])
+    return rules
 
 
 def default_rules_text() -> str:

@@ -67,7 +67,7 @@ def arbitrate(c: dict, candidates: list[dict], now: int, rules: Rules) -> tuple[
         for key in cand.get("_also_fire", ()):
             c["fired"][key] = cand["_fire_until"]
         verdict = _check(c, cand, now, rules, winner)
-        out = public(cand)
+        out = public(cand, rules)
         if verdict is None:
             winner = cand
             c["sent"].append(now)
@@ -78,5 +78,22 @@ def arbitrate(c: dict, candidates: list[dict], now: int, rules: Rules) -> tuple[
     return emitted, suppressed
 
 
-def public(cand: dict) -> dict:
-    return {k: v for k, v in cand.items() if not k.startswith("_")}
+def public(cand: dict, rules: Rules) -> dict:
+    """The decision as published: internal keys dropped, the offer's parts named for people."""
+    out = {k: v for k, v in cand.items() if not k.startswith("_")}
+    out["offer"] = with_display_names(cand["offer"], rules)
+    return out
+
+
+def with_display_names(offer: dict, rules: Rules) -> dict:
+    """The offer with the catalog's display names of its plan (plan_name) and SKUs (sku_names, in
+    the order of skus; sku_name for one sku)."""
+    named = dict(offer)
+    if "plan" in offer:
+        plan = rules.plan_by_name.get(offer["plan"])
+        named["plan_name"] = plan.display_name if plan is not None else offer["plan"]
+    if "skus" in offer:
+        named["sku_names"] = [rules.products.get(s, {}).get("name", s) for s in offer["skus"]]
+    if "sku" in offer:
+        named["sku_name"] = rules.products.get(offer["sku"], {}).get("name", offer["sku"])
+    return named

@@ -170,10 +170,17 @@ def prune(c: dict, now: int, rules: Rules) -> None:
 
 # ------------------------------------------------------------ derivations --
 
+# Keys of an offer that only name its parts for people (`with_display_names`): an offer's
+# identity, its proposal_id and a decline of it never depend on them.
+DISPLAY_KEYS = frozenset({"plan_name", "sku_names", "sku_name"})
+
+
 def offer_key(offer: dict) -> str:
-    """Canonical text of an offer: key order and list order never matter."""
+    """Canonical text of an offer: key order, list order and display names never matter."""
     parts = []
     for k in sorted(offer):
+        if k in DISPLAY_KEYS:
+            continue
         v = offer[k]
         parts.append(f"{k}={','.join(sorted(map(str, v))) if isinstance(v, list) else v}")
     return ";".join(parts)

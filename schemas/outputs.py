@@ -2,6 +2,63 @@
 from __future__ import annotations
 
 _TS = {"type": "string", "format": "date-time"}
+_STR = {"type": "string"}
+_NUM = {"type": "number"}
+_INT = {"type": "integer"}
+_STRS = {"type": "array", "items": {"type": "string"}}
+_NUMS = {"type": "array", "items": {"type": "number"}}
+_DATE = {"type": "string", "description": "a day, YYYY-MM-DD"}
+
+
+def _obj(required: dict, optional: dict | None = None, doc: str = "") -> dict:
+    """An object with these fields; further fields may be added (additive changes keep schema 1)."""
+    out = {"type": "object", "properties": {**required, **(optional or {})}, "required": list(required)}
+    return {**out, "description": doc} if doc else out
+
+
+# Display names are optional: decisions written before they existed are still valid ones.
+_PLAN = {"plan": {**_STR, "description": "the plan offered (the catalog's name)"}}
+_PLAN_NAME = {"plan_name": {**_STR, "description": "its display name"}}
+_SKUS = {"skus": {**_STRS, "description": "the SKUs offered"}}
+_SKU_NAMES = {"sku_names": {**_STRS, "description": "their display names, in the order of skus"}}
+_USAGE = {"metric": _STR, "value": _NUM, "limit": _NUM}
+
+
+def _variant(trigger: str, kinds: list[str], offer, evidence) -> dict:
+    """The shape of one trigger's decisions: `offer` and `evidence` one object schema or a list
+    of alternatives."""
+    def one_or_any(x):
+        return {"anyOf": x} if isinstance(x, list) else x
+    return {"properties": {"trigger": {"const": trigger}, "kind": {"enum": kinds},
+                           "offer": one_or_any(offer), "evidence": one_or_any(evidence)}}
+
+
+# One entry per trigger, told apart by `trigger`: what its offer and evidence hold.
+BY_TRIGGER = [
+    _variant("usage_limit", ["upsell"], _obj(_PLAN, _PLAN_NAME, doc="the next tier whose limit fits the usage"),
+             _obj({**_USAGE, "level": {**_NUM, "description": "the share of the limit reached"}})),
+    _variant("usage_forecast", ["upsell"], _obj(_PLAN, _PLAN_NAME, doc="the next tier whose limit fits the forecast"),
+             _obj({**_USAGE, "days_to_limit": {**_NUM, "description": "days until the trend reaches the limit"}})),
+    _variant("renewal", ["upsell", "downsell"],
+             _obj(_PLAN, {**_PLAN_NAME, "term": {"enum": ["annual"]}, "discount_pct": _NUM},
+                  doc="a tier up or down at renewal, or the annual term (term, discount_pct) on the same plan"),
+             _obj({"renews_at": _TS, "term": _STR, "peak_utilisation": {"type": ["number", "null"]}})),
+    _variant("fiscal_year_end", ["upsell"], _obj(_PLAN, _PLAN_NAME, doc="the next tier, before the customer's year ends"),
+             _obj({"fiscal_year_end": _DATE, "fiscal_year_end_month": _INT})),
+    _variant("purchase", ["cross_sell"], _obj(_SKUS, {**_SKU_NAMES, "bundle": {**_STR, "description": "the bundle they make"}}),
+             _obj({"sku": {**_STR, "description": "the SKU bought"}, "related": _STRS, "relation": _STR})),
+    _variant("co_purchase", ["cross_sell"], _obj(_SKUS, _SKU_NAMES),
+             _obj({"sku": _STR, "related": _STRS, "support": _NUMS, "confidence": _NUMS})),
+    _variant("underuse", ["downsell"], _obj(_PLAN, _PLAN_NAME, doc="the tier below, which fits the usage"),
+             _obj({"latest_peak": _NUM, "low_since": _TS})),
+    _variant("season", ["cross_sell"], _obj({"campaign": _STR, **_SKUS}, _SKU_NAMES),
+             _obj({"campaign": _STR, "segment": _STR})),
+    _variant("volume", ["upsell"],
+             [_obj({"line": _STR, "add_amount": {**_NUM, "description": "to add to the order's amount"}}),
+              _obj({"line": _STR, "sku": _STR, "add_qty": {**_INT, "description": "units to add"}}, {"sku_name": _STR})],
+             [_obj({"line": _STR, "total": _NUM, "threshold": _NUM}),
+              _obj({"line": _STR, "sku": _STR, "qty": _NUM, "threshold": _NUM})]),
+]
 
 PROPOSAL_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -9,24 +66,28 @@ PROPOSAL_SCHEMA = {
     "title": "proposal (schema 1)",
     "type": "object",
     "properties": {
-        "schema": {"const": 1, "description": "contract version; additive changes keep 1"},
+        "schema": {"const": 1, "description": "contract version; additive changes keep 1 (see $comment)"},
         "proposal_id": {"type": "string", "description":
                         "deterministic hash of (customer, trigger, offer, period): dedupe on it"},
         "customer_id": {"type": "string", "description": "also the record key"},
         "kind": {"enum": ["upsell", "cross_sell", "downsell"]},
         "trigger": {"enum": ["usage_limit", "usage_forecast", "renewal", "fiscal_year_end", "purchase",
                              "co_purchase", "underuse", "season", "volume"]},
-        "offer": {"type": "object", "description": "plan / term / skus / bundle / campaign / line"},
+        "offer": {"type": "object", "description": "what is offered; its shape per trigger is in oneOf"},
         "audience": {"enum": ["decision_maker", "admin", "user"]},
         "reason": {"type": "string", "description": "human text, for the message"},
-        "evidence": {"type": "object", "description": "structured facts behind the reason"},
+        "evidence": {"type": "object", "description": "structured facts behind the reason; per trigger in oneOf"},
         "priority": {"type": "integer"},
         "created_at": {**_TS, "description": "event time of the decision, never wall-clock time"},
         "valid_until": _TS,
     },
     "required": ["schema", "proposal_id", "customer_id", "kind", "trigger", "offer", "audience",
                  "reason", "evidence", "priority", "created_at", "valid_until"],
+    "oneOf": BY_TRIGGER,
     "additionalProperties": True,
+    "$comment": "Additive changes (a new field, a new trigger, a new optional offer key) keep schema 1: "
+                "consumers must ignore fields they do not know. Removing or renaming a field, or changing "
+                "its type or meaning, makes schema 2 (docs/contract.md).",
 }
 
 SUPPRESSED_SCHEMA = {
@@ -75,10 +136,12 @@ DEAD_LETTER_SCHEMA = {
 
 # ------------------------------------------------------------ checking --
 # The read model stores only decisions that match the published schema. The schemas above use a
-# small part of JSON Schema (const, enum, type, required, date-time, nested objects); this checks
+# small part of JSON Schema (const, enum, type, required, date-time, nested objects, items, oneOf,
+# anyOf); this checks
 # exactly that part, so the schema and the check cannot drift apart without adding a dependency.
 
-_JSON_TYPES = {"string": str, "integer": int, "object": dict, "array": list, "null": type(None), "boolean": bool}
+_JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "object": dict, "array": list,
+               "null": type(None), "boolean": bool}
 
 
 def check(schema: dict, value, path: str = "") -> None:
@@ -92,7 +155,7 @@ def check(schema: dict, value, path: str = "") -> None:
     types = schema.get("type")
     if types is not None:
         types = [types] if isinstance(types, str) else types
-        if not any(isinstance(value, _JSON_TYPES[t]) and not (t == "integer" and isinstance(value, bool))
+        if not any(isinstance(value, _JSON_TYPES[t]) and not (t in ("integer", "number") and isinstance(value, bool))
                    for t in types):
             raise ValueError(f"{where}expected {' or '.join(types)}, got {describe(value)}")
     if schema.get("format") == "date-time" and isinstance(value, str):
@@ -105,3 +168,24 @@ def check(schema: dict, value, path: str = "") -> None:
         for name, sub in schema["properties"].items():
             if name in value:
                 check(sub, value[name], f"{path}.{name}" if path else name)
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            check(schema["items"], item, f"{path}[{i}]")
+    for keyword in ("oneOf", "anyOf"):
+        if keyword in schema:
+            _check_alternatives(schema[keyword], value, path, exactly_one=keyword == "oneOf")
+
+
+def _check_alternatives(alternatives: list, value, path: str, exactly_one: bool) -> None:
+    errors, matched = [], 0
+    for alt in alternatives:
+        try:
+            check(alt, value, path)
+            matched += 1
+        except ValueError as exc:
+            errors.append(str(exc))
+    if matched == 0:
+        # the alternative whose discriminator matched says best what is wrong
+        raise ValueError(min(errors, key=lambda e: ("trigger" in e or "kind" in e, len(e))))
+    if exactly_one and matched > 1:
+        raise ValueError(f"field '{path or '(value)'}': matches {matched} alternatives, expected one")

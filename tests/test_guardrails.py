@@ -122,4 +122,4 @@ def test_suppressed_proposals_carry_the_full_proposal_and_a_reason():
     seats(d, T0 + D, 45)
     s = d.suppressed[0]
     assert s["suppressed"]["reason"] == "quiet_period" and "within 14 days" in s["suppressed"]["detail"]
-    assert s["proposal_id"] and s["offer"] == {"plan": "pro"}
+    assert s["proposal_id"] and s["offer"] == {"plan": "pro", "plan_name": "Pro"}

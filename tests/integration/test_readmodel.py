@@ -27,7 +27,8 @@ T0 = 1_767_225_600_000      # 2026-01-01
 def _full(**fields) -> dict:
     """A decision as the published schema has it."""
     p = {"schema": 1, "proposal_id": "x", "customer_id": "c0", "kind": "upsell", "trigger": "usage_limit",
-         "offer": {"plan": "pro"}, "audience": "admin", "reason": "r", "evidence": {}, "priority": 1,
+         "offer": {"plan": "pro"}, "audience": "admin", "reason": "r", "priority": 1,
+         "evidence": {"metric": "seats", "value": 46, "limit": 50, "level": 0.8},
          "created_at": format_ts(T0), "valid_until": format_ts(T0 + 30 * DAY)}
     p.update(fields)
     return p

@@ -1,0 +1,63 @@
+"""examples/notification_service.py's policy (`Outbox`), with its clock in the test's hands:
+dedupe, quiet hours, offers no longer valid when they may be sent, and the commit boundary."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("notification_service", ROOT / "examples" / "notification_service.py")
+ns = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = ns
+spec.loader.exec_module(ns)
+
+QUIET = (22, 8)
+
+
+def proposal(pid: str, created: str, until: str) -> dict:
+    return {"proposal_id": pid, "customer_id": "c-1", "trigger": "usage_limit", "offer": {"plan": "pro"},
+            "reason": "r", "created_at": created, "valid_until": until}
+
+
+def at(text: str) -> int:
+    return ns.parse_ts(text)
+
+
+def test_send_time_skips_the_quiet_hours_one_tick_at_each_edge():
+    assert ns.send_time(at("2025-03-03T21:59:59Z"), QUIET) == at("2025-03-03T21:59:59Z")
+    assert ns.send_time(at("2025-03-03T22:00:00Z"), QUIET) == at("2025-03-04T08:00:00Z")
+    assert ns.send_time(at("2025-03-04T07:59:59Z"), QUIET) == at("2025-03-04T08:00:00Z")
+    assert ns.send_time(at("2025-03-04T08:00:00Z"), QUIET) == at("2025-03-04T08:00:00Z")
+    assert ns.send_time(at("2025-03-04T03:00:00Z"), (1, 5)) == at("2025-03-04T05:00:00Z")      # not across midnight
+
+
+def test_a_proposal_is_held_through_the_night_then_sent_once():
+    box = ns.Outbox(QUIET)
+    p = proposal("a", "2025-03-03T23:10:00Z", "2025-03-10T00:00:00Z")
+    assert box.offer(p, ("tp", 5)) is True
+    assert box.offer(dict(p), ("tp", 6)) is False                 # redelivered: the same id
+    assert box.due(at("2025-03-04T07:59:59Z")) == []              # still quiet
+    assert box.oldest_held() == {"tp": 5}                          # a commit stops before it
+    assert box.due(at("2025-03-04T08:00:00Z")) == [("send", at("2025-03-04T08:00:00Z"), p)]
+    assert box.oldest_held() == {} and box.due(at("2025-03-05T00:00:00Z")) == []
+
+
+def test_an_offer_that_ends_before_it_may_be_sent_is_dropped():
+    box = ns.Outbox(QUIET)
+    gone = proposal("b", "2025-03-03T23:10:00Z", "2025-03-04T08:00:00Z")      # ends as the night does
+    kept = proposal("c", "2025-03-03T23:20:00Z", "2025-03-04T08:00:01Z")
+    box.offer(gone)
+    box.offer(kept)
+    assert [(a, p["proposal_id"]) for a, _, p in box.due(at("2025-03-04T09:00:00Z"))] == [("drop", "b"), ("send", "c")]
+
+
+def test_answers_are_fixed_by_the_id_and_make_valid_outcome_records():
+    from schemas.validate import validate
+    import orjson
+    answers = [ns.answer(f"id-{i}") for i in range(1000)]
+    assert answers == [ns.answer(f"id-{i}") for i in range(1000)]
+    assert 250 < answers.count("accepted") < 350 and 150 < answers.count("declined") < 250
+    p = proposal("d", "2025-03-03T10:00:00Z", "2025-03-10T00:00:00Z")
+    value = validate("proposal-outcomes", orjson.loads(ns.outcome_record(p, "declined")), "c-1")
+    assert value["outcome"] == "declined" and value["proposal_id"] == "d"
