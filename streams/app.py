@@ -4,7 +4,10 @@ Run it with `upsell worker` (or `faust -A streams.app worker`).
 """
 from __future__ import annotations
 
+import logging
+
 from rules.config import load_rules
+from streams import metrics
 from streams.health import Health
 from streams.settings import Settings
 from streams.transport import App
@@ -46,3 +49,23 @@ app = App(
     web_graph_enabled=settings.web_internal,
     web_stats_enabled=settings.web_internal,
 )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("upsell-engine")
+    except PackageNotFoundError:       # a source tree that was not installed
+        return "unknown"
+
+
+metrics.BUILD.info({"version": _version(), "rules": rules.source, "rules_sha256": rules.digest})
+
+
+@app.task
+async def announce() -> None:
+    """One line at start: what this worker runs and where its data goes."""
+    logging.getLogger("upsell").info(
+        "upsell-engine %s worker: rules %s (sha256 %s), clock %s, lateness %d ms, %d partitions, "
+        "broker %s, redis %s, store %s", _version(), rules.source, rules.digest, settings.clock, settings.lateness_ms,
+        settings.partitions, settings.broker, settings.redis_url_redacted, settings.store)

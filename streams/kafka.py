@@ -2,6 +2,7 @@
 demo, the start-up checks): the connection settings in one place."""
 from __future__ import annotations
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -21,8 +22,8 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
                         security: KafkaSecurity | None = None, replication: int = 1) -> None:
     """Create the co-partitioned topics if they do not exist yet."""
     admin = AIOKafkaAdminClient(**client_kwargs(bootstrap, security))
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         new = [NewTopic(n, partitions, replication) for n in names if n not in existing]
         if new:
@@ -37,8 +38,8 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int,
 async def partition_counts(bootstrap: str, names: list[str], security: KafkaSecurity | None = None) -> dict:
     """topic -> its partition count, for those of `names` that exist."""
     admin = AIOKafkaAdminClient(**client_kwargs(bootstrap, security))
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         wanted = [n for n in names if n in existing]
         if not wanted:
@@ -59,3 +60,31 @@ def copartition_problem(counts: dict[str, int], partitions: int) -> str | None:
     return (f"UPSELL_PARTITIONS={partitions} but {listed}: every input topic, the repartition topic and the "
             f"changelog must have the same partition count (set UPSELL_PARTITIONS to the topics' count, "
             f"or re-create the topics)")
+
+
+async def latest_timestamp(bootstrap: str, counts: dict[str, int], security: KafkaSecurity | None = None,
+                           timeout_ms: int = 2000) -> int | None:
+    """The latest record timestamp at the end of the topics of `counts` (topic -> partition count),
+    or None if they hold nothing: read from each partition's last offset (with a broker that
+    reports an end offset early, from its last batch)."""
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap, security), enable_auto_commit=False)
+    try:
+        await consumer.start()
+        tps = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
+        consumer.assign(tps)
+        ends = {tp: end for tp, end in (await consumer.end_offsets(tps)).items() if end}
+        if not ends:
+            return None
+        for tp, end in ends.items():
+            consumer.seek(tp, end - 1)
+        latest, left = None, set(ends)
+        while left:
+            got = await consumer.getmany(*left, timeout_ms=timeout_ms)
+            if not got:
+                break
+            for tp, records in got.items():
+                latest = max(latest or 0, *(r.timestamp for r in records))
+                left.discard(tp)
+        return latest
+    finally:
+        await consumer.stop()

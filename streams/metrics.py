@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from prometheus_client import CollectorRegistry, GCCollector, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, GCCollector, Histogram, Info, PlatformCollector, ProcessCollector
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -31,6 +31,10 @@ DECISION_LATENCY = Histogram(
     "upsell_decision_latency_seconds", "From a decision's event time (created_at) to its send, live.",
     ["trigger"], registry=None,
     buckets=(0.5, 1, 1.5, 2, 2.05, 2.1, 2.25, 2.5, 3, 4, 5, 7.5, 10, 30, 60, float("inf")))
+
+
+# What runs: the package version and the rules file (its name and digest); set at start.
+BUILD = Info("upsell_build", "The worker's version and the rules file it runs.", registry=None)
 
 
 class WorkerCollector:
@@ -105,6 +109,7 @@ def render(highwater, clock_moves: int | None = None, unsent_bytes: int | None =
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(highwater, clock_moves, unsent_bytes, waiting))
     registry.register(DECISION_LATENCY)
+    registry.register(BUILD)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)

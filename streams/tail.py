@@ -1,35 +1,51 @@
-"""`upsell tail`: follow the proposals topic, pretty-printed."""
+"""`upsell tail`: follow the proposals topic, readable or as JSON Lines."""
 from __future__ import annotations
 
 import sys
+import textwrap
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
 from streams.kafka import client_kwargs
 
-KIND = {"upsell": "UPSELL   ", "cross_sell": "CROSS    ", "downsell": "DOWNSELL "}
+WIDTH = 100     # a line of the readable form, at most
 
 
-def pretty(p: dict, suppressed: bool = False) -> str:
-    offer = ", ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in p["offer"].items())
-    line = (f"{p['created_at'][:16].replace('T', ' ')}  {p['customer_id']:<9} {KIND.get(p['kind'], p['kind'])}"
-            f"{p['trigger']:<16} -> {offer:<36} {p['reason']}")
-    if suppressed:
-        line = f"  (suppressed: {p['suppressed']['reason']}) " + line
-    return line
+def offer_text(offer: dict) -> str:
+    return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in offer.items())
+
+
+def pretty(p: dict, suppressed: bool = False, partition: int | None = None) -> str:
+    """Two lines of at most WIDTH characters: when, who, what and the id; then why, shortened."""
+    where = f"p{partition:<2} " if partition is not None else ""
+    head = (f"{where}{p['created_at'][:16].replace('T', ' ')}  {p['customer_id']:<10} {p['kind']:<10} "
+            f"{p['trigger']:<15} {p['proposal_id'][:12]}")
+    offer = offer_text(p["offer"])
+    head = head + "  " + textwrap.shorten(offer, max(10, WIDTH - len(head) - 2), placeholder="...")
+    why = p["reason"] if not suppressed else f"suppressed ({p['suppressed']['reason']}): {p['reason']}"
+    return head + "\n" + textwrap.shorten(why, WIDTH - 4, placeholder="...", initial_indent="    ")
 
 
 async def tail(bootstrap: str, topic: str, from_beginning: bool = False, limit: int | None = None,
-               out=sys.stdout, security=None) -> None:
+               out=sys.stdout, security=None, as_json: bool = False) -> None:
+    """Print each decision of `topic` as it comes (from its start with `from_beginning`): the
+    readable form, or with `as_json` the record's value as it is, one per line."""
     consumer = AIOKafkaConsumer(topic, **client_kwargs(bootstrap, security),
                                 auto_offset_reset="earliest" if from_beginning else "latest",
                                 enable_auto_commit=False)
-    await consumer.start()
-    seen = 0
+    suppressed = topic.endswith("suppressed")
     try:
+        await consumer.start()
+        seen = 0
         async for msg in consumer:
-            out.write(pretty(orjson.loads(msg.value), topic.endswith("suppressed")) + "\n")
+            if as_json:
+                out.write(msg.value.decode() + "\n")
+            else:
+                try:
+                    out.write(pretty(orjson.loads(msg.value), suppressed) + "\n")
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    out.write(f"(not a decision at offset {msg.offset} of partition {msg.partition})\n")
             out.flush()
             seen += 1
             if limit is not None and seen >= limit:

@@ -191,6 +191,12 @@ async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker)
     assert len(moves) == 1 and float(moves[0].split()[1]) > 0
     # its decision was timed from its event time: at least the lateness, in the histogram
     assert metric_sum(metrics, "upsell_decision_latency_seconds_count") >= 1
+    # what it runs: in /metrics and in its start log (rules, clock, lateness, Redis without a password)
+    digest = load_rules().digest
+    assert f'rules="default.toml",rules_sha256="{digest}"' in metrics
+    log = worker.log.read_text(errors="replace")
+    assert f"rules default.toml (sha256 {digest}), clock wall, lateness 200 ms, {PARTITIONS} partitions" in log
+    assert f"redis {redis_server.url}" in log
     # what it handed to Kafka (state, decisions) reaches the broker: the gauge comes back to 0
     deadline = time.monotonic() + 30
     while True:
