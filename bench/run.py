@@ -57,7 +57,9 @@ Phases (all against the same tansu broker, same topics and partition count):
              a second worker restores them from the changelog -> rss_mb_100k_restored
   simulate   the offline backtest over the same file, --simulate-runs times (3) -> simulate_eps
              (their median), simulate_eps_runs; then in two processes (--jobs 2) ->
-             simulate_jobs2_eps, simulate_jobs2_speedup
+             simulate_jobs2_eps, simulate_jobs2_speedup; then read once, in order (`upsell simulate
+             FILE`, streams/simulate.py) -> simulate_stream_eps; bench/backtest_large.py does the
+             same on a year of 10,000 customers, with peak memory
 
 The latency phases' load generator sends what is due every --pace-ms (20 ms; 5 before run L1):
 tansu's cost per fetch grows with the number of produce batches a partition holds.
@@ -76,6 +78,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import statistics
 import sys
 import tempfile
@@ -91,13 +94,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from rules.config import load_rules  # noqa: E402
 from rules.engine import INPUT_TOPICS  # noqa: E402
 from rules.timeutil import parse_ts  # noqa: E402
-from streams.backtest import backtest_lines  # noqa: E402
+from streams.backtest import DEFAULT_MAX_AHEAD_MS, backtest_lines  # noqa: E402
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, WorkerProcess, cpu_seconds, free_port  # noqa: E402
 from streams.generate import generate  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
 from streams.partitioning import partition_for  # noqa: E402
 from streams.recorded import dumps, load_sorted  # noqa: E402
 from streams.replay import replay  # noqa: E402
+from streams.simulate import simulate  # noqa: E402
 
 PARTITIONS = 8
 EVENT_DRIVEN = {"usage_limit", "usage_forecast", "purchase", "co_purchase", "volume"}
@@ -600,8 +604,16 @@ def simulate_rates(stream: Path, rules, runs: int) -> dict:
         jobs_rates.append(round((two.events + len(two.dead_letters)) / (time.perf_counter() - t)))
         assert two.proposal_lines() == result.proposal_lines(), "--jobs 2 changed the proposals"
     jobs_eps = round(statistics.median(jobs_rates))
+    stream_rates = []
+    for _ in range(runs):      # `upsell simulate FILE`: read once, in order (streams/simulate.py)
+        out = io.BytesIO()
+        t = time.perf_counter()
+        outcome = simulate(str(stream), rules, PARTITIONS, out, DEFAULT_MAX_AHEAD_MS)
+        stream_rates.append(round((outcome.tally.events + outcome.tally.dead_letters) / (time.perf_counter() - t)))
+        assert out.getvalue() == result.proposal_lines(), "the streaming backtest changed the proposals"
     return {"simulate_eps": round(statistics.median(rates)), "simulate_eps_runs": rates,
             "simulate_jobs2_eps": jobs_eps, "simulate_jobs2_speedup": round(jobs_eps / statistics.median(rates), 3),
+            "simulate_stream_eps": round(statistics.median(stream_rates)), "simulate_stream_eps_runs": stream_rates,
             "_result": result}
 
 
@@ -621,7 +633,7 @@ async def main(a) -> dict:
     result = res.pop("_result")
     log(f"simulate: {res['simulate_eps']:,} events/s (median of {res['simulate_eps_runs']}), "
         f"{len(result.proposals)} proposals; --jobs 2: {res['simulate_jobs2_eps']:,} events/s "
-        f"({res['simulate_jobs2_speedup']}x)")
+        f"({res['simulate_jobs2_speedup']}x); read once, in order: {res['simulate_stream_eps']:,} events/s")
 
     with EmbeddedBroker(log=tmp / "broker.log") as broker, EmbeddedRedis(log=tmp / "redis.log") as redis:
         prefix = "bench."
@@ -787,6 +799,7 @@ def table(res: dict) -> str:
             ("simulate_eps_runs", "backtest, each run's events/s"),
             ("simulate_jobs2_eps", "backtest in two processes, events/s (median)"),
             ("simulate_jobs2_speedup", "it / the one-process rate (goal >= 1.6)"),
+            ("simulate_stream_eps", "backtest read once, in order (upsell simulate FILE), events/s"),
             ("state_bytes_per_customer", "state per customer, bytes (mean)"),
             ("rss_mb_100k", f"worker RSS with {res.get('state_customers', 0):,} customers, MB"),
             ("rss_mb_100k_restored", "the same customers restored by a new worker, RSS MB")]

@@ -3,7 +3,8 @@
 Events are read, sorted by event time, routed to the partition Kafka's
 default partitioner would choose, validated exactly as the worker validates
 them and fed to the same `PartitionEngine`. The output is the proposals the
-live worker emits for the same recording, byte for byte.
+live worker emits for the same recording, byte for byte. This loads the whole
+recording; `streams.simulate` gives the same bytes reading it once, in order.
 """
 from __future__ import annotations
 
@@ -375,14 +376,51 @@ def cycle_gc_paused():
 
 # ---------------------------------------------------------------- reports --
 
-def summary(result: BacktestResult) -> str:
+@dataclass
+class Tally:
+    """What a summary needs of a backtest, counted as it runs (`upsell simulate` on a long
+    recording holds no decision), or from a whole result (`of`)."""
+    proposed: Counter = field(default_factory=Counter)        # (trigger, kind)
+    suppressed: Counter = field(default_factory=Counter)      # (trigger, kind, reason)
+    events: int = 0
+    late_events: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    dead_letters: int = 0
+    first_dead: list = field(default_factory=list)            # the first 10, by line
+    bad_lines: int = 0
+    first_bad: list = field(default_factory=list)
+
+    @classmethod
+    def of(cls, result: BacktestResult) -> "Tally":
+        t = cls(events=result.events, late_events=result.late_events, outcomes=Counter(result.outcomes),
+                dead_letters=len(result.dead_letters), first_dead=result.dead_letters[:10],
+                bad_lines=len(result.bad_lines), first_bad=result.bad_lines[:10])
+        for p in result.proposals:
+            t.proposed[(p["trigger"], p["kind"])] += 1
+        for p in result.suppressed:
+            t.suppressed[(p["trigger"], p["kind"], p["suppressed"]["reason"])] += 1
+        return t
+
+    def dead(self, d: DeadLetter) -> None:
+        self.dead_letters += 1
+        if len(self.first_dead) < 10:
+            self.first_dead.append(d)
+
+    def bad(self, b: BadLine) -> None:
+        self.bad_lines += 1
+        if len(self.first_bad) < 10:
+            self.first_bad.append(b)
+
+
+def summary(result: "BacktestResult | Tally") -> str:
     """What a backtest decided, for a person: counts, a table per trigger and kind (proposed,
     suppressed by reason), outcomes, the first dead letters and unreadable lines."""
+    t = result if isinstance(result, Tally) else Tally.of(result)
     rows = defaultdict(lambda: {"proposed": 0, "suppressed": Counter()})
-    for p in result.proposals:
-        rows[(p["trigger"], p["kind"])]["proposed"] += 1
-    for p in result.suppressed:
-        rows[(p["trigger"], p["kind"])]["suppressed"][p["suppressed"]["reason"]] += 1
+    for (trigger, kind), n in t.proposed.items():
+        rows[(trigger, kind)]["proposed"] += n
+    for (trigger, kind, reason), n in t.suppressed.items():
+        rows[(trigger, kind)]["suppressed"][reason] += n
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for name, justify in (("trigger", "left"), ("kind", "left"), ("proposed", "right"),
                           ("suppressed", "right"), ("reasons", "left")):
@@ -390,23 +428,25 @@ def summary(result: BacktestResult) -> str:
     for (trigger, kind), r in sorted(rows.items()):
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["suppressed"].items()))
         table.add_row(trigger, kind, str(r["proposed"]), str(sum(r["suppressed"].values())), reasons)
-    kinds = Counter(p["kind"] for p in result.proposals)
+    kinds: Counter = Counter()
+    for (_, kind), n in t.proposed.items():
+        kinds[kind] += n
     table.add_section()
-    table.add_row("total", "", str(len(result.proposals)), str(len(result.suppressed)),
+    table.add_row("total", "", str(sum(t.proposed.values())), str(sum(t.suppressed.values())),
                   ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
     text = StringIO()
     Console(file=text, width=132, color_system=None, force_terminal=False).print(table)
-    out = [f"events: {result.events} valid, {len(result.dead_letters)} dead letters, "
-           f"{len(result.bad_lines)} unreadable lines, {result.late_events} late",
+    out = [f"events: {t.events} valid, {t.dead_letters} dead letters, "
+           f"{t.bad_lines} unreadable lines, {t.late_events} late",
            "\n".join(line.rstrip() for line in text.getvalue().splitlines())]
-    if result.outcomes:
-        out += ["", "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(result.outcomes.items()))]
-    if result.dead_letters:
+    if t.outcomes:
+        out += ["", "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(t.outcomes.items()))]
+    if t.dead_letters:
         out += ["", "dead letters (first 10):"]
-        out += [f"  line {d.line} [{d.topic}]: {d.error}" for d in result.dead_letters[:10]]
-    if result.bad_lines:
+        out += [f"  line {d.line} [{d.topic}]: {d.error}" for d in t.first_dead]
+    if t.bad_lines:
         out += ["", "unreadable lines (first 10):"]
-        out += [f"  line {b.line}: {b.error}" for b in result.bad_lines[:10]]
+        out += [f"  line {b.line}: {b.error}" for b in t.first_bad]
     return "\n".join(out)
 
 

@@ -168,6 +168,9 @@ def cmd_simulate(a) -> None:
         fail(str(exc))
     rules = _rules(a.rules)
     other_rules = _rules(a.compare) if a.compare else None
+    if a.jobs == 1 and not a.compare:
+        _simulate_streaming(a, rules, max_ahead, wrong)
+        return
     lines = _input(a.file).read().splitlines()
     result = backtest_lines(lines, rules, a.partitions, max_ahead, wrong, a.jobs)
     if a.out:
@@ -189,6 +192,24 @@ def cmd_simulate(a) -> None:
             print("- " + orjson.dumps(p).decode())
         for old, new in diff["change"]:
             print("~ " + orjson.dumps(old).decode() + "\n  " + orjson.dumps(new).decode())
+
+
+def _simulate_streaming(a, rules, max_ahead, wrong) -> None:
+    """One process, no --compare: the recording read once, in order (streams.simulate)."""
+    from streams.backtest import summary
+    from streams.simulate import simulate
+    if a.file != "-":
+        _input(a.file).close()          # a missing or unreadable file: one line, before any work
+    out = _output(a.out) if a.out else sys.stdout.buffer
+    try:
+        outcome = simulate(a.file, rules, a.partitions, out, max_ahead, wrong, progress=sys.stderr.isatty())
+    finally:
+        if a.out:
+            out.close()
+    if outcome.loaded_whole:
+        print(f"upsell: note: {outcome.loaded_whole}: the recording was loaded whole to sort it",
+              file=sys.stderr)
+    print(summary(outcome.tally), file=sys.stdout if a.out else sys.stderr)
 
 
 def cmd_replay(a) -> None:
