@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import statistics
 import sys
 import tempfile
@@ -65,6 +66,20 @@ def turned(names: list[str], i: int) -> list[str]:
     return names[k:] + names[:k]
 
 
+async def in_rounds(names: list[str], count: int, run_one, said) -> list[dict]:
+    """`count` rounds, each running `run_one(name, round)` (a result, or one to await) with every
+    adaptation on ("all") and with each of `names` off, in an order that turns; logs `said(result)`."""
+    rounds = []
+    for i in range(count):
+        got = {}
+        for name in turned(["all", *names], i):
+            result = run_one(name, i)
+            got[name] = await result if inspect.isawaitable(result) else result
+            run.log(f"round {i + 1}: without {name}: {said(got[name])}")
+        rounds.append(got)
+    return rounds
+
+
 def ratios(runs: list[dict], key: str, names: list[str]) -> dict:
     """Per name, the median over rounds of its `key` against the `all` run of its round."""
     return {n: round(statistics.median(r[n][key] / r["all"][key] for r in runs), 3) for n in names}
@@ -88,15 +103,9 @@ async def main(a) -> dict:
     with EmbeddedBroker(log=tmp / "broker.log") as broker, EmbeddedRedis(log=tmp / "redis.log") as store:
         prefix = "abl."
         await replay(lines, broker.bootstrap, run.PARTITIONS, prefix=prefix, progress=False)
-        rounds = []
-        for i in range(a.rounds):
-            got = {}
-            for name in turned(["all", *names], i):
-                got[name] = backlog(broker, store, prefix, tmp, name, f"{name}-{i}", len(events), expected,
-                                    a.timeout)
-                run.log(f"round {i + 1}: without {name}: {got[name]['eps']:,} events/s, "
-                        f"{got[name]['cpu_us']} µs per event")
-            rounds.append(got)
+        rounds = await in_rounds(names, a.rounds, lambda name, i: backlog(
+            broker, store, prefix, tmp, name, f"{name}-{i}", len(events), expected, a.timeout),
+            lambda got: f"{got['eps']:,} events/s, {got['cpu_us']} µs per event")
         if rounds:
             res["backlog_runs"] = rounds
             res["eps_ratio"] = ratios(rounds, "eps", names)
@@ -105,18 +114,14 @@ async def main(a) -> dict:
         lat_names = [n for n in names if n in FOR_LATENCY]
         opts = argparse.Namespace(lateness_ms=20, tick=0.02, fetch_max_wait_ms=10, pace_ms=20,
                                   latency_seconds=a.latency_seconds)
-        lat_rounds = []
-        for i in range(a.latency_rounds if lat_names else 0):
-            got = {}
-            for name in turned(["all", *lat_names], i):
-                out = await run.latency(broker, store, tmp, events, a.fixed_rate, opts,
-                                        prefix=f"abl-lat-{name}-{i}.", argv=LAUNCHER,
-                                        BENCH_WITHOUT="" if name == "all" else name)
-                got[name] = {"p50_ms": out["p50_ms"], "p99_ms": out["p99_ms"],
-                             "live_cpu_us": out["live_cpu_us_per_event"]}
-                run.log(f"latency round {i + 1}: without {name}: p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms, "
-                        f"{out['live_cpu_us_per_event']} µs per event")
-            lat_rounds.append(got)
+
+        async def live(name: str, i: int) -> dict:
+            out = await run.latency(broker, store, tmp, events, a.fixed_rate, opts, prefix=f"abl-lat-{name}-{i}.",
+                                    argv=LAUNCHER, BENCH_WITHOUT="" if name == "all" else name)
+            return {"p50_ms": out["p50_ms"], "p99_ms": out["p99_ms"], "live_cpu_us": out["live_cpu_us_per_event"]}
+        lat_rounds = await in_rounds(lat_names, a.latency_rounds if lat_names else 0, live,
+                                     lambda got: f"p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms, "
+                                                 f"{got['live_cpu_us']} µs per event")
         if lat_rounds:
             res["latency_runs"] = lat_rounds
             res["p99_ratio"] = ratios(lat_rounds, "p99_ms", lat_names)

@@ -59,6 +59,52 @@ class BacktestResult:
         return b"".join(orjson.dumps(p) + b"\n" for p in self.proposals)
 
 
+class Engines:
+    """A backtest's partition engines, each made when its first event comes: an event goes to the
+    engine of the partition its key hashes to, and is applied at once (`apply_sorted`): the
+    caller hands them over in the order they sort into."""
+
+    def __init__(self, rules: Rules, partitions: int):
+        self.rules, self.partitions = rules, partitions
+        self.by_partition: dict[int, PartitionEngine] = {}
+        self._partition_of: dict[str, int] = {}
+
+    def partition(self, key: str) -> int:
+        p = self._partition_of.get(key)
+        if p is None:
+            p = self._partition_of[key] = partition_for(key, self.partitions)
+        return p
+
+    def apply(self, topic: str, key: str, ts: int, value: dict) -> list:
+        p = self.partition(key)
+        eng = self.by_partition.get(p)
+        if eng is None:
+            eng = self.by_partition[p] = PartitionEngine(self.rules, p)
+        return eng.apply_sorted(topic, key, ts, value)
+
+    def end(self, last_ts: int | None) -> list:
+        """The stream's end after `last_ts`: every engine's timers due by then fire, by partition."""
+        out: list = []
+        if last_ts is not None:
+            for p in sorted(self.by_partition):
+                out += self.by_partition[p].tick(end_of_stream(last_ts))
+        return out
+
+    def next_timer(self) -> int | None:
+        """The earliest timer of any engine (a superseded one too): nothing is decided before it
+        but by an event."""
+        dues = [e.timers[0][0] for e in self.by_partition.values() if e.timers]
+        return min(dues) if dues else None
+
+    def totals(self) -> tuple[int, Counter]:
+        """Late events and outcomes counted by every engine."""
+        late, outcomes = 0, Counter()
+        for eng in self.by_partition.values():
+            late += eng.stats["late_events"]
+            outcomes.update(eng.stats["outcomes"])
+        return late, outcomes
+
+
 def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
                  bad_lines: list[BadLine] | None = None, max_ahead: int | None = None,
                  wrong_partition: str = "repartition", ahead: dict | None = None,
@@ -70,12 +116,11 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     A part of a recording (`backtest_lines` with jobs) comes with the whole recording's
     `ahead` (`ahead_of_later`) and the time its stream ends (`end_ts`, see `last_event_time`)."""
     result = BacktestResult(bad_lines=list(bad_lines or []))
-    engines: dict[int, PartitionEngine] = {}
+    engines = Engines(rules, partitions)
     plans = rules.plan_by_name
     collect = result.proposals.append
     collect_s = result.suppressed.append
     rank = {t: i for i, t in enumerate(INPUT_TOPICS)}
-    partition_of: dict[str, int] = {}
     last_ts = last_event_time(events) if end_ts is None else end_ts
 
     def route(out):
@@ -106,10 +151,7 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
                     result.dead_letters.append(DeadLetter(v[6], v[3], v[4], ahead_error(v[0], ahead[v[6]][1])))
             valid = [v for v in valid if v[6] not in ahead]
     elif max_ahead is not None and _out_of_order(valid, max_ahead):
-        for v in valid:
-            if v[4] not in partition_of:
-                partition_of[v[4]] = partition_for(v[4], partitions)
-        ahead = far_ahead([(v[6], v[3], partition_of[v[4]], v[0]) for v in valid if v[2] < 0], max_ahead)
+        ahead = far_ahead([(v[6], v[3], engines.partition(v[4]), v[0]) for v in valid if v[2] < 0], max_ahead)
         if ahead:
             for v in valid:
                 if v[6] in ahead:
@@ -119,23 +161,14 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     # stable: a topic's events keep their order (see apply_sorted)
     valid.sort(key=_TIME_RANK_SOURCE if forwarded else _TIME_RANK)
     result.events = len(valid)
+    apply = engines.apply
     for ts, _, _, topic, key, value, _ in valid:
-        p = partition_of.get(key)
-        if p is None:
-            p = partition_of[key] = partition_for(key, partitions)
-        eng = engines.get(p)
-        if eng is None:
-            eng = engines[p] = PartitionEngine(rules, p)
-        out = eng.apply_sorted(topic, key, ts, value)
+        out = apply(topic, key, ts, value)
         if out:
             route(out)
-    if last_ts is not None:
-        for p in sorted(engines):
-            route(engines[p].tick(end_of_stream(last_ts)))
-    for eng in engines.values():
-        result.late_events += eng.stats["late_events"]
-        result.outcomes.update(eng.stats["outcomes"])
-    result.engines = engines
+    route(engines.end(last_ts))
+    result.late_events, result.outcomes = engines.totals()
+    result.engines = engines.by_partition
     result.proposals.sort(key=_order)
     result.suppressed.sort(key=_order)
     result.dead_letters.sort(key=_LINE)

@@ -33,12 +33,11 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
 from rules.config import Rules
-from rules.engine import INPUT_TOPICS, PROPOSAL, PartitionEngine
+from rules.engine import INPUT_TOPICS, PROPOSAL
 from rules.timeutil import format_ts, parse_ts
 from schemas.validate import event_time_ok
 from streams import deadletters
-from streams.backtest import (DeadLetter, Tally, backtest_lines, cycle_gc_paused, end_of_stream, read_event)
-from streams.partitioning import partition_for
+from streams.backtest import DeadLetter, Engines, Tally, backtest_lines, cycle_gc_paused, read_event
 from streams.recorded import BadLine, read_numbered
 
 DISORDER_MS = 3_600_000     # how far an event may come after later ones (across topics) and keep its place
@@ -84,10 +83,11 @@ def simulate(path: str, rules: Rules, partitions: int, out: BinaryIO, max_ahead:
 def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wrong_partition: str,
             progress: bool) -> Outcome:
     tally = Tally()
-    engines: dict[int, PartitionEngine] = {}
+    engines = Engines(rules, partitions)
     plans, forwarding = rules.plan_by_name, wrong_partition == "repartition"
     rank = {t: i for i, t in enumerate(INPUT_TOPICS)}
-    partition_of: dict[str, int] = {}
+    partition = engines.partition
+    apply = engines.apply
     # the reorder window, (ts, rank, source, line, topic, key, value) each: a queue while the
     # recording comes in order, a heap from its first line out of order on
     window: deque = deque()
@@ -99,12 +99,6 @@ def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wron
     last_released = None          # the sort key of the last event applied
     end_ts = None                 # the latest event time in range of any event: where the stream ends
     write = dst.write
-
-    def partition(key: str) -> int:
-        p = partition_of.get(key)
-        if p is None:
-            p = partition_of[key] = partition_for(key, partitions)
-        return p
 
     def route(out: list) -> None:
         nonlocal seq
@@ -127,20 +121,13 @@ def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wron
     def release(item) -> None:
         nonlocal last_released
         ts, _, _, _, topic, key, value = item
-        p = partition(key)
-        eng = engines.get(p)
-        if eng is None:
-            eng = engines[p] = PartitionEngine(rules, p)
-        out = eng.apply_sorted(topic, key, ts, value)
+        out = apply(topic, key, ts, value)
         if out:
             route(out)
         last_released = item[:4]
         if decided and decided[0][2] < ts // 1000:      # something made before this second waits
-            low = ts
-            for e in engines.values():
-                if e.timers and e.timers[0][0] < low:
-                    low = e.timers[0][0]
-            flush(low)
+            timer = engines.next_timer()
+            flush(ts if timer is None or timer > ts else timer)
 
     shown = Shown(progress)
     for item in read_numbered(enumerate(src, 1)):
@@ -191,15 +178,11 @@ def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wron
         release(window.popleft())
     while held:
         release(heapq.heappop(held))
-    if end_ts is not None:
-        for p in sorted(engines):
-            route(engines[p].tick(end_of_stream(end_ts)))
+    route(engines.end(end_ts))
     flush(None)
-    for eng in engines.values():
-        tally.late_events += eng.stats["late_events"]
-        tally.outcomes.update(eng.stats["outcomes"])
+    tally.late_events, tally.outcomes = engines.totals()
     shown.done()
-    return Outcome(tally, engines)
+    return Outcome(tally, engines.by_partition)
 
 
 class Shown:
