@@ -41,7 +41,7 @@ from streams.replay import replay  # noqa: E402
 
 LAUNCHER = [sys.executable, str(ROOT / "bench" / "without.py"), "worker"]
 # the adaptations whose reason is the latency tail, not the backlog's CPU
-FOR_LATENCY = ("FetchWait", "ConsumerOnAppLoop", "PausedInTheClient")
+FOR_LATENCY = ("FetchWait", "ConsumerOnAppLoop", "PausedInTheClient", "freeze_startup_heap", "full_collections")
 
 
 def backlog(broker, store, prefix: str, tmp: Path, name: str, tag: str, events: int, expected: int,
@@ -87,7 +87,7 @@ def ratios(runs: list[dict], key: str, names: list[str]) -> dict:
 
 async def main(a) -> dict:
     names = a.only.split(",") if a.only else list(WITHOUT)
-    unknown = sorted(set(names) - set(WITHOUT))
+    unknown = sorted({part for n in names for part in n.split("+")} - set(WITHOUT))
     if unknown:
         raise SystemExit(f"bench/adaptations.py: unknown adaptation(s) {', '.join(unknown)}; "
                          f"known: {', '.join(WITHOUT)}")
@@ -111,7 +111,7 @@ async def main(a) -> dict:
             res["eps_ratio"] = ratios(rounds, "eps", names)
             res["cpu_ratio"] = ratios(rounds, "cpu_us", names)
 
-        lat_names = [n for n in names if n in FOR_LATENCY]
+        lat_names = [n for n in names if any(part in FOR_LATENCY for part in n.split("+"))]
         opts = argparse.Namespace(lateness_ms=20, tick=0.02, fetch_max_wait_ms=10, pace_ms=20,
                                   latency_seconds=a.latency_seconds)
 
@@ -136,7 +136,7 @@ if __name__ == "__main__":
     ap.add_argument("--latency-rounds", type=int, default=2, help="fixed-rate latency rounds")
     ap.add_argument("--latency-seconds", type=float, default=10, help="load per latency run, s")
     ap.add_argument("--fixed-rate", type=int, default=3000, help="latency runs' rate, events/s")
-    ap.add_argument("--only", help="a comma-separated list of adaptations (default: all)")
+    ap.add_argument("--only", help="a comma-separated list of adaptations (default: all); a+b turns two off at once")
     ap.add_argument("--timeout", type=float, default=300)
     res = asyncio.run(main(ap.parse_args()))
     for key in ("eps_ratio", "cpu_ratio", "p99_ratio", "live_cpu_ratio"):

@@ -31,7 +31,9 @@ app = App(
     web_bind=settings.web_host, datadir=settings.data_dir, broker_session_timeout=settings.session_timeout,
     broker_heartbeat_interval=settings.heartbeat_interval, topic_allow_declare=False,
     fetch_max_wait_ms=settings.fetch_max_wait_ms, consumer_thread=settings.consumer_thread,
+    full_gc_interval=settings.full_gc_interval,
 )
+app.worker_process_settings()       # as the worker: the same garbage collector settings
 COUNT = [0]
 SPAN = [None, None]      # monotonic times of the first and the latest record counted
 

@@ -42,6 +42,7 @@ app = App(
     producer_linger_ms=5,
     fetch_max_wait_ms=settings.fetch_max_wait_ms,
     consumer_thread=settings.consumer_thread,
+    full_gc_interval=settings.full_gc_interval,
     broker_credentials=settings.kafka.faust_credentials(),
     # Faust's own pages (/router/, /table/, /graph/, statistics) show internals: off unless asked for
     web_router_enabled=settings.web_internal,
@@ -49,6 +50,7 @@ app = App(
     web_graph_enabled=settings.web_internal,
     web_stats_enabled=settings.web_internal,
 )
+app.worker_process_settings()      # the garbage collector's settings: this process is a worker
 
 
 def _version() -> str:

@@ -197,6 +197,7 @@ class Settings:
     max_unsent_mb: int      # MiB of state writes and decisions not yet in the broker before a batch end waits
     event_loop: str         # uvloop or aio (asyncio's own): see use_event_loop
     consumer_thread: bool   # the Kafka consumer in a thread of its own (Faust's way), not on the app's loop
+    full_gc_interval: float  # seconds between full garbage collections; 0: Python's own
     dead_letter_max_bytes: int   # the most of a rejected record's payload a dead letter keeps
     max_ahead_ms: int        # how far ahead an event time may be: of a later record on its
     #                          topic-partition (ingest), of the clock (the read model's created_at)
@@ -247,6 +248,7 @@ class Settings:
             max_unsent_mb=_positive_int("UPSELL_MAX_UNSENT_MB", "16", "MiB"),
             event_loop=_choice("UPSELL_EVENT_LOOP", "uvloop", EVENT_LOOPS),
             consumer_thread=_flag("UPSELL_CONSUMER_THREAD", "0"),
+            full_gc_interval=_seconds("UPSELL_FULL_GC_INTERVAL", "60"),
             dead_letter_max_bytes=_int("UPSELL_DEAD_LETTER_MAX_BYTES", str(DEFAULT_MAX_BYTES), "bytes",
                                        *MAX_BYTES_RANGE),
             max_ahead_ms=env_max_ahead(),

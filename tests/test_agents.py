@@ -410,6 +410,52 @@ async def test_a_watermark_record_is_acknowledged_with_the_batch_that_writes_it(
     assert orjson.loads(T.customer_state[A.meta_key(p)])["hw"]["usage"] == T0 + MIN
 
 
+async def test_the_app_freezes_its_start_up_heap_for_the_garbage_collector():
+    import gc
+
+    from streams.transport import freeze_startup_heap
+    tasks = [t for t in app._app_tasks if getattr(t, "__wrapped__", None) is freeze_startup_heap]
+    assert len(tasks) == 1            # registered by the worker's app module, run when the app starts
+    gc.unfreeze()
+    try:
+        await tasks[0]()
+        assert gc.get_freeze_count() > 10_000       # modules, Faust, aiokafka: all of it
+    finally:
+        gc.unfreeze()
+
+
+async def test_full_collections_come_from_the_app_s_timer_not_from_the_collector():
+    import asyncio
+    import gc
+
+    from streams.transport import NEVER, _full_collections, full_collections
+    tasks = [t for t in app._app_tasks if getattr(t, "__wrapped__", None) is _full_collections]
+    assert len(tasks) == 1 and app.full_gc_interval == 60.0       # registered; the default interval
+    before = gc.get_threshold()
+    loop = asyncio.get_running_loop()
+    full = asyncio.Event()
+
+    def seen(phase, info):
+        if phase == "stop" and info["generation"] == 2:
+            loop.call_soon_threadsafe(full.set)
+
+    await full_collections(0)                     # 0: returns at once, the collector as it was
+    assert gc.get_threshold() == before
+    gc.callbacks.append(seen)
+    timer = asyncio.create_task(full_collections(0.05))
+    try:
+        await asyncio.sleep(0)                    # the task has started
+        assert gc.get_threshold() == (before[0], before[1], NEVER)
+        await asyncio.wait_for(full.wait(), 5)    # a full collection, on the timer
+        full.clear()
+        await asyncio.wait_for(full.wait(), 5)    # and another
+    finally:
+        gc.callbacks.remove(seen)
+        timer.cancel()
+        await asyncio.gather(timer, return_exceptions=True)
+    assert gc.get_threshold() == before           # restored once it ends
+
+
 @pytest.mark.parametrize("ts_ms", [T0 * 1000, -1, 4_102_444_800_000])   # µs as ms, none, year 2100
 async def test_an_event_time_out_of_range_is_a_dead_letter_and_moves_no_stream_time(wired, ts_ms):
     from streams.replay import WATERMARK_HEADER

@@ -70,3 +70,16 @@ def test_a_public_web_host_needs_a_token(monkeypatch):
         Settings.from_env()
     monkeypatch.setenv("UPSELL_HTTP_TOKEN", "t")
     assert Settings.from_env().http_token == "t"
+
+
+def test_the_full_collection_interval_is_seconds_at_least_zero(monkeypatch):
+    name = "UPSELL_FULL_GC_INTERVAL"
+    monkeypatch.delenv(name, raising=False)
+    assert Settings.from_env().full_gc_interval == 60.0
+    for good, seconds in (("0", 0.0), ("2.5", 2.5)):
+        monkeypatch.setenv(name, good)
+        assert Settings.from_env().full_gc_interval == seconds
+    for bad in ("-1", "soon", "nan", "inf"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=f"{name} must be a number of seconds >= 0, got '{bad}'"):
+            Settings.from_env()
