@@ -76,7 +76,9 @@ class Engines:
         return p
 
     def apply(self, topic: str, key: str, ts: int, value: dict) -> list:
-        p = self.partition(key)
+        p = self._partition_of.get(key)
+        if p is None:
+            p = self.partition(key)
         eng = self.by_partition.get(p)
         if eng is None:
             eng = self.by_partition[p] = PartitionEngine(self.rules, p)

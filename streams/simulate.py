@@ -96,7 +96,8 @@ def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wron
     decided: list = []            # (order, seq, created second, proposal): waiting to be written
     seq = 0
     latest = None                 # the latest event time read (valid events)
-    last_released = None          # the sort key of the last event applied
+    last_released = None          # the last event applied (its line makes each one's order unique)
+    events = 0
     end_ts = None                 # the latest event time in range of any event: where the stream ends
     write = dst.write
 
@@ -124,18 +125,18 @@ def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wron
         out = apply(topic, key, ts, value)
         if out:
             route(out)
-        last_released = item[:4]
+        last_released = item
         if decided and decided[0][2] < ts // 1000:      # something made before this second waits
             timer = engines.next_timer()
             flush(ts if timer is None or timer > ts else timer)
 
     shown = Shown(progress)
-    for item in read_numbered(enumerate(src, 1)):
+    for item in read_numbered(enumerate(lines_of(src), 1)):
         if isinstance(item, BadLine):
             tally.bad(item)
             continue
         ev = item
-        if event_time_ok(ev.ts) and (end_ts is None or ev.ts > end_ts):
+        if (end_ts is None or ev.ts > end_ts) and event_time_ok(ev.ts):
             end_ts = ev.ts
         if ev.topic not in rank:
             tally.dead(DeadLetter(ev.line, ev.topic, ev.key, f"unknown topic {ev.topic!r}"))
@@ -151,7 +152,7 @@ def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wron
         if ev.partition is not None and ev.partition != partition(ev.key):
             source = ev.partition
         item = (ev.ts, rank[ev.topic], source, ev.line, ev.topic, ev.key, value)
-        if last_released is not None and item[:4] < last_released:
+        if last_released is not None and item < last_released:
             raise OutOfOrder(f"line {ev.line} is more than {DISORDER_MS // 60_000} minutes of event time "
                              f"older than a line before it")
         if in_order and (not window or item > window[-1]):
@@ -163,26 +164,46 @@ def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wron
                 window.clear()
                 heapq.heapify(held)
             heapq.heappush(held, item)
-        tally.events += 1
+        events += 1
         if latest is None or ev.ts > latest:
             latest = ev.ts
+            horizon = latest - DISORDER_MS      # what is older is released
         if in_order:
-            while window and window[0][0] < latest - DISORDER_MS:
+            while window and window[0][0] < horizon:
                 release(window.popleft())
         else:
-            while held and held[0][0] < latest - DISORDER_MS:
+            while held and held[0][0] < horizon:
                 release(heapq.heappop(held))
         if progress and not ev.line & 4095:
-            shown.now(ev.line, latest, tally.events)
+            shown.now(ev.line, latest, events)
     while window:
         release(window.popleft())
     while held:
         release(heapq.heappop(held))
     route(engines.end(end_ts))
     flush(None)
+    tally.events = events
     tally.late_events, tally.outcomes = engines.totals()
     shown.done()
     return Outcome(tally, engines.by_partition)
+
+
+def lines_of(src: BinaryIO, size: int = 1 << 22):
+    """A file's lines as `bytes.splitlines` cuts the whole of it, read in blocks of `size`
+    bytes (a line at a time cost a tenth of the backtest's speed). A block is cut after its last
+    \\n, so a \\r\\n is never split; the rest goes with the next block."""
+    rest = b""
+    while True:
+        block = src.read(size)
+        if not block:
+            break
+        data = rest + block
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            yield from data[:cut].splitlines()
+        rest = data[cut:]
+    if rest:
+        yield from rest.splitlines()
 
 
 class Shown:
