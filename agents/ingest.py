@@ -343,7 +343,7 @@ async def emit(rt: PartitionRuntime, out: list) -> None:
     now = WALL.now_ms() if LOCAL is not None else None     # live: decision latency
     for kind, p in out:
         if now is not None:
-            observe_latency(p["trigger"], now - parse_ts(p["created_at"]))
+            metrics.observe_latency(p["trigger"], now - parse_ts(p["created_at"]))
         if kind == PROPOSAL:
             metrics.proposals_out[p["trigger"]] += 1
             topic = T.proposals
@@ -360,16 +360,6 @@ async def emit(rt: PartitionRuntime, out: list) -> None:
         rt.decided.update(groups)
         for (topic_name, q), items in groups.items():
             T.WRITES.send(producer, topic_name, q, items)
-
-
-_LATENCY: dict = {}     # trigger -> its child of metrics.DECISION_LATENCY
-
-
-def observe_latency(trigger: str, ms: int) -> None:
-    child = _LATENCY.get(trigger)
-    if child is None:
-        child = _LATENCY[trigger] = metrics.DECISION_LATENCY.labels(trigger)
-    child.observe(ms / 1000)
 
 
 def _header(msg, name: str) -> bytes | None:

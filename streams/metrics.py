@@ -33,6 +33,17 @@ DECISION_LATENCY = Histogram(
     buckets=(0.5, 1, 1.5, 2, 2.05, 2.1, 2.25, 2.5, 3, 4, 5, 7.5, 10, 30, 60, float("inf")))
 
 
+_LATENCY_BY_TRIGGER: dict = {}     # trigger -> its child of DECISION_LATENCY (labels() takes a lock)
+
+
+def observe_latency(trigger: str, ms: int) -> None:
+    """A live decision of `trigger`, `ms` after its event time."""
+    child = _LATENCY_BY_TRIGGER.get(trigger)
+    if child is None:
+        child = _LATENCY_BY_TRIGGER[trigger] = DECISION_LATENCY.labels(trigger)
+    child.observe(ms / 1000)
+
+
 # What runs: the package version and the rules file (its name and digest); set at start.
 BUILD = Info("upsell_build", "The worker's version and the rules file it runs.", registry=None)
 

@@ -12,8 +12,18 @@ from streams.kafka import client_kwargs
 WIDTH = 100     # a line of the readable form, at most
 
 
+NAMED = {"plan": "plan_name", "skus": "sku_names", "sku": "sku_name"}     # a part -> its display name
+
+
 def offer_text(offer: dict) -> str:
-    return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in offer.items())
+    """The offer for a person: each part by its display name where the offer has one."""
+    parts = []
+    for k, v in offer.items():
+        if k in NAMED.values():
+            continue
+        v = offer.get(NAMED.get(k), v)
+        parts.append(f"{k}={', '.join(map(str, v)) if isinstance(v, list) else v}")
+    return "; ".join(parts)
 
 
 def pretty(p: dict, suppressed: bool = False, partition: int | None = None) -> str:

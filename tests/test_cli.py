@@ -107,6 +107,7 @@ def test_a_readable_proposal_fits_its_width_and_shows_its_id(suppressed):
             assert len(head) <= WIDTH and len(why) <= WIDTH, text
             assert p["proposal_id"][:12] in head and p["customer_id"] in head and p["trigger"] in head
             assert why.startswith("    ")
+            assert "_name" not in head                 # parts shown by their display names
             assert ("suppressed (" in why) is suppressed
 
 
