@@ -47,6 +47,23 @@ class Campaign:
 
 
 @dataclass(frozen=True)
+class Variant:
+    name: str
+    weight: float
+    offer: dict            # keys set on the trigger's offer (changed or added)
+    reason: str = ""       # words added to the reason text
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An offer test: each customer gets one variant of the offers of `triggers`, fixed by a hash
+    of (experiment, customer_id) and the variants' weights (`rules.experiments`)."""
+    name: str
+    triggers: tuple[str, ...]
+    variants: tuple[Variant, ...]
+
+
+@dataclass(frozen=True)
 class VolumeLine:
     name: str
     benefit: str
@@ -67,6 +84,9 @@ class Rules:
     guardrails: dict[str, Any]
     volume_lines: tuple[VolumeLine, ...]
     source: str = "<rules>"
+    experiments: tuple[Experiment, ...] = ()
+    holdout: float = 0.0                                            # share of all customers
+    holdout_by_trigger: dict[str, float] = field(default_factory=dict)   # and per trigger
     plan_by_name: dict[str, Plan] = field(default_factory=dict)
     digest: str = ""        # the file's SHA-256, its first 12 hex digits: which rules a worker runs
 
@@ -289,8 +309,73 @@ def _parse(doc: dict, ck: _Checker) -> Rules:
     if unknown:
         ck.fail(("guardrails", sorted(unknown)[0]), "unknown setting")
 
+    experiments = _experiments(doc.get("experiments") or [], ck)
+    hdoc = doc.get("holdout") or {}
+    if not isinstance(hdoc, dict):
+        ck.fail(("holdout",), "expected a table: share = 0.05, by_trigger = { renewal = 0.1 }")
+    unknown = set(hdoc) - {"share", "by_trigger"}
+    if unknown:
+        ck.fail(("holdout", sorted(unknown)[0]), "unknown setting: expected share or by_trigger")
+    share = ck.number(hdoc.get("share", 0.0), ("holdout", "share"), float, 0, 0.5)
+    by_trigger = hdoc.get("by_trigger") or {}
+    if not isinstance(by_trigger, dict):
+        ck.fail(("holdout", "by_trigger"), "expected a table of trigger = share")
+    for name, value in by_trigger.items():
+        if name not in TRIGGER_KEYS:
+            ck.fail(("holdout", "by_trigger"), f"unknown trigger {name!r}; expected one of {', '.join(TRIGGER_KEYS)}")
+        ck.number(value, ("holdout", "by_trigger"), float, 0, 1)
+
     return Rules(tuple(plans), products, {k: tuple(v) for k, v in relations.items()},
-                 tuple(bundles), tuple(campaigns), triggers, dict(gdoc), tuple(lines), source=ck.source)
+                 tuple(bundles), tuple(campaigns), triggers, dict(gdoc), tuple(lines), source=ck.source,
+                 experiments=experiments, holdout=float(share),
+                 holdout_by_trigger={k: float(v) for k, v in by_trigger.items()})
+
+
+def _experiments(items, ck: _Checker) -> tuple[Experiment, ...]:
+    """[[experiments]]: a name, the triggers it applies to (each in one experiment at most), and
+    two or more [[experiments.variants]] with distinct names, positive weights and an offer."""
+    if not isinstance(items, list):
+        ck.fail(("experiments",), "expected [[experiments]] tables")
+    out, names, taken = [], set(), {}
+    before = 0          # variants of the experiments before: [[experiments.variants]] count on in the file
+    for i, e in enumerate(items):
+        path = ("experiments", i)
+        name = ck.text(e.get("name"), path + ("name",))
+        if name in names:
+            ck.fail(path + ("name",), f"duplicate experiment {name!r}")
+        names.add(name)
+        triggers = e.get("triggers")
+        if not isinstance(triggers, list) or not triggers:
+            ck.fail(path + ("triggers",), "expected a non-empty list of triggers")
+        for t in triggers:
+            if t not in TRIGGER_KEYS:
+                ck.fail(path + ("triggers",), f"unknown trigger {t!r}; expected one of {', '.join(TRIGGER_KEYS)}")
+            if t in taken:
+                ck.fail(path + ("triggers",), f"trigger {t!r} is already in experiment {taken[t]!r}")
+            taken[t] = name
+        variants, seen = [], set()
+        raw = e.get("variants")
+        if not isinstance(raw, list) or len(raw) < 2:
+            ck.fail(path + ("variants",), "expected two or more [[experiments.variants]]")
+        for j, v in enumerate(raw):
+            vpath = ("experiments", "variants", before + j)
+            vname = ck.text(v.get("name"), vpath + ("name",))
+            if vname in seen:
+                ck.fail(vpath + ("name",), f"duplicate variant {vname!r} in experiment {name!r}")
+            seen.add(vname)
+            weight = v.get("weight", 1)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+                ck.fail(vpath + ("weight",), f"expected a positive weight, got {weight!r}")
+            offer = v.get("offer", {})
+            if not isinstance(offer, dict) or any(isinstance(x, dict) for x in offer.values()):
+                ck.fail(vpath + ("offer",), "expected a table of offer keys and values, e.g. { discount_pct = 10 }")
+            reason = v.get("reason", "")
+            if not isinstance(reason, str):
+                ck.fail(vpath + ("reason",), f"expected a string, got {reason!r}")
+            variants.append(Variant(vname, float(weight), dict(offer), reason))
+        before += len(raw)
+        out.append(Experiment(name, tuple(triggers), tuple(variants)))
+    return tuple(out)
 
 
 def parse_rules(text: str, source: str = "<rules>") -> Rules:

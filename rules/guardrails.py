@@ -10,6 +10,10 @@ trigger and proposal id, so ties are deterministic); each is checked in turn:
   outranked        a higher-priority proposal won at this same moment
   min_gap          a proposal was emitted within min_gap_days
   frequency_cap    cap_count proposals were emitted within cap_window_days
+  holdout          none of the above: it would have been sent, but the customer is in the
+                   holdout group (rules.experiments.held_out), so it is recorded, not sent
+
+An offer under test is first made the customer's variant of it (`with_variant`).
 
 Every decision, emitted or suppressed, marks the trigger level as fired for
 its period, so a suppressed level is reported once, not on every event.
@@ -19,7 +23,8 @@ from __future__ import annotations
 from .config import Rules
 from .state import offer_key, prune
 from .timeutil import DAY, format_ts
-from .triggers import DOWNSELL, UPSELL
+from .experiments import experiment_for, held_out, variant_of
+from .triggers import DOWNSELL, UPSELL, proposal_id
 
 
 def unhappy_reason(c: dict, now: int, rules: Rules) -> str | None:
@@ -57,6 +62,8 @@ def _check(c: dict, cand: dict, now: int, rules: Rules, winner: dict | None) -> 
 def arbitrate(c: dict, candidates: list[dict], now: int, rules: Rules) -> tuple[list[dict], list[dict]]:
     if not candidates:
         return [], []
+    if rules.experiments:
+        candidates = [with_variant(c, x, rules) for x in candidates]
     prune(c, now, rules)
     fired = c["fired"]
     candidates = [x for x in candidates if x["_fire_key"] not in fired]   # once per period
@@ -70,12 +77,32 @@ def arbitrate(c: dict, candidates: list[dict], now: int, rules: Rules) -> tuple[
         out = public(cand, rules)
         if verdict is None:
             winner = cand
-            c["sent"].append(now)
-            emitted.append(out)
+            c["sent"].append(now)       # held out too: the state goes on as if it had been sent
+            why = held_out(rules, c["id"], cand["trigger"]) if rules.holdout or rules.holdout_by_trigger else None
+            if why is None:
+                emitted.append(out)
+            else:
+                out["suppressed"] = {"reason": "holdout", "detail": why}
+                suppressed.append(out)
         else:
             out["suppressed"] = {"reason": verdict[0], "detail": verdict[1]}
             suppressed.append(out)
     return emitted, suppressed
+
+
+def with_variant(c: dict, cand: dict, rules: Rules) -> dict:
+    """The candidate as the customer's variant of its trigger's experiment has it: the variant's
+    offer keys set (the variant is part of the offer its proposal_id hashes), its words added to
+    the reason, and `experiment` and `variant` named. Without an experiment, as it is."""
+    experiment = experiment_for(rules, cand["trigger"])
+    if experiment is None:
+        return cand
+    v = variant_of(experiment, c["id"])
+    offer = {**cand["offer"], **v.offer}
+    period = cand["_fire_key"].split("|", 1)[1]
+    return {**cand, "proposal_id": proposal_id(c["id"], cand["trigger"], offer, period), "offer": offer,
+            "reason": f"{cand['reason']} {v.reason}" if v.reason else cand["reason"],
+            "experiment": experiment.name, "variant": v.name}
 
 
 def public(cand: dict, rules: Rules) -> dict:

@@ -80,6 +80,8 @@ PROPOSAL_SCHEMA = {
         "priority": {"type": "integer"},
         "created_at": {**_TS, "description": "event time of the decision, never wall-clock time"},
         "valid_until": _TS,
+        "experiment": {**_STR, "description": "the offer test the offer is part of (absent outside one)"},
+        "variant": {**_STR, "description": "the customer's variant in it"},
     },
     "required": ["schema", "proposal_id", "customer_id", "kind", "trigger", "offer", "audience",
                  "reason", "evidence", "priority", "created_at", "valid_until"],
@@ -98,7 +100,7 @@ SUPPRESSED_SCHEMA = {
         "type": "object",
         "properties": {
             "reason": {"enum": ["cooldown", "unhappy_customer", "quiet_period", "outranked",
-                                "min_gap", "frequency_cap"]},
+                                "min_gap", "frequency_cap", "holdout"]},
             "detail": {"type": "string"}},
         "required": ["reason", "detail"]}},
     "required": PROPOSAL_SCHEMA["required"] + ["suppressed"],
