@@ -170,9 +170,10 @@ def prune(c: dict, now: int, rules: Rules) -> None:
 
 # ------------------------------------------------------------ derivations --
 
-# Keys of an offer that only name its parts for people (`with_display_names`): an offer's
-# identity, its proposal_id and a decline of it never depend on them.
-DISPLAY_KEYS = frozenset({"plan_name", "sku_names", "sku_name"})
+# An offer's part -> the key naming it for people (`with_display_names`): an offer's identity,
+# its proposal_id and a decline of it never depend on those keys.
+DISPLAY_NAMES = {"plan": "plan_name", "skus": "sku_names", "sku": "sku_name"}
+DISPLAY_KEYS = frozenset(DISPLAY_NAMES.values())
 
 
 def offer_key(offer: dict) -> str:

@@ -9,7 +9,7 @@ import logging
 from rules.config import load_rules
 from streams import metrics
 from streams.health import Health
-from streams.settings import Settings
+from streams.settings import Settings, package_version
 from streams.transport import App
 
 settings = Settings.from_env()
@@ -53,15 +53,7 @@ app = App(
 app.worker_process_settings()      # the garbage collector's settings: this process is a worker
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("upsell-engine")
-    except PackageNotFoundError:       # a source tree that was not installed
-        return "unknown"
-
-
-metrics.BUILD.info({"version": _version(), "rules": rules.source, "rules_sha256": rules.digest})
+metrics.BUILD.info({"version": package_version(), "rules": rules.source, "rules_sha256": rules.digest})
 
 
 @app.task
@@ -69,5 +61,5 @@ async def announce() -> None:
     """One line at start: what this worker runs and where its data goes."""
     logging.getLogger("upsell").info(
         "upsell-engine %s worker: rules %s (sha256 %s), clock %s, lateness %d ms, %d partitions, "
-        "broker %s, redis %s, store %s", _version(), rules.source, rules.digest, settings.clock, settings.lateness_ms,
+        "broker %s, redis %s, store %s", package_version(), rules.source, rules.digest, settings.clock, settings.lateness_ms,
         settings.partitions, settings.broker, settings.redis_url_redacted, settings.store)

@@ -490,10 +490,11 @@ def compare_table(a: BacktestResult, b: BacktestResult, diff: dict[str, list]) -
     rules file, and how many proposals appear, disappear or change (`compare`)."""
     rows: dict = defaultdict(Counter)
     for name, result in (("before", a), ("after", b)):
-        for p in result.proposals:
-            rows[(p["trigger"], p["kind"])][name] += 1
-        for p in result.suppressed:
-            rows[(p["trigger"], p["kind"])][name + "_suppressed"] += 1
+        tally = Tally.of(result)
+        for key, n in tally.proposed.items():
+            rows[key][name] += n
+        for (trigger, kind, _), n in tally.suppressed.items():
+            rows[(trigger, kind)][name + "_suppressed"] += n
     for what in ("appear", "disappear"):
         for p in diff[what]:
             rows[(p["trigger"], p["kind"])][what] += 1

@@ -221,7 +221,7 @@ def cmd_replay(a) -> None:
     s = _settings()
     rules = _rules(s.rules)
     prefix = a.topic_prefix if a.topic_prefix is not None else s.topic_prefix
-    lines = _input(a.file).read().splitlines()
+    loaded = load_sorted(_input(a.file).read().splitlines())
     counts = reach_broker(s, [prefix + t for t in TOPICS])
     problem = copartition_problem(counts, s.partitions)
     if problem:
@@ -230,15 +230,15 @@ def cmd_replay(a) -> None:
     inputs = {t: n for t, n in counts.items() if t[len(prefix):] in INPUT_TOPICS}
     latest = asyncio.run(latest_timestamp(bootstrap, inputs, s.kafka)) if inputs else None
     if latest is not None:
-        events, _ = load_sorted(lines)
+        events = loaded[0]
         late = sum(1 for e in events if e.topic in INPUT_TOPICS and e.ts < latest - s.lateness_ms)
         if late:
             print(f"upsell: warning: {late} of {len(events)} events are older than the stream time of a worker "
                   f"that has read these topics ({format_ts(latest - s.lateness_ms)}): it counts them late and "
                   f"applies none of them; for a backtest, replay into fresh topics (another "
                   f"UPSELL_TOPIC_PREFIX and UPSELL_APP_ID)", file=sys.stderr)
-    res = asyncio.run(replay(lines, bootstrap, s.partitions, prefix, speed=a.speed, security=s.kafka,
-                             rules=rules, max_ahead=s.max_ahead_ms, progress=sys.stderr.isatty()))
+    res = asyncio.run(replay((), bootstrap, s.partitions, prefix, speed=a.speed, security=s.kafka,
+                             rules=rules, max_ahead=s.max_ahead_ms, progress=sys.stderr.isatty(), loaded=loaded))
     print(f"sent {res['sent']} events in {res['seconds']:.1f} s "
           f"({res['unreadable']} unreadable lines, {res['unknown_topic']} on unknown topics skipped)")
 
@@ -331,18 +331,11 @@ def cmd_demo(a) -> None:
             print("stopped", file=sys.stderr)
 
 
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError, version as installed
-    try:
-        return installed("upsell-engine")
-    except PackageNotFoundError:      # run from a source tree that was not installed
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="upsell", description="Upsell Engine: upsell, cross-sell and downsell "
                "proposals in real time, without pushy selling.")
-    p.add_argument("--version", action="version", version=f"upsell-engine {version()}")
+    from streams.settings import package_version
+    p.add_argument("--version", action="version", version=f"upsell-engine {package_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     u = sub.add_parser("up", help="run the embedded broker and Redis in the foreground until Ctrl-C")

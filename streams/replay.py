@@ -45,8 +45,9 @@ async def send_event(producer: AIOKafkaProducer, prefix: str, ev) -> None:
 
 async def replay(lines, bootstrap: str, partitions: int, prefix: str = "", speed: float | None = None,
                  marker_every: int = 2000, progress: bool = True, out=sys.stderr, security=None,
-                 rules=None, max_ahead: int | None = DEFAULT_MAX_AHEAD_MS) -> dict:
-    events, bad = load_sorted(lines)
+                 rules=None, max_ahead: int | None = DEFAULT_MAX_AHEAD_MS, loaded=None) -> dict:
+    """`loaded`: `load_sorted(lines)` when the caller has it already (then `lines` is not read)."""
+    events, bad = loaded if loaded is not None else load_sorted(lines)
     skipped = [e for e in events if e.topic not in INPUT_TOPICS]
     events = [e for e in events if e.topic in INPUT_TOPICS]
     before: dict[int, list] = {}        # line -> the far-ahead events sent just before it

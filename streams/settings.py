@@ -286,3 +286,13 @@ def use_event_loop(name: str) -> None:
 def event_loop_name(loop: asyncio.AbstractEventLoop) -> str:
     """What `loop` is, in the setting's terms: "uvloop" or "aio"."""
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "aio"
+
+
+def package_version() -> str:
+    """The installed upsell-engine's version (`--version`, the start log, /metrics)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("upsell-engine")
+    except PackageNotFoundError:      # a source tree that was not installed
+        return "unknown (not installed)"
+

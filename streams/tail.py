@@ -7,21 +7,19 @@ import textwrap
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from rules.state import DISPLAY_KEYS, DISPLAY_NAMES
 from streams.kafka import client_kwargs
 
 WIDTH = 100     # a line of the readable form, at most
-
-
-NAMED = {"plan": "plan_name", "skus": "sku_names", "sku": "sku_name"}     # a part -> its display name
 
 
 def offer_text(offer: dict) -> str:
     """The offer for a person: each part by its display name where the offer has one."""
     parts = []
     for k, v in offer.items():
-        if k in NAMED.values():
+        if k in DISPLAY_KEYS:
             continue
-        v = offer.get(NAMED.get(k), v)
+        v = offer.get(DISPLAY_NAMES.get(k), v)
         parts.append(f"{k}={', '.join(map(str, v)) if isinstance(v, list) else v}")
     return "; ".join(parts)
 

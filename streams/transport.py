@@ -13,8 +13,9 @@ function:
 The worker's process also sets Python's garbage collector at start (`worker_process_settings`,
 called by the app module, not by every App made): the start-up heap frozen
 (`freeze_startup_heap`) and full collections on a timer (`full_collections`,
-UPSELL_FULL_GC_INTERVAL). Without the frozen heap the backlog ran at 0.88x the events/s; without
-both, at 0.83x, and p99 at 9,690 events/s was 1.6x (bench/README.md, run A3).
+UPSELL_FULL_GC_INTERVAL): the timer's collections replace Python's own, and the frozen heap keeps
+each of them short; together they are worth about a sixth of the backlog rate and a third of
+p99 under load (bench/adaptations.py measures them).
 
 These lean on internals of faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka;
 pyproject.toml pins the packages. `tests/test_private_names.py` checks every private
