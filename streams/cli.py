@@ -324,6 +324,9 @@ def cmd_demo(a) -> None:
     if not file.is_file():
         fail(f"cannot read {file}: no such file")
     embedded = None if os.environ.get("UPSELL_BROKER") and os.environ.get("UPSELL_REDIS_URL") else _embedded()
+    if os.environ.get("UPSELL_BROKER"):
+        s = _settings()
+        reach_broker(s, [])
     with interrupted_by_sigterm():
         try:
             demo(file, keep=a.keep, embedded=embedded)

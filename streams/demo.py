@@ -87,7 +87,11 @@ def demo(file: Path, keep: bool = False, embedded=None) -> None:
             worker = WorkerProcess(env, tmp / "worker.log")
             stack.callback(worker.stop, 15)
             print(f"worker starting, {partitions} partitions ...")
-            worker.wait_healthy()
+            try:
+                worker.wait_healthy()
+            except RuntimeError as exc:      # it exited, or is not ready in time: its log says why
+                fail(f"the worker did not become ready ({str(exc).splitlines()[0][:120]}); "
+                     f"its log: {tmp / 'worker.log'}")
             print(f"replaying {file.name}: proposals as they arrive, pN their partition\n"
                   f"(each partition is in event-time order; times go back between partitions)\n")
             seen = asyncio.run(_live(bootstrap_of(broker_url), file, partitions, len(expected.proposals), 120))

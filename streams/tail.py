@@ -38,7 +38,8 @@ def pretty(p: dict, suppressed: bool = False, partition: int | None = None) -> s
 async def tail(bootstrap: str, topic: str, from_beginning: bool = False, limit: int | None = None,
                out=sys.stdout, security=None, as_json: bool = False) -> None:
     """Print each decision of `topic` as it comes (from its start with `from_beginning`): the
-    readable form, or with `as_json` the record's value as it is, one per line."""
+    readable form, or with `as_json` the record's value as it is, one per line. A record that is
+    not a decision is counted in `limit` and named on stderr."""
     consumer = AIOKafkaConsumer(topic, **client_kwargs(bootstrap, security),
                                 auto_offset_reset="earliest" if from_beginning else "latest",
                                 enable_auto_commit=False)
@@ -47,13 +48,13 @@ async def tail(bootstrap: str, topic: str, from_beginning: bool = False, limit: 
         await consumer.start()
         seen = 0
         async for msg in consumer:
-            if as_json:
-                out.write(msg.value.decode() + "\n")
-            else:
-                try:
-                    out.write(pretty(orjson.loads(msg.value), suppressed) + "\n")
-                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                    out.write(f"(not a decision at offset {msg.offset} of partition {msg.partition})\n")
+            try:
+                p = orjson.loads(msg.value)
+                out.write((msg.value.decode() if as_json else pretty(p, suppressed)) + "\n")
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+                # anything else on the topic: said on stderr, so --json's output stays JSON Lines
+                print(f"upsell tail: not a decision at offset {msg.offset} of partition {msg.partition}",
+                      file=sys.stderr)
             out.flush()
             seen += 1
             if limit is not None and seen >= limit:

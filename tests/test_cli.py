@@ -59,6 +59,14 @@ def test_no_broker_answering_is_one_line_saying_what_to_do(command):
     assert "Traceback" not in res.stderr and "Unclosed" not in res.stderr
 
 
+def test_a_demo_with_no_broker_answering_is_one_line():
+    res = upsell("demo", env={"UPSELL_BROKER": f"kafka://127.0.0.1:{free_port()}",
+                              "UPSELL_REDIS_URL": "redis://127.0.0.1:1/0"})
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and "Unable connect" not in ln]
+    assert res.returncode == 2 and len(lines) == 1 and "no Kafka broker answered" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_a_wrong_setting_is_one_line():
     one_line_mistake(upsell("replay", str(SAMPLE), env={"UPSELL_PARTITIONS": "0"}), "UPSELL_PARTITIONS")
 

@@ -122,3 +122,28 @@ def test_the_command_streams_stdin_and_a_file_alike(tmp_path):
     res = subprocess.run([*cli, str(path), "--out", str(out)], capture_output=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0 and out.read_bytes() == want
     assert b"total" in res.stdout                  # the summary goes to stdout when proposals go to a file
+
+
+def test_progress_shows_on_a_terminal(tmp_path):
+    """stderr a terminal: lines read, stream time and events/s (a pipe stays quiet, above)."""
+    import os
+    import pty
+    lines = b"".join(generate(customers=400, days=60, seed=10, start="2025-01-01")).splitlines()   # > 4,096 lines
+    path = tmp_path / "rec.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "simulate", str(path), "--out", str(tmp_path / "o")],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=child, stdin=subprocess.DEVNULL)
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:            # the child closed the terminal: it has ended
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert proc.wait(60) == 0
+    assert b"simulate:" in seen and b"lines, stream time 2025-" in seen and b"events/s" in seen, seen[-500:]

@@ -155,11 +155,20 @@ def test_replay_warns_with_the_count_of_events_the_topics_are_past(broker):
     assert "counts them late" in warning[0]
 
 
-async def test_tail_json_prints_each_record_as_it_is(broker):
+async def test_tail_json_prints_each_record_as_it_is_and_names_what_is_not_one(broker, capsys):
     topic = f"cli-tail-{os.getpid()}.proposals"
-    await ensure_topics(broker.bootstrap, [topic], 2)
-    values = [orjson.dumps({"proposal_id": f"p{i}", "n": i}) for i in range(3)]
-    await produce(broker.bootstrap, [(topic, b"c", v, 1_700_000_000_000 + i) for i, v in enumerate(values)])
-    out = io.StringIO()
-    await asyncio.wait_for(tail(broker.bootstrap, topic, from_beginning=True, limit=3, out=out, as_json=True), 60)
-    assert out.getvalue().splitlines() == [v.decode() for v in values]
+    await ensure_topics(broker.bootstrap, [topic], 1)
+    from rules.config import load_rules
+    from streams.backtest import backtest_lines
+    scenario = (ROOT / "tests" / "scenarios" / "saas_and_shop.jsonl").read_bytes().splitlines()
+    values = [orjson.dumps(p) for p in backtest_lines(scenario, load_rules(), 4).proposals[:3]]
+    records = [values[0], None, values[1], b"\xff\xfe not text", b"{not json", values[2]]
+    await produce(broker.bootstrap, [(topic, b"c", v, 1_700_000_000_000 + i) for i, v in enumerate(records)])
+    for as_json in (True, False):
+        out = io.StringIO()
+        await asyncio.wait_for(tail(broker.bootstrap, topic, from_beginning=True, limit=len(records), out=out,
+                                    as_json=as_json), 60)
+        if as_json:
+            assert out.getvalue().splitlines() == [v.decode() for v in values]
+        err = capsys.readouterr().err.splitlines()
+        assert [line.rsplit(" ", 4)[-4] for line in err] == ["1", "3", "4"], err     # their offsets
