@@ -44,7 +44,7 @@ from collections import deque
 
 import orjson
 
-from rules.engine import PROPOSAL, PartitionEngine
+from rules.engine import PROPOSAL, STATUS, PartitionEngine
 from rules.timeutil import parse_ts
 from schemas.validate import ValidationError, check_event_time
 from agents.errors import send_dead_letter
@@ -342,12 +342,17 @@ async def emit(rt: PartitionRuntime, out: list) -> None:
     groups: dict[tuple[str, int], list] = {}
     now = WALL.now_ms() if LOCAL is not None else None     # live: decision latency
     for kind, p in out:
-        if now is not None:
-            metrics.observe_latency(p["trigger"], now - parse_ts(p["created_at"]))
-        if kind == PROPOSAL:
+        if kind == STATUS:
+            metrics.count_status(p)
+            topic = T.status
+        elif kind == PROPOSAL:
+            if now is not None:
+                metrics.observe_latency(p["trigger"], now - parse_ts(p["created_at"]))
             metrics.proposals_out[p["trigger"]] += 1
             topic = T.proposals
         else:
+            if now is not None:
+                metrics.observe_latency(p["trigger"], now - parse_ts(p["created_at"]))
             metrics.suppressed_out[(p["trigger"], p["suppressed"]["reason"])] += 1
             topic = T.suppressed
         key, value = p["customer_id"].encode(), orjson.dumps(p)

@@ -87,6 +87,7 @@ class Rules:
     experiments: tuple[Experiment, ...] = ()
     holdout: float = 0.0                                            # share of all customers
     holdout_by_trigger: dict[str, float] = field(default_factory=dict)   # and per trigger
+    attribution_days: int = 30      # how long after a proposal a conversion counts ([lifecycle])
     plan_by_name: dict[str, Plan] = field(default_factory=dict)
     digest: str = ""        # the file's SHA-256, its first 12 hex digits: which rules a worker runs
 
@@ -325,10 +326,19 @@ def _parse(doc: dict, ck: _Checker) -> Rules:
             ck.fail(("holdout", "by_trigger"), f"unknown trigger {name!r}; expected one of {', '.join(TRIGGER_KEYS)}")
         ck.number(value, ("holdout", "by_trigger"), float, 0, 1)
 
+    ldoc = doc.get("lifecycle") or {}
+    if not isinstance(ldoc, dict):
+        ck.fail(("lifecycle",), "expected a table: attribution_days = 30")
+    unknown = set(ldoc) - {"attribution_days"}
+    if unknown:
+        ck.fail(("lifecycle", sorted(unknown)[0]), "unknown setting: expected attribution_days")
+    attribution = ck.number(ldoc.get("attribution_days", 30), ("lifecycle", "attribution_days"), int, 1, 365)
+
     return Rules(tuple(plans), products, {k: tuple(v) for k, v in relations.items()},
                  tuple(bundles), tuple(campaigns), triggers, dict(gdoc), tuple(lines), source=ck.source,
                  experiments=experiments, holdout=float(share),
-                 holdout_by_trigger={k: float(v) for k, v in by_trigger.items()})
+                 holdout_by_trigger={k: float(v) for k, v in by_trigger.items()},
+                 attribution_days=attribution)
 
 
 def _experiments(items, ck: _Checker) -> tuple[Experiment, ...]:

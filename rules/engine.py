@@ -35,18 +35,19 @@ the order in which events are applied is a function of the events alone:
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 
 import orjson
 
+from . import lifecycle
 from . import state as st
 from .config import Rules
-from .guardrails import arbitrate
-from .timeutil import DAY
+from .guardrails import arbitrate, unhappy_reason
+from .timeutil import DAY, parse_ts
 from .triggers import next_due, purchase_triggers, time_triggers, usage_triggers
 
 INPUT_TOPICS = ("customers", "contracts", "feedback", "proposal-outcomes", "purchases", "usage")
-PROPOSAL, SUPPRESSED = "proposal", "suppressed"
+PROPOSAL, SUPPRESSED, STATUS = "proposal", "suppressed", "status"   # what `out` lists carry
 
 
 def thaw(blob: bytes) -> dict:
@@ -129,14 +130,14 @@ class PartitionEngine:
         self.co = CoPurchase()
         self.stats = {"events": defaultdict(int), "late_events": 0,
                       "proposed": defaultdict(int), "suppressed": defaultdict(int),
-                      "outcomes": defaultdict(int), "duplicates": 0, "ahead": 0}
+                      "outcomes": defaultdict(int), "status": Counter(), "duplicates": 0, "ahead": 0}
         self.dirty: set[str] = set()
         self._cooling: dict[str, bytes] = {}   # written at the last batch end: cid -> its JSON
         self._window = rules.t("co_purchase")["window_days"] * DAY
 
     # ------------------------------------------------------------ inputs --
     def push(self, topic: str, key: str, ts: int, value: dict, offset: int | None = None) -> list:
-        """A validated event from an input topic; returns [(PROPOSAL|SUPPRESSED, dict)].
+        """A validated event from an input topic; returns [(PROPOSAL|SUPPRESSED|STATUS, dict)].
 
         `offset` is the event's offset in its topic-partition (live) or None (tests); with
         it, an event seen before is dropped. (The backtest uses `apply_sorted`.)
@@ -381,8 +382,14 @@ class PartitionEngine:
         while timers and (timers[0][0] <= limit if inclusive else timers[0][0] < limit):
             due, cid = heapq.heappop(timers)
             c = self.customer(cid)
-            if c is None or c["due"] != due:
-                continue      # superseded
+            if c is None:
+                continue
+            if c["track"] and lifecycle.next_deadline(c) == due:
+                self._statuses(lifecycle.deadline(c, due, self.rules), out)
+                self._track_timer(c)
+                self.dirty.add(cid)
+            if c["due"] != due:
+                continue      # superseded, or a lifecycle deadline alone
             c["due"] = None
             self._expire_basket(c, due)
             self._decide(c, time_triggers(c, due, self.rules), due, out)
@@ -399,6 +406,7 @@ class PartitionEngine:
         if c["basket"]:
             self._expire_basket(c, ts)
         cands: list = []
+        before = (c["plan"], c["term"], c["renews_at"]) if c["track"] and topic != "usage" else None
         # Time-based dues can only move on profile, contract, basket or underuse changes;
         # other events leave the customer's timer as it is.
         moved = True
@@ -430,6 +438,9 @@ class PartitionEngine:
             st.apply_outcome(c, v, ts, rules)
             self.stats["outcomes"][f"{v['trigger']}:{v['outcome']}"] += 1
             moved = False
+        if before is not None:
+            self._statuses(lifecycle.observe(c, topic, v, ts, before, rules, lambda: unhappy_reason(c, ts, rules)),
+                           out)
         self._decide(c, cands, ts, out)
         if moved:
             self._reschedule(c, ts)
@@ -439,12 +450,33 @@ class PartitionEngine:
         if not cands:
             return
         emitted, suppressed = arbitrate(c, cands, now, self.rules)
+        tracked = False
         for p in emitted:
             self.stats["proposed"][p["trigger"]] += 1
             out.append((PROPOSAL, p))
+            lifecycle.track(c, p, now, parse_ts(p["valid_until"]), False, self.rules)
+            tracked = True
         for p in suppressed:
-            self.stats["suppressed"][f"{p['trigger']}:{p['suppressed']['reason']}"] += 1
+            reason = p["suppressed"]["reason"]
+            self.stats["suppressed"][f"{p['trigger']}:{reason}"] += 1
             out.append((SUPPRESSED, p))
+            if reason == "holdout":
+                lifecycle.track(c, p, now, parse_ts(p["valid_until"]), True, self.rules)
+                tracked = True
+        if tracked:
+            self._track_timer(c)
+
+    def _statuses(self, records: list[dict], out: list) -> None:
+        for r in records:
+            self.stats["status"][f"{r['trigger']}:{r['status']}"] += 1
+            out.append((STATUS, r))
+
+    def _track_timer(self, c: dict) -> None:
+        """A timer at the customer's next lifecycle deadline (the trigger timer is `due`; a
+        timer whose moment is neither is skipped when it comes)."""
+        at = lifecycle.next_deadline(c)
+        if at is not None:
+            heapq.heappush(self.timers, (at, c["id"]))
 
     def _expire_basket(self, c: dict, now: int) -> None:
         basket = c["basket"]
@@ -565,6 +597,8 @@ class PartitionEngine:
                 eng.customers[c["id"]] = _as_held(c)
             if c["due"] is not None:
                 eng.timers.append((c["due"], c["id"]))
+            if c.get("track"):
+                eng.timers.append((lifecycle.next_deadline(c), c["id"]))
             basket = []
             for sku in sorted(c["basket"]):
                 eng.co.add(basket, sku)

@@ -14,7 +14,7 @@ from .timeutil import DAY, month_key, month_start, to_dt
 # The customer document's format (docs/guarantees.md lists its keys). A document of an earlier
 # version is brought to this one when it is read (`upgrade`), so a worker reads what the
 # release before it wrote; a change of format adds a step there and raises the number.
-DOCUMENT_VERSION = 1
+DOCUMENT_VERSION = 2
 
 
 def new_customer(customer_id: str) -> dict:
@@ -34,6 +34,7 @@ def new_customer(customer_id: str) -> dict:
         "fired": {},          # once-per-period keys -> ms when the key may be dropped
         "due": None,          # next time-based evaluation (ms), derived
         "off": {},            # input topic -> offset of the last event applied (redelivery guard)
+        "track": [],          # decisions whose lifecycle is followed (rules.lifecycle)
     }
 
 
@@ -42,6 +43,9 @@ def upgrade(c: dict) -> dict:
     if c.get("v", 0) < 1:       # version 0: no "v"; the oldest had no applied offsets either
         c.setdefault("off", {})
         c["v"] = 1
+    if c["v"] < 2:              # version 1: no lifecycle; what it proposed is not followed
+        c["track"] = []
+        c["v"] = 2
     return c
 
 

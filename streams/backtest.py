@@ -25,10 +25,11 @@ from rich.console import Console
 from rich.table import Table
 
 from rules.config import Rules
-from rules.engine import INPUT_TOPICS, PROPOSAL, PartitionEngine
+from rules.engine import INPUT_TOPICS, PROPOSAL, STATUS, SUPPRESSED, PartitionEngine
 from rules.timeutil import format_ts
 from schemas.validate import check_event_time, event_time_ok
 from streams import deadletters
+from streams.measure import Measure, table as measure_table
 from streams.partitioning import partition_for, wrong_partition_error
 from streams.recorded import BadLine, RecordedEvent, decode_event, load_sorted
 
@@ -48,6 +49,7 @@ class DeadLetter:
 class BacktestResult:
     proposals: list[dict] = field(default_factory=list)
     suppressed: list[dict] = field(default_factory=list)
+    statuses: list[dict] = field(default_factory=list)        # proposal-status records
     dead_letters: list[DeadLetter] = field(default_factory=list)
     bad_lines: list[BadLine] = field(default_factory=list)
     events: int = 0
@@ -57,6 +59,9 @@ class BacktestResult:
 
     def proposal_lines(self) -> bytes:
         return b"".join(orjson.dumps(p) + b"\n" for p in self.proposals)
+
+    def status_lines(self) -> bytes:
+        return b"".join(orjson.dumps(r) + b"\n" for r in self.statuses)
 
 
 class Engines:
@@ -120,14 +125,14 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     result = BacktestResult(bad_lines=list(bad_lines or []))
     engines = Engines(rules, partitions)
     plans = rules.plan_by_name
-    collect = result.proposals.append
-    collect_s = result.suppressed.append
+    collect = {PROPOSAL: result.proposals.append, SUPPRESSED: result.suppressed.append,
+               STATUS: result.statuses.append}
     rank = {t: i for i, t in enumerate(INPUT_TOPICS)}
     last_ts = last_event_time(events) if end_ts is None else end_ts
 
     def route(out):
         for kind, p in out:
-            (collect if kind == PROPOSAL else collect_s)(p)
+            collect[kind](p)
 
     valid, forwarded = [], False
     for ev in events:
@@ -173,6 +178,7 @@ def run_backtest(events: list[RecordedEvent], rules: Rules, partitions: int,
     result.engines = engines.by_partition
     result.proposals.sort(key=_order)
     result.suppressed.sort(key=_order)
+    result.statuses.sort(key=status_order)
     result.dead_letters.sort(key=_LINE)
     return result
 
@@ -285,6 +291,14 @@ def _order(p: dict):
     return (p["created_at"], p["customer_id"], -p["priority"], p["proposal_id"])
 
 
+_STATE_RANK = {"declined": 0, "withdrawn": 1, "converted": 2, "expired": 3}
+
+
+def status_order(r: dict):
+    """proposal-status records in the order the backtest writes them."""
+    return (r["at"], r["customer_id"], r["proposal_id"], _STATE_RANK[r["status"]])
+
+
 def backtest_lines(lines: Iterable[bytes], rules: Rules, partitions: int,
                    max_ahead: int | None = DEFAULT_MAX_AHEAD_MS, wrong_partition: str = "repartition",
                    jobs: int = 1) -> BacktestResult:
@@ -340,6 +354,7 @@ def _run_in_jobs(lines, rules, partitions, max_ahead, wrong_partition, jobs) -> 
     for r in results:
         merged.proposals += r.proposals
         merged.suppressed += r.suppressed
+        merged.statuses += r.statuses
         merged.dead_letters += r.dead_letters
         merged.bad_lines += r.bad_lines
         merged.events += r.events
@@ -347,6 +362,7 @@ def _run_in_jobs(lines, rules, partitions, max_ahead, wrong_partition, jobs) -> 
         merged.outcomes.update(r.outcomes)
     merged.proposals.sort(key=_order)
     merged.suppressed.sort(key=_order)
+    merged.statuses.sort(key=status_order)
     merged.dead_letters.sort(key=_LINE)
     merged.bad_lines.sort(key=_LINE)
     return merged
@@ -424,6 +440,7 @@ class Tally:
     first_dead: list = field(default_factory=list)            # the first 10, by line
     bad_lines: int = 0
     first_bad: list = field(default_factory=list)
+    measure: Measure = field(default_factory=Measure)
 
     @classmethod
     def of(cls, result: BacktestResult) -> "Tally":
@@ -432,8 +449,12 @@ class Tally:
                 bad_lines=len(result.bad_lines), first_bad=result.bad_lines[:10])
         for p in result.proposals:
             t.proposed[(p["trigger"], p["kind"])] += 1
+            t.measure.add(PROPOSAL, p)
         for p in result.suppressed:
             t.suppressed[(p["trigger"], p["kind"], p["suppressed"]["reason"])] += 1
+            t.measure.add(SUPPRESSED, p)
+        for r in result.statuses:
+            t.measure.add(STATUS, r)
         return t
 
     def dead(self, d: DeadLetter) -> None:
@@ -476,6 +497,8 @@ def summary(result: "BacktestResult | Tally") -> str:
            "\n".join(line.rstrip() for line in text.getvalue().splitlines())]
     if t.outcomes:
         out += ["", "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(t.outcomes.items()))]
+    if t.measure:
+        out += ["", measure_table(t.measure)]
     if t.dead_letters:
         out += ["", "dead letters (first 10):"]
         out += [f"  line {d.line} [{d.topic}]: {d.error}" for d in t.first_dead]

@@ -173,6 +173,9 @@ def cmd_simulate(a) -> None:
         return
     lines = _input(a.file).read().splitlines()
     result = backtest_lines(lines, rules, a.partitions, max_ahead, wrong, a.jobs)
+    if a.status:
+        with _output(a.status) as f:
+            f.write(result.status_lines())
     if a.out:
         with _output(a.out) as f:
             f.write(result.proposal_lines())
@@ -201,11 +204,15 @@ def _simulate_streaming(a, rules, max_ahead, wrong) -> None:
     if a.file != "-":
         _input(a.file).close()          # a missing or unreadable file: one line, before any work
     out = _output(a.out) if a.out else sys.stdout.buffer
+    status = _output(a.status) if a.status else None
     try:
-        outcome = simulate(a.file, rules, a.partitions, out, max_ahead, wrong, progress=sys.stderr.isatty())
+        outcome = simulate(a.file, rules, a.partitions, out, max_ahead, wrong, progress=sys.stderr.isatty(),
+                           status_out=status)
     finally:
         if a.out:
             out.close()
+        if status is not None:
+            status.close()
     if outcome.loaded_whole:
         print(f"upsell: note: {outcome.loaded_whole}: the recording was loaded whole to sort it",
               file=sys.stderr)
@@ -371,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="JSON Lines recording, or - for stdin")
     s.add_argument("--rules", help="rules file (default: UPSELL_RULES, else the bundled rules)")
     s.add_argument("--out", help="write proposals here instead of stdout")
+    s.add_argument("--status", metavar="FILE", help="write the proposal-status records (the lifecycle) here")
     s.add_argument("--compare", metavar="RULES2", help="diff the proposals against a second rules file")
     s.add_argument("--partitions", type=_positive, default=None,
                    help="partition count of the live topics (co-purchase counts are per partition); "

@@ -24,6 +24,20 @@ far_ahead: Counter = Counter()          # topic: events dropped as far ahead of 
 wrong_partition: Counter = Counter()    # topic: records on a partition their key does not hash to
 misplaced_customers: dict = {}          # partition -> restored documents whose key hashes elsewhere
 offset_regressions: Counter = Counter()  # (topic, partition): logs found below the applied offsets
+status_out: Counter = Counter()         # (trigger, status, group): proposal-status records sent
+revenue_out: Counter = Counter()        # (trigger, measure): expansion_mrr, contraction_mrr, order_value
+
+
+def count_status(r: dict) -> None:
+    """A proposal-status record sent: counted per trigger and state, its revenue per trigger."""
+    status_out[(r["trigger"], r["status"], "holdout" if r["holdout"] else "treated")] += 1
+    if r["holdout"]:
+        return
+    for name, value in r.get("revenue", {}).items():
+        if name == "expansion_mrr":         # a counter only grows: a downsell's is contraction
+            revenue_out[(r["trigger"], "expansion_mrr" if value >= 0 else "contraction_mrr")] += abs(value)
+        elif name == "order_value":
+            revenue_out[(r["trigger"], name)] += value
 
 # Live (wall clock): from a decision's created_at (its event's time, or its timer's due moment) to
 # its send. The floor is UPSELL_LATENESS_MS: stream time passes an event that long after it.
@@ -66,6 +80,11 @@ class WorkerCollector:
         yield _counter("upsell_proposals", "Proposals emitted.", ["trigger"], proposals_out)
         yield _counter("upsell_suppressed", "Proposals suppressed by a guardrail.", ["trigger", "reason"],
                        suppressed_out)
+        yield _counter("upsell_proposal_status", "Lifecycle transitions sent to proposal-status (group: "
+                       "treated, or holdout).", ["trigger", "status", "group"], status_out)
+        yield _counter("upsell_conversion_revenue", "Revenue of the treated group's conversions: the "
+                       "expansion MRR, the contraction MRR of downsells, and the order value of cross-sell offers.",
+                       ["trigger", "measure"], revenue_out)
         yield _counter("upsell_far_ahead", "Input events dropped as dead letters: their time was more than "
                        "UPSELL_MAX_AHEAD_MS ahead of a later record on their topic-partition.", ["topic"], far_ahead)
         yield _counter("upsell_wrong_partition", "Input records on a partition their key does not hash to "

@@ -33,11 +33,12 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
 from rules.config import Rules
-from rules.engine import INPUT_TOPICS, PROPOSAL
+from rules.engine import INPUT_TOPICS, PROPOSAL, STATUS, SUPPRESSED
 from rules.timeutil import format_ts, parse_ts
 from schemas.validate import event_time_ok
 from streams import deadletters
-from streams.backtest import DeadLetter, Engines, Tally, backtest_lines, cycle_gc_paused, read_event
+from streams.backtest import (DeadLetter, Engines, Tally, backtest_lines, cycle_gc_paused, read_event,
+                              status_order)
 from streams.recorded import BadLine, read_numbered
 
 DISORDER_MS = 3_600_000     # how far an event may come after later ones (across topics) and keep its place
@@ -55,33 +56,40 @@ class Outcome:
 
 
 def simulate(path: str, rules: Rules, partitions: int, out: BinaryIO, max_ahead: int | None,
-             wrong_partition: str = "repartition", progress: bool = False) -> Outcome:
+             wrong_partition: str = "repartition", progress: bool = False,
+             status_out: BinaryIO | None = None) -> Outcome:
     """The proposals of the recording at `path` ("-": stdin, spooled to a temporary file) written
-    to `out`, as `backtest_lines(...).proposal_lines()` would give them."""
+    to `out`, as `backtest_lines(...).proposal_lines()` would give them; with `status_out`, the
+    proposal-status records there, as `status_lines()` would."""
     with tempfile.TemporaryDirectory(prefix="upsell-simulate-") as tmp:
         if path == "-":
             path = os.path.join(tmp, "stdin.jsonl")
             with open(path, "wb") as f:
                 shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-        spool = os.path.join(tmp, "proposals.jsonl")
+        spool, status_spool = os.path.join(tmp, "proposals.jsonl"), os.path.join(tmp, "status.jsonl")
         with cycle_gc_paused():
             try:
-                with open(path, "rb") as src, open(spool, "wb") as dst:
-                    outcome = _stream(src, rules, partitions, dst, max_ahead, wrong_partition, progress)
+                with open(path, "rb") as src, open(spool, "wb") as dst, open(status_spool, "wb") as sdst:
+                    outcome = _stream(src, rules, partitions, dst, max_ahead, wrong_partition, progress,
+                                      sdst if status_out is not None else None)
             except OutOfOrder as why:
                 with open(path, "rb") as src:
                     result = backtest_lines(src.read().splitlines(), rules, partitions, max_ahead, wrong_partition)
                 with open(spool, "wb") as dst:
                     dst.write(result.proposal_lines())
+                with open(status_spool, "wb") as dst:
+                    dst.write(result.status_lines())
                 outcome = Outcome(Tally.of(result), result.engines, str(why))
-        with open(spool, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
-        out.flush()
+        for name, dst in ((spool, out), (status_spool, status_out)):
+            if dst is not None:
+                with open(name, "rb") as f:
+                    shutil.copyfileobj(f, dst, 1 << 20)
+                dst.flush()
     return outcome
 
 
 def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wrong_partition: str,
-            progress: bool) -> Outcome:
+            progress: bool, status_dst=None) -> Outcome:
     tally = Tally()
     engines = Engines(rules, partitions)
     plans, forwarding = rules.plan_by_name, wrong_partition == "repartition"
@@ -101,23 +109,30 @@ def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wron
     end_ts = None                 # the latest event time in range of any event: where the stream ends
     write = dst.write
 
+    changed: list = []            # (order, seq, at second, status record): waiting to be written
+    measure = tally.measure
+
     def route(out: list) -> None:
         nonlocal seq
         for kind, p in out:
+            measure.add(kind, p)
+            seq += 1
             if kind == PROPOSAL:
                 tally.proposed[(p["trigger"], p["kind"])] += 1
-                seq += 1
                 heapq.heappush(decided, ((p["created_at"], p["customer_id"], -p["priority"], p["proposal_id"]),
                                          seq, parse_ts(p["created_at"]) // 1000, p))
-            else:
+            elif kind == SUPPRESSED:
                 tally.suppressed[(p["trigger"], p["kind"], p["suppressed"]["reason"])] += 1
+            elif kind == STATUS and status_dst is not None:
+                heapq.heappush(changed, (status_order(p), seq, parse_ts(p["at"]) // 1000, p))
 
     def flush(before_ms: int | None) -> None:
-        """Write the proposals no engine can precede any more: made in a second before that of
-        `before_ms` (created_at texts sort as time only across whole seconds), all with None."""
+        """Write the records no engine can precede any more: made in a second before that of
+        `before_ms` (their time texts sort as time only across whole seconds), all with None."""
         limit = None if before_ms is None else before_ms // 1000
-        while decided and (limit is None or decided[0][2] < limit):
-            write(orjson.dumps(heapq.heappop(decided)[3]) + b"\n")
+        for waiting, target in ((decided, write), (changed, status_dst and status_dst.write)):
+            while waiting and (limit is None or waiting[0][2] < limit):
+                target(orjson.dumps(heapq.heappop(waiting)[3]) + b"\n")
 
     def release(item) -> None:
         nonlocal last_released
@@ -126,7 +141,7 @@ def _stream(src, rules: Rules, partitions: int, dst, max_ahead: int | None, wron
         if out:
             route(out)
         last_released = item
-        if decided and decided[0][2] < ts // 1000:      # something made before this second waits
+        if (decided and decided[0][2] < ts // 1000) or (changed and changed[0][2] < ts // 1000):
             timer = engines.next_timer()
             flush(ts if timer is None or timer > ts else timer)
 

@@ -28,6 +28,7 @@ inputs = {name: _topic(name) for name in INPUT_TOPICS}
 ticks = _topic("ticks")
 proposals = _topic("proposals")
 suppressed = _topic("proposals.suppressed")
+status = _topic("proposal-status")      # each decision's lifecycle (rules.lifecycle)
 dead_letters = _topic("dead-letters")
 # Input records forwarded from a partition their key does not hash to (agents/ingest.py: `forward`),
 # to the partition it does, with their key and timestamp, and the forward marks of event time.

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from rules.config import load_rules
-from rules.engine import PROPOSAL, PartitionEngine
+from rules.engine import PROPOSAL, SUPPRESSED, PartitionEngine
 from rules.timeutil import from_dt
 from schemas.validate import validate
 
@@ -22,10 +22,11 @@ class Driver:
         self.engine = PartitionEngine(self.rules)
         self.proposals: list[dict] = []
         self.suppressed: list[dict] = []
+        self.statuses: list[dict] = []      # proposal-status records
 
     def _route(self, out):
         for kind, p in out:
-            (self.proposals if kind == PROPOSAL else self.suppressed).append(p)
+            (self.proposals if kind == PROPOSAL else self.suppressed if kind == SUPPRESSED else self.statuses).append(p)
 
     def send(self, topic: str, when: datetime, **value) -> "Driver":
         ts = from_dt(when)

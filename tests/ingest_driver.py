@@ -21,7 +21,7 @@ class IngestDriver:
         self.log: dict[tuple[str, int], list[Message]] = {}     # (topic, partition) -> records, by offset
         self.acked: set[tuple[str, int, int]] = set()           # (topic name, partition, offset)
         self.out = {}
-        for name in ("proposals", "suppressed", "dead_letters"):
+        for name in ("proposals", "suppressed", "status", "dead_letters"):
             channel = app.channel(maxsize=10_000)
             monkeypatch.setattr(T, name, channel)
             self.out[name] = channel.clone(is_iterator=True)

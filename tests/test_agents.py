@@ -26,7 +26,7 @@ MIN = 60_000
 async def wired(monkeypatch):
     """Fresh engines and tables; proposals, suppressions and dead letters into channels."""
     out = {}
-    for name in ("proposals", "suppressed", "dead_letters"):
+    for name in ("proposals", "suppressed", "status", "dead_letters"):
         channel = app.channel(maxsize=1000)
         monkeypatch.setattr(T, name, channel)
         out[name] = channel.clone(is_iterator=True)    # a subscriber: it receives what is sent

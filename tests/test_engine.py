@@ -12,7 +12,7 @@ from schemas.export import all_schemas, render
 from schemas.records import INPUT_RECORDS
 from schemas.validate import SPECS, ValidationError, validate
 from streams import backtest as backtest_mod
-from streams.backtest import backtest_lines, end_of_stream
+from streams.backtest import backtest_lines, end_of_stream, status_order
 from streams.generate import generate
 from streams.recorded import decode_event, dumps, load_sorted
 
@@ -120,8 +120,11 @@ def test_a_customer_is_frozen_after_a_batch_untouched():
 def test_backtest_matches_single_partition_engine(stream):
     events = _valid(stream)
     res = backtest_lines(stream, RULES, partitions=1)
-    expected = [orjson.loads(b) for b in _engine_run(events) if b"\"suppressed\"" not in b]
+    run = [orjson.loads(b) for b in _engine_run(events)]
+    expected = [p for p in run if "suppressed" not in p and "status" not in p]
     assert sorted(res.proposals, key=lambda p: p["proposal_id"]) == sorted(expected, key=lambda p: p["proposal_id"])
+    statuses = [r for r in run if "status" in r]
+    assert res.statuses and sorted(res.statuses, key=status_order) == sorted(statuses, key=status_order)
 
 
 def test_generate_is_seeded_and_backtest_is_deterministic():

@@ -90,11 +90,16 @@ async def test_crashes_at_random_points_give_the_backtests_proposals(driver, see
     for proposal in driver.read():
         assert got.setdefault(proposal["proposal_id"], proposal) == proposal     # a repeat is the same
     assert crashes > 3 and got == {p["proposal_id"]: p for p in expected.proposals}
+    changes = {}
+    for r in driver.read("status"):                 # the lifecycle: the same, once per status_id
+        assert changes.setdefault(r["status_id"], r) == r
+    assert expected.statuses and changes == {r["status_id"]: r for r in expected.statuses}
     assert not driver.unacknowledged()
 
 
 async def test_a_customer_document_of_an_earlier_release_is_read_and_upgraded(driver):
-    """Version 0 (no "v"; the oldest without applied offsets) is read, upgraded, written as 1."""
+    """Version 0 (no "v"; the oldest without applied offsets) is read, upgraded, written as the
+    current version (2: with the lifecycle's `track`)."""
     import orjson
 
     from rules.state import DOCUMENT_VERSION, new_customer
@@ -109,4 +114,5 @@ async def test_a_customer_document_of_an_earlier_release_is_read_and_upgraded(dr
     await driver.tick(p, T0 + 2 * MIN)
     assert [g["trigger"] for g in driver.read()] == ["usage_limit"]      # the plan was read
     stored = driver.stored("c-1")
-    assert stored["v"] == DOCUMENT_VERSION == 1 and stored["off"] == {"usage": 0}
+    assert stored["v"] == DOCUMENT_VERSION == 2 and stored["off"] == {"usage": 0}
+    assert [e["trigger"] for e in stored["track"]] == ["usage_limit"]

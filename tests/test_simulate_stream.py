@@ -29,10 +29,11 @@ def _generated(seed: int = 5, bad_rate: float = 0.01) -> list[bytes]:
 def _both(tmp_path, lines: list[bytes], partitions: int = 8, wrong: str = "repartition", max_ahead=86_400_000):
     path = tmp_path / "rec.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    out = io.BytesIO()
-    outcome = simulate(str(path), RULES, partitions, out, max_ahead, wrong)
+    out, status = io.BytesIO(), io.BytesIO()
+    outcome = simulate(str(path), RULES, partitions, out, max_ahead, wrong, status_out=status)
     whole = backtest_lines(lines, RULES, partitions, max_ahead, wrong)
     assert out.getvalue() == whole.proposal_lines()
+    assert status.getvalue() == whole.status_lines()          # the lifecycle too
     assert summary(outcome.tally) == summary(whole)
     return outcome, whole
 
