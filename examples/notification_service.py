@@ -2,13 +2,15 @@
 
     python examples/notification_service.py [--group notifier] [--quiet-hours 22-8]
 
-It reads `proposals` (consumer group `--group`, offsets committed once a batch is handled), and
-for each proposal:
+It reads `proposals` and `proposal-status` (consumer group `--group`, offsets committed once a
+batch is handled), and for each proposal:
 
 1. dedupes on `proposal_id`: the engine delivers at least once, so a proposal can arrive twice;
 2. holds it until it may be sent: not during quiet hours (UTC), so one created at 23:10 waits
    for 08:00;
-3. drops it if it is no longer true when it may be sent (`valid_until` has passed by then);
+3. drops it if it is no longer true when it may be sent: `valid_until` has passed by then, or a
+   `proposal-status` record said `withdrawn` (the offer stopped being true) or `converted` (the
+   customer already did it) while it was held;
 4. "sends" it (prints one line; a real service calls its mail or in-app API here);
 5. writes the customer's answer back to `proposal-outcomes`, keyed by customer_id and stamped
    with the send time, so the engine's guardrails (the decline cooldown) see it in event time.
@@ -64,10 +66,30 @@ def answer(proposal_id: str) -> str:
 
 @dataclass
 class Outbox:
-    """The policy: proposals in (`offer`), what to send and what to drop out (`due`)."""
+    """The policy: proposals in (`offer`), lifecycle records in (`status`), what to send and
+    what to drop out (`due`)."""
     quiet: tuple[int, int] = (22, 8)
     seen: dict = field(default_factory=dict)       # proposal_id -> valid_until (ms), for dedupe
     held: list = field(default_factory=list)       # heap of (send time, proposal_id, proposal, where read)
+    cancelled: dict = field(default_factory=dict)  # proposal_id -> (why it must not be sent, event time)
+    statuses: int = 0                              # lifecycle records read
+
+    def status(self, r: dict) -> None:
+        """A proposal-status record: a proposal withdrawn, or converted already, is not sent. It
+        may come before its proposal (the topics are read side by side); one about a proposal
+        already handled changes nothing."""
+        self.statuses += 1
+        pid = r["proposal_id"]
+        if r["status"] not in ("withdrawn", "converted") or (pid in self.seen and pid not in self._pending()):
+            return
+        why = f"withdrawn ({r['reason']})" if r["status"] == "withdrawn" else f"converted already ({r['via']})"
+        self.cancelled[pid] = (why, parse_ts(r["at"]))
+        # one about a proposal never read (handled before a restart): forgotten after 90 days
+        latest = max(at for _, at in self.cancelled.values())
+        self.cancelled = {i: c for i, c in self.cancelled.items() if i in self.seen or c[1] > latest - 90 * DAY}
+
+    def _pending(self) -> set:
+        return {item[1] for item in self.held}
 
     def offer(self, p: dict, where=None) -> bool:
         """Queue a proposal (`where` it was read: (partition, offset)); False for one already seen
@@ -88,13 +110,17 @@ class Outbox:
                 out[where[0]] = min(out.get(where[0], where[1]), where[1])
         return out
 
-    def due(self, now_ms: int) -> list[tuple[str, int, dict]]:
-        """("send" | "drop", send time, proposal) for every held proposal whose send time has come,
-        in send-time order; a proposal whose valid_until is not after its send time is dropped."""
+    def due(self, now_ms: int) -> list[tuple]:
+        """("send", send time, proposal) or ("drop", send time, proposal, why) for every held
+        proposal whose send time has come, in send-time order: one withdrawn or converted while
+        held, or whose valid_until is not after its send time, is dropped."""
         out = []
         while self.held and self.held[0][0] <= now_ms:
             at, _, p, _ = heapq.heappop(self.held)
-            out.append(("send" if at < self.seen[p["proposal_id"]] else "drop", at, p))
+            why = self.cancelled.pop(p["proposal_id"], (None,))[0]
+            if why is None and at >= self.seen[p["proposal_id"]]:
+                why = "no longer valid when it could be sent"
+            out.append(("send", at, p) if why is None else ("drop", at, p, why))
         # ids are remembered until their proposal's end: a redelivery after that is stale anyway
         self.seen = {i: u for i, u in self.seen.items() if u > now_ms - DAY}
         return out
@@ -106,13 +132,15 @@ def outcome_record(p: dict, outcome: str) -> bytes:
 
 
 async def run(bootstrap: str, prefix: str = "", group: str = "notifier", quiet=(22, 8), clock=None,
-              out=sys.stdout, stop: asyncio.Event | None = None) -> None:
-    """Consume `<prefix>proposals` until `stop` is set (or forever); `clock()` is now in epoch ms."""
+              out=sys.stdout, stop: asyncio.Event | None = None, box: Outbox | None = None) -> None:
+    """Consume `<prefix>proposals` and `<prefix>proposal-status` until `stop` is set (or forever);
+    `clock()` is now in epoch ms. The status topic's offsets are committed only while nothing is
+    held, so a restart that reads held proposals again reads their lifecycle records again too."""
     clock = clock or (lambda: int(time.time() * 1000))
-    consumer = AIOKafkaConsumer(prefix + "proposals", bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(prefix + "proposals", prefix + "proposal-status", bootstrap_servers=bootstrap,
+                                group_id=group, enable_auto_commit=False, auto_offset_reset="earliest")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    box = Outbox(quiet)
+    box = box or Outbox(quiet)
     stop = stop or asyncio.Event()
     read: dict = {}          # TopicPartition -> the offset after the last record read
     committed: dict = {}
@@ -123,21 +151,27 @@ async def run(bootstrap: str, prefix: str = "", group: str = "notifier", quiet=(
             batch = await consumer.getmany(timeout_ms=500)
             for tp, records in batch.items():
                 read[tp] = records[-1].offset + 1
+                lifecycle = tp.topic.endswith("proposal-status")
                 for r in records:
                     try:
-                        box.offer(orjson.loads(r.value), (tp, r.offset))
+                        if lifecycle:
+                            box.status(orjson.loads(r.value))
+                        else:
+                            box.offer(orjson.loads(r.value), (tp, r.offset))
                     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                        print(f"skipped a record that is not a proposal (partition {r.partition}, "
-                              f"offset {r.offset})", file=out)
-            for action, at, p in box.due(clock()):
+                        print(f"skipped a record that is not a {'status' if lifecycle else 'proposal'} "
+                              f"(partition {r.partition}, offset {r.offset})", file=out)
+            for action, at, p, *why in box.due(clock()):
                 if action == "drop":
-                    print(f"dropped {p['proposal_id']}: no longer valid when it could be sent", file=out)
+                    print(f"dropped {p['proposal_id']}: {why[0]}", file=out)
                     continue
                 print(f"sent {p['proposal_id']} to {p['customer_id']}: {p['reason']}", file=out)
                 await producer.send_and_wait(prefix + "proposal-outcomes", outcome_record(p, answer(p["proposal_id"])),
                                              key=p["customer_id"].encode(), timestamp_ms=at)
             held = box.oldest_held()
-            commit = {tp: held.get(tp, end) for tp, end in read.items()}
+            commit = {tp: held.get(tp, end) for tp, end in read.items()
+                      if not tp.topic.endswith("proposal-status") or not box.held}
+            commit = {**committed, **commit}
             if commit and commit != committed:
                 await consumer.commit(commit)     # up to the first record still held, per partition
                 committed = commit

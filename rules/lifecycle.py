@@ -5,7 +5,8 @@ tracked in its customer's document (`track`) until it ends. The engine calls `ob
 each event is applied to the customer and `deadline` when the customer's earliest deadline
 (`next_deadline`) is reached; both return status records for the `proposal-status` topic:
 
-  converted  within `attribution_days` of created_at: a `proposal-outcomes` record `accepted`
+  converted  within the attribution window (`attribution_days` from created_at, and at least
+             to valid_until; both ends included): a `proposal-outcomes` record `accepted`
              (`via: outcome`), or the customer did what was offered (`via: observed`): moved to
              the offered plan or above (upsell), to the annual term (term offer), to the offered
              lower plan (downsell), bought an offered SKU (cross-sell) or an order reaching the
@@ -16,7 +17,8 @@ each event is applied to the customer and `deadline` when the customer's earlies
              high-severity ticket, low NPS or churn intent; upsell and cross-sell), `renewal_passed`
              (a renewal offer's contract renewed on other terms), `contract_ended` (the customer
              moved to an unpaid plan), `plan_changed` (a plan offer whose customer moved to a plan
-             that no longer fits it), `fulfilled` (done, but after the attribution window).
+             that no longer fits it). Doing what was offered is a conversion, never a withdrawal:
+             its `converted` record tells a sender to stop as well.
 
 A held-out decision gets `converted` (observed only) and `expired`, never `withdrawn` or
 `declined`: when its offer stops being true it stops being tracked, as the proposal sent in its
@@ -43,7 +45,7 @@ def track(c: dict, p: dict, now: int, until: int, held: bool, rules: Rules) -> i
     `until`; returns its first deadline."""
     entry = {"id": p["proposal_id"], "trigger": p["trigger"], "kind": p["kind"],
              "offer": {k: v for k, v in p["offer"].items() if k not in DISPLAY_KEYS},
-             "created": now, "until": until, "end": now + rules.attribution_days * DAY,
+             "created": now, "until": until, "end": max(now + rules.attribution_days * DAY, until),
              "held": held, "state": OPEN}
     if "experiment" in p:
         entry["experiment"], entry["variant"] = p["experiment"], p["variant"]
@@ -52,7 +54,7 @@ def track(c: dict, p: dict, now: int, until: int, held: bool, rules: Rules) -> i
 
 
 def _deadline_of(e: dict) -> int:
-    return e["until"] if e["state"] == OPEN else e["end"]
+    return e["until"] if e["state"] == OPEN else e["end"] + 1     # the window includes its end
 
 
 def next_deadline(c: dict) -> int | None:
@@ -71,7 +73,7 @@ def deadline(c: dict, now: int, rules: Rules) -> list[dict]:
         if e["state"] == OPEN and e["until"] <= now:
             out.append(_record(c, e, EXPIRED, e["until"]))
             e["state"] = EXPIRED
-        if e["state"] == OPEN or e["end"] > now:
+        if e["state"] == OPEN or e["end"] >= now:
             keep.append(e)
     c["track"] = keep
     return out
@@ -94,12 +96,11 @@ def observe(c: dict, topic: str, v: dict, now: int, before: tuple, rules: Rules,
     keep = []
     for e in c["track"]:
         done = _fulfilled(c, e, topic, v, before, rules)
-        if done is not None and now < e["end"]:
+        if done is not None and now <= e["end"]:
             out.append(_record(c, e, CONVERTED, now, via="observed", revenue=done))
             continue
         if e["state"] == OPEN:
-            why = (("fulfilled", "done after the attribution window") if done is not None
-                   else _stopped(c, e, topic, v, before, rules))
+            why = _stopped(c, e, topic, v, before, rules)
             if why is not None:
                 if not e["held"]:
                     out.append(_record(c, e, WITHDRAWN, now, reason=why[0], detail=why[1]))
@@ -116,7 +117,7 @@ def _outcome(c: dict, v: dict, now: int, rules: Rules, out: list) -> None:
     for i, e in enumerate(c["track"]):
         if e["id"] != v["proposal_id"] or e["held"]:
             continue
-        if outcome == "accepted" and now < e["end"]:
+        if outcome == "accepted" and now <= e["end"]:
             out.append(_record(c, e, CONVERTED, now, via="outcome", revenue=_offered_value(c, e, rules)))
         elif outcome == "declined" and e["state"] == OPEN:
             out.append(_record(c, e, DECLINED, now))

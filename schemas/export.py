@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from .outputs import DEAD_LETTER_SCHEMA, PROPOSAL_SCHEMA, SUPPRESSED_SCHEMA
+from .outputs import DEAD_LETTER_SCHEMA, PROPOSAL_SCHEMA, STATUS_SCHEMA, SUPPRESSED_SCHEMA
 from .validate import SPECS, json_schema
 
 
@@ -13,6 +13,7 @@ def all_schemas() -> dict[str, dict]:
     out = {topic: json_schema(topic) for topic in SPECS}
     out["proposals"] = PROPOSAL_SCHEMA
     out["proposals.suppressed"] = SUPPRESSED_SCHEMA
+    out["proposal-status"] = STATUS_SCHEMA
     out["dead-letters"] = DEAD_LETTER_SCHEMA
     return out
 

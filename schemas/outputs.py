@@ -1,4 +1,4 @@
-"""JSON Schemas of the output topics (proposals, proposals.suppressed, dead letters)."""
+"""JSON Schemas of the output topics (proposals, proposals.suppressed, proposal-status, dead letters)."""
 from __future__ import annotations
 
 _TS = {"type": "string", "format": "date-time"}
@@ -104,6 +104,53 @@ SUPPRESSED_SCHEMA = {
             "detail": {"type": "string"}},
         "required": ["reason", "detail"]}},
     "required": PROPOSAL_SCHEMA["required"] + ["suppressed"],
+}
+
+_MONEY = {**_NUM, "description": "in the catalog's prices (plan price per month)"}
+_TRIGGERS = PROPOSAL_SCHEMA["properties"]["trigger"]
+
+STATUS_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "upsell-engine/proposal-status.json",
+    "title": "proposal status (schema 1)",
+    "type": "object",
+    "properties": {
+        "schema": {"const": 1, "description": "contract version; additive changes keep 1"},
+        "status_id": {**_STR, "description": "deterministic hash of (proposal_id, status): dedupe on it"},
+        "proposal_id": {**_STR, "description": "the decision this is about (proposals, or "
+                        "proposals.suppressed with reason holdout)"},
+        "customer_id": {**_STR, "description": "also the record key"},
+        "trigger": _TRIGGERS,
+        "kind": {"enum": ["upsell", "cross_sell", "downsell"]},
+        "status": {"enum": ["converted", "declined", "expired", "withdrawn"], "description":
+                   "converted within the attribution window (also after expired); declined by a "
+                   "proposal-outcomes record; expired at valid_until; withdrawn when the offer stopped being "
+                   "true (cancel what is queued)"},
+        "at": {**_TS, "description": "event time of the transition, never wall-clock time"},
+        "created_at": {**_TS, "description": "the decision's created_at"},
+        "holdout": {"type": "boolean", "description": "a decision held out (never sent): measured, "
+                    "never withdrawn or declined"},
+        "experiment": {**_STR, "description": "the offer test, as on the proposal"},
+        "variant": _STR,
+        "via": {"enum": ["outcome", "observed"], "description": "converted: an accepted outcome, or the "
+                "customer doing what was offered"},
+        "revenue": _obj({}, {"mrr_before": _MONEY, "mrr_after": _MONEY, "expansion_mrr": {
+            **_NUM, "description": "mrr_after - mrr_before; negative for a downsell (revenue kept)"},
+            "order_value": {**_NUM, "description": "cross-sell and volume: the offered items' value"}},
+            "converted: what it moved, from the catalog's prices"),
+        "reason": {"enum": ["unhappy_customer", "renewal_passed", "contract_ended", "plan_changed"],
+                   "description": "withdrawn: why the offer stopped being true"},
+        "detail": {**_STR, "description": "withdrawn: the reason in words"},
+    },
+    "required": ["schema", "status_id", "proposal_id", "customer_id", "trigger", "kind", "status", "at",
+                 "created_at", "holdout"],
+    "oneOf": [
+        {"properties": {"status": {"const": "converted"}}, "required": ["via", "revenue"]},
+        {"properties": {"status": {"const": "withdrawn"}}, "required": ["reason", "detail"]},
+        {"properties": {"status": {"enum": ["declined", "expired"]}}},
+    ],
+    "additionalProperties": True,
+    "$comment": PROPOSAL_SCHEMA["$comment"],
 }
 
 DEAD_LETTER_SCHEMA = {

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from rules.engine import INPUT_TOPICS
+from streams.replay import TOPICS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,8 +25,8 @@ def test_compose_structure():
     assert deps["create-topics"]["condition"] == "service_completed_successfully"
     script = s["create-topics"]["command"][0]
     partitions = s["worker-1"]["environment"]["UPSELL_PARTITIONS"]
-    for t in (*INPUT_TOPICS, "repartition", "ticks", "proposals", "proposals.suppressed", "dead-letters"):
-        assert t in script
+    for t in TOPICS:                     # every topic a worker reads or writes
+        assert f" {t} " in f" {script} ".replace(";", " "), t
     assert f"--partitions {partitions}" in script
 
 

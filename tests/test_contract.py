@@ -12,7 +12,7 @@ import pytest
 
 from rules.config import load_rules
 from rules.state import offer_key
-from schemas.outputs import BY_TRIGGER, PROPOSAL_SCHEMA, SUPPRESSED_SCHEMA, check
+from schemas.outputs import BY_TRIGGER, PROPOSAL_SCHEMA, STATUS_SCHEMA, SUPPRESSED_SCHEMA, check
 from streams.backtest import backtest_lines
 from streams.generate import generate
 
@@ -26,16 +26,32 @@ def decisions():
     lines = b"".join(generate(400, 120, 7, "2025-01-01", RULES)).splitlines()
     lines += (ROOT / "tests" / "scenarios" / "saas_and_shop.jsonl").read_bytes().splitlines()
     result = backtest_lines(lines, RULES, 8)
-    return result.proposals, result.suppressed
+    return result.proposals, result.suppressed, result.statuses
 
 
 def test_the_published_schemas_are_valid_json_schema():
-    for schema in (PROPOSAL_SCHEMA, SUPPRESSED_SCHEMA):
+    for schema in (PROPOSAL_SCHEMA, SUPPRESSED_SCHEMA, STATUS_SCHEMA):
         jsonschema.Draft202012Validator.check_schema(schema)
 
 
+def test_every_lifecycle_record_matches_its_schema(decisions):
+    statuses = decisions[2]
+    full = jsonschema.Draft202012Validator(STATUS_SCHEMA, format_checker=FORMATS)
+    for r in statuses:
+        full.validate(r)
+        check(STATUS_SCHEMA, r)
+    assert {r["status"] for r in statuses} == {"converted", "declined", "expired", "withdrawn"}
+    assert {r["via"] for r in statuses if r["status"] == "converted"} == {"outcome", "observed"}
+    bad = {**next(r for r in statuses if r["status"] == "withdrawn")}
+    del bad["reason"]
+    with pytest.raises(jsonschema.ValidationError):
+        full.validate(bad)
+    with pytest.raises(ValueError):
+        check(STATUS_SCHEMA, bad)
+
+
 def test_every_decision_matches_the_schema_of_its_trigger(decisions):
-    proposals, suppressed = decisions
+    proposals, suppressed, _ = decisions
     full_p = jsonschema.Draft202012Validator(PROPOSAL_SCHEMA, format_checker=FORMATS)
     full_s = jsonschema.Draft202012Validator(SUPPRESSED_SCHEMA, format_checker=FORMATS)
     for p in proposals:
@@ -73,7 +89,7 @@ def test_a_decision_of_the_wrong_shape_is_refused(decisions, change, field):
 
 
 def test_offers_carry_display_names_from_the_catalog(decisions):
-    proposals, _ = decisions
+    proposals, _, _ = decisions
     planned = [p for p in proposals if "plan" in p["offer"]]
     skus = [p for p in proposals if "skus" in p["offer"]]
     assert planned and skus

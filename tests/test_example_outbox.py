@@ -49,7 +49,27 @@ def test_an_offer_that_ends_before_it_may_be_sent_is_dropped():
     kept = proposal("c", "2025-03-03T23:20:00Z", "2025-03-04T08:00:01Z")
     box.offer(gone)
     box.offer(kept)
-    assert [(a, p["proposal_id"]) for a, _, p in box.due(at("2025-03-04T09:00:00Z"))] == [("drop", "b"), ("send", "c")]
+    assert [(a, p["proposal_id"]) for a, _, p, *_ in box.due(at("2025-03-04T09:00:00Z"))] == [("drop", "b"), ("send", "c")]
+
+
+def status(pid: str, state: str, **kw) -> dict:
+    return {"proposal_id": pid, "status": state, "at": "2025-03-04T01:00:00Z", **kw}
+
+
+def test_a_proposal_withdrawn_or_converted_while_held_is_not_sent():
+    box = ns.Outbox(QUIET)
+    for pid in "wxyz":
+        box.offer(proposal(pid, "2025-03-03T23:10:00Z", "2025-03-10T00:00:00Z"))
+    box.status(status("w", "withdrawn", reason="unhappy_customer"))
+    box.status(status("x", "converted", via="observed"))
+    box.status(status("y", "expired"))                      # expiry is the proposal's own valid_until
+    box.status(status("v", "withdrawn", reason="plan_changed"))     # before its proposal is read
+    box.offer(proposal("v", "2025-03-03T23:30:00Z", "2025-03-10T00:00:00Z"))
+    got = [(a, p["proposal_id"], *why) for a, _, p, *why in box.due(at("2025-03-04T08:00:00Z"))]
+    assert got == [("drop", "v", "withdrawn (plan_changed)"), ("drop", "w", "withdrawn (unhappy_customer)"),
+                   ("drop", "x", "converted already (observed)"), ("send", "y"), ("send", "z")]
+    box.status(status("z", "withdrawn", reason="plan_changed"))    # after it was sent: nothing to do
+    assert box.cancelled == {} and box.statuses == 5
 
 
 def test_answers_are_fixed_by_the_id_and_make_valid_outcome_records():

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from rules.config import load_rules
 from rules.engine import INPUT_TOPICS
 from rules.timeutil import format_ts, parse_ts
-from streams.backtest import backtest_lines, end_of_stream, last_event_time
+from streams.backtest import backtest_lines, end_of_stream, last_event_time, status_order
 from streams.deadletters import original_bytes
 from streams.embedded import EmbeddedRedis, free_port, metric_sum
 from streams.generate import generate
@@ -52,6 +52,9 @@ async def _replay_and_compare(broker, redis_server, start_worker, lines):
     sup = loads(await consume(broker.bootstrap, start_worker.prefix + "proposals.suppressed",
                               len(expected.suppressed)))
     assert sorted(sup, key=_key) == sorted(expected.suppressed, key=_key)
+    # the lifecycle: the same records, in the backtest's order once sorted like it
+    status = loads(await consume(broker.bootstrap, start_worker.prefix + "proposal-status", len(expected.statuses)))
+    assert sorted(status, key=status_order) == expected.statuses
     return worker, expected, got
 
 
@@ -270,6 +273,14 @@ async def test_two_workers_share_partitions_and_take_over(broker, redis_server, 
     for p in loads(got):
         assert by_id.setdefault(p["proposal_id"], p) == p, ("a redelivery changed a proposal", by_id[p["proposal_id"]], p)
     assert by_id == want, _differences(by_id, want)
+    # the lifecycle records too: each once or again the same, none lost with the killed worker
+    changes = {r["status_id"]: r for r in expected.statuses}
+    got = await consume(broker.bootstrap, start_worker.prefix + "proposal-status", len(changes), timeout=120,
+                        until=lambda msgs: {orjson.loads(m.value)["status_id"] for m in msgs} >= set(changes))
+    seen = {}
+    for r in loads(got):
+        assert seen.setdefault(r["status_id"], r) == r
+    assert changes and seen == changes
     for _ in range(300):     # w1's view of the group can trail its last decisions a little
         health = orjson.loads((await asyncio.to_thread(w1.get, "/health"))[1])
         if health["assigned"] == list(range(PARTITIONS)):

@@ -1,6 +1,6 @@
 """examples/notification_service.py against a live worker on the real broker: every proposal is
-handled once though one is delivered twice, none is sent after its end, and each answer it writes
-back is a valid `proposal-outcomes` record on the customer's partition."""
+handled once though one is delivered twice, none is sent after its end or once withdrawn, and each
+answer it writes back is a valid `proposal-outcomes` record on the customer's partition."""
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +36,10 @@ def _example():
 async def test_the_example_notification_service(broker, start_worker):
     ns = _example()
     lines = SCENARIO.read_bytes().splitlines()
-    expected = backtest_lines(lines, load_rules(), PARTITIONS).proposals
-    assert expected
+    result = backtest_lines(lines, load_rules(), PARTITIONS)
+    expected = result.proposals
+    cancelled = {r["proposal_id"] for r in result.statuses if r["status"] in ("withdrawn", "converted")}
+    assert expected and cancelled
     prefix = start_worker.prefix
     worker = start_worker()
     await asyncio.to_thread(worker.wait_healthy)
@@ -46,10 +48,17 @@ async def test_the_example_notification_service(broker, start_worker):
     again = got[0]       # at least once on the wire: the same proposal a second time
     await produce(broker.bootstrap, [(prefix + "proposals", again.key, again.value, again.timestamp)])
 
-    out, stop = io.StringIO(), asyncio.Event()
-    now = max(parse_ts(p["valid_until"]) for p in expected) + ns.DAY     # everything has come due
-    task = asyncio.create_task(ns.run(broker.bootstrap, prefix, group=prefix + "notifier", clock=lambda: now,
-                                      out=out, stop=stop))
+    out, stop, box = io.StringIO(), asyncio.Event(), ns.Outbox((22, 8))
+    clock = [0]                  # before every send time: nothing is sent until both topics are read
+    task = asyncio.create_task(ns.run(broker.bootstrap, prefix, group=prefix + "notifier", clock=lambda: clock[0],
+                                      out=out, stop=stop, box=box))
+
+    async def read_all():
+        while len(box.seen) < len(expected) or box.statuses < len(result.statuses):
+            assert not task.done(), task
+            await asyncio.sleep(0.1)     # the consumer's progress, in its own task: polled
+    await asyncio.wait_for(read_all(), 90)
+    clock[0] = max(parse_ts(p["valid_until"]) for p in expected) + ns.DAY     # everything has come due
 
     async def handled():
         while len([ln for ln in out.getvalue().splitlines() if ln.startswith(("sent ", "dropped "))]) < len(expected):
@@ -67,8 +76,8 @@ async def test_the_example_notification_service(broker, start_worker):
     for i in ids:
         p = by_id[i]
         on_time = ns.send_time(parse_ts(p["created_at"]), (22, 8)) < parse_ts(p["valid_until"])
-        assert (i in sent) == on_time, p
-    assert sent
+        assert (i in sent) == (on_time and i not in cancelled), p
+    assert sent and any(f"dropped {i}: withdrawn" in out.getvalue() for i in cancelled)
 
     def answers(records):
         return {orjson.loads(r.value)["proposal_id"]: r for r in records
