@@ -1,7 +1,7 @@
-"""The Redis read model: latest proposals and suppressions per customer.
+"""The Redis read model: latest proposals and suppressions per customer, and each one's lifecycle.
 
 Redis is a read model, never the source of truth: it can be dropped and
-rebuilt by replaying `proposals` and `proposals.suppressed` from the start.
+rebuilt by replaying `proposals`, `proposals.suppressed` and `proposal-status` from the start.
 Writes are idempotent by proposal_id: the first write of an id claims
 `upsell:proposal:<id>` with SET NX and, in the same Lua script run (one per batch
 of a kind), indexes it and counts it; a redelivered record changes nothing.
@@ -12,7 +12,9 @@ event time may be far in the past in a replay):
   upsell:suppressed:<id>                the suppressed proposal JSON; 90 days after it was written
   upsell:customer:<cid>:proposals       sorted set of ids by created_at; latest 50; 180 days after the last write
   upsell:customer:<cid>:suppressed      sorted set of ids by created_at; latest 50; 180 days after the last write
-  upsell:stats                          hash: proposals:<trigger>, suppressed:<trigger>:<reason>
+  upsell:status:<id>                    hash: status -> the proposal-status record JSON; 90 days after the last write
+  upsell:stats                          hash: proposals:<trigger>, suppressed:<trigger>:<reason>,
+                                        status:<trigger>:<status>
 
 The decisions come from a Kafka consumer of their own (`consumer`: aiokafka on the worker's
 event loop, consumer group `<UPSELL_APP_ID>-readmodel`), not from the engine's Faust consumer.
@@ -45,7 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.errors import send_dead_letter
 from rules.timeutil import DAY, parse_ts
-from schemas.outputs import PROPOSAL_SCHEMA, SUPPRESSED_SCHEMA, check
+from schemas.outputs import PROPOSAL_SCHEMA, STATUS_SCHEMA, SUPPRESSED_SCHEMA, check
 from schemas.validate import MAX_STRING
 from streams import deadletters, metrics
 from streams import topics as T
@@ -85,20 +87,25 @@ class ReadModelError(ValueError):
         super().__init__(f"read model: {error}")
 
 
+SCHEMAS = {"proposals": PROPOSAL_SCHEMA, "suppressed": SUPPRESSED_SCHEMA, "status": STATUS_SCHEMA}
+
+
 def read_decision(raw: bytes | None, kind: str) -> dict:
-    """A proposal (kind 'proposals') or suppression (kind 'suppressed') as the read model needs
-    it; ValueError saying what is wrong otherwise (the topics are ours, but anyone can write to
-    them, and one bad record must not cost its batch)."""
+    """A proposal (kind 'proposals'), suppression ('suppressed') or lifecycle record ('status')
+    as the read model needs it; ValueError saying what is wrong otherwise (the topics are ours,
+    but anyone can write to them, and one bad record must not cost its batch)."""
     try:
         p = orjson.loads(raw if raw is not None else b"")
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"malformed JSON: {exc}") from None
     if not isinstance(p, dict):
         raise ValueError(f"expected a JSON object, got {type(p).__name__}")
-    check(PROPOSAL_SCHEMA if kind == "proposals" else SUPPRESSED_SCHEMA, p)
+    check(SCHEMAS[kind], p)
     for name in ("proposal_id", "customer_id"):
         if not p[name] or len(p[name]) > MAX_STRING:
             raise ValueError(f"field '{name}': expected 1 to {MAX_STRING} characters")
+    if kind == "status":
+        return p
     created, until = parse_ts(p["created_at"]), parse_ts(p["valid_until"])
     latest = int(time.time() * 1000) + settings.max_ahead_ms
     if not CREATED_MIN <= created <= latest:
@@ -128,18 +135,44 @@ for i = 0, (#KEYS - 1) / 2 - 1 do
 end
 return n
 """
-_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # client -> its registered script
+# A batch of lifecycle records: the first of each (proposal, status) is kept in the proposal's
+# status hash and counted. KEYS: stats, then each record's hash. ARGV: TTL (ms), then each
+# record's status, bytes and stats field. Returns how many were new.
+_STATUS_LUA = """
+local n = 0
+for i = 0, #KEYS - 2 do
+  local key, a = KEYS[2 + i], 2 + 3 * i
+  if redis.call('HSETNX', key, ARGV[a], ARGV[a + 1]) == 1 then
+    redis.call('HINCRBY', KEYS[1], ARGV[a + 2], 1)
+    n = n + 1
+  end
+  redis.call('PEXPIRE', key, ARGV[1])
+end
+return n
+"""
+_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # client -> {script text: registered}
+
+
+def _script(r: aioredis.Redis, lua: str):
+    got = _scripts.setdefault(r, {})
+    if lua not in got:
+        got[lua] = r.register_script(lua)
+    return got[lua]
 
 
 async def record(r: aioredis.Redis, items: list[tuple[dict, bytes]], kind: str) -> int:
     """Write a batch of (decision, its bytes) from `read_decision` in one round trip and one
-    script run (`_RECORD_LUA`), in the order of the batch. A record seen before, in this batch or
-    an earlier one, changes nothing. Returns how many were new."""
+    script run (`_RECORD_LUA`, `_STATUS_LUA`), in the order of the batch. A record seen before, in
+    this batch or an earlier one, changes nothing. Returns how many were new."""
     if not items:
         return 0
-    script = _scripts.get(r)
-    if script is None:
-        script = _scripts[r] = r.register_script(_RECORD_LUA)
+    if kind == "status":
+        keys, args = ["upsell:stats"], [PROPOSAL_TTL_MS]
+        for p, raw in items:
+            keys.append(f"upsell:status:{p['proposal_id']}")
+            args += (p["status"], raw, f"status:{p['trigger']}:{p['status']}")
+        return int(await _script(r, _STATUS_LUA)(keys=keys, args=args, client=r))
+    script = _script(r, _RECORD_LUA)
     prefix = "proposal" if kind == "proposals" else "suppressed"
     keys, args = ["upsell:stats"], [PROPOSAL_TTL_MS, KEEP, CUSTOMER_TTL_MS]
     for p, raw in items:
@@ -153,7 +186,7 @@ async def record(r: aioredis.Redis, items: list[tuple[dict, bytes]], kind: str) 
 async def readable(messages, kind: str) -> list[tuple[dict, bytes]]:
     """A batch of the topic's records (aiokafka's ConsumerRecord) as `record` takes them; the
     unreadable ones are sent to dead-letters with the reason and their bytes."""
-    topic = "proposals" if kind == "proposals" else "proposals.suppressed"
+    topic = {"proposals": "proposals", "suppressed": "proposals.suppressed", "status": "proposal-status"}[kind]
     items = []
     for msg in messages:
         try:
@@ -163,17 +196,33 @@ async def readable(messages, kind: str) -> list[tuple[dict, bytes]]:
     return items
 
 
+_LATEST = ("converted", "declined", "withdrawn", "expired")     # which status a decision shows
+
+
 async def customer_view(r: aioredis.Redis, cid: str) -> dict:
+    """The customer's latest proposals and suppressions, newest first; each proposal, and each
+    decision held out, with its `status` now (`open` until a lifecycle record says otherwise:
+    `converted` wins over an earlier `expired`) and its `lifecycle` records."""
     out = {}
     for kind, prefix in (("proposals", "proposal"), ("suppressed", "suppressed")):
         ids = await r.zrevrange(f"upsell:customer:{cid}:{kind}", 0, -1)
         docs = await r.mget([f"upsell:{prefix}:{i.decode()}" for i in ids]) if ids else []
         out[kind] = [orjson.loads(d) for d in docs if d is not None]
+    followed = out["proposals"] + [s for s in out["suppressed"] if s["suppressed"]["reason"] == "holdout"]
+    if followed:
+        pipe = r.pipeline(transaction=False)
+        for p in followed:
+            pipe.hgetall(f"upsell:status:{p['proposal_id']}")
+        for p, got in zip(followed, await pipe.execute()):
+            records = {k.decode(): orjson.loads(v) for k, v in got.items()}
+            p["status"] = next((s for s in _LATEST if s in records), "open")
+            p["lifecycle"] = sorted(records.values(), key=lambda x: (x["at"], x["status"] != "expired"))
     return out
 
 
-# Topic name -> kind ("proposals", "suppressed"), prefixed as the worker's topics are.
-KINDS = {T.proposals.get_topic_name(): "proposals", T.suppressed.get_topic_name(): "suppressed"}
+# Topic name -> kind ("proposals", "suppressed", "status"), prefixed as the worker's topics are.
+KINDS = {T.proposals.get_topic_name(): "proposals", T.suppressed.get_topic_name(): "suppressed",
+         T.status.get_topic_name(): "status"}
 RETRY_S = (0.1, 0.5, 2.0, 5.0)      # waits between attempts while Redis cannot be written
 
 
@@ -195,7 +244,7 @@ async def write(messages: list) -> None:
     """A batch of records (aiokafka's): each topic's readable records written (`record`; the
     others are dead letters, sent once). While Redis cannot be reached the batch is written again,
     after a wait that grows to 5 s: the writes are idempotent. Returns once all are written."""
-    kinds = {"proposals": [], "suppressed": []}
+    kinds = {"proposals": [], "suppressed": [], "status": []}
     for msg in messages:
         kinds[KINDS[msg.topic]].append(msg)
     items = [(kind, await readable(batch, kind)) for kind, batch in kinds.items() if batch]

@@ -119,10 +119,11 @@ def check_topics(s, timeout: float = 10.0) -> None:
 
 
 def cmd_generate(a) -> None:
-    from streams.generate import generate
+    from streams.generate import Effect, generate
     rules = _rules(a.rules)
+    effect = Effect(a.treated_rate, a.control_rate, dict(a.variant_rate))
     out = sys.stdout.buffer if a.out in (None, "-") else _output(a.out)
-    for line in generate(a.customers, a.days, a.seed, a.start, rules, a.bad_rate):
+    for line in generate(a.customers, a.days, a.seed, a.start, rules, a.bad_rate, effect):
         out.write(line)
     out.flush()
 
@@ -135,6 +136,13 @@ def _date(text: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date such as 2025-01-01, got {text!r}") from None
     return text
+
+
+def _variant_rate(text: str) -> tuple[str, float]:
+    name, _, rate = text.partition("=")
+    if not name or not rate:
+        raise argparse.ArgumentTypeError(f"expected VARIANT=RATE, e.g. 15pct=0.3, got {text!r}")
+    return name, _share(rate)
 
 
 def _share(text: str) -> float:
@@ -393,7 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=7, help="random seed: the same seed, the same bytes (default 7)")
     g.add_argument("--start", type=_date, default="2025-01-01", help="first day, e.g. 2025-01-01")
     g.add_argument("--bad-rate", type=_share, default=0.001, help="share of deliberately invalid events")
-    g.add_argument("--rules", help="rules file whose catalog the customers buy from")
+    g.add_argument("--rules", help="rules file whose catalog the customers buy from (and whose holdout and "
+                   "experiments the decisions follow)")
+    g.add_argument("--treated-rate", type=_share, default=0.2,
+                   help="chance a proposal sent is accepted (default 0.2)")
+    g.add_argument("--control-rate", type=_share, default=0.05,
+                   help="chance a held-out customer does what would have been offered anyway (default 0.05)")
+    g.add_argument("--variant-rate", type=_variant_rate, action="append", default=[], metavar="VARIANT=RATE",
+                   help="the treated rate of an experiment variant's customers (repeatable)")
     g.add_argument("--out", help="file to write (default: stdout)")
     g.set_defaults(func=cmd_generate)
 

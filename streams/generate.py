@@ -8,6 +8,12 @@ intent), and proposal outcomes. Outcomes answer the proposals the default
 rules make on the generated stream so far (an in-loop backtest), so declines,
 cool-downs and accepted upgrades are consistent with the data. Same
 arguments, same bytes.
+
+The effect of a proposal is known (`Effect`): a proposal sent is accepted with the treated rate
+(per experiment variant if given), and a customer whose decision was held out (the rules file's
+`[holdout]`) does what would have been offered on their own with the control rate: moves to the
+offered plan or term, or orders the offered items. So the uplift `upsell simulate` measures can
+be checked against the rates that made the data.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Iterator
 import orjson
 
 from rules.config import Rules, load_rules
-from rules.engine import PROPOSAL, PartitionEngine
+from rules.engine import PROPOSAL, SUPPRESSED, PartitionEngine
 from rules.timeutil import DAY, format_ts, parse_ts
 from schemas.validate import validate
 from streams.recorded import dump_line
@@ -61,14 +67,27 @@ class _Ev:
     value: object = field(compare=False)
 
 
+@dataclass(frozen=True)
+class Effect:
+    """The truth behind the outcomes: the chance a proposal sent is accepted (`treated`, or the
+    customer's variant's in `by_variant`), and the chance a held-out customer does it anyway."""
+    treated: float = 0.2
+    control: float = 0.05
+    by_variant: dict = field(default_factory=dict)      # variant name -> treated rate
+
+    def rate(self, p: dict) -> float:
+        return self.by_variant.get(p.get("variant"), self.treated)
+
+
 class Generator:
     def __init__(self, customers: int, days: int, seed: int, start: str, rules: Rules,
-                 bad_rate: float = 0.001):
+                 bad_rate: float = 0.001, effect: Effect | None = None):
         self.rng = random.Random(seed)
         self.n, self.days, self.rules = customers, days, rules
         self.start = parse_ts(start if "T" in start else start + "T00:00:00Z")
         self.end = self.start + days * DAY
         self.bad_rate = bad_rate
+        self.effect = effect or Effect()
         self.queue: list[_Ev] = []
         self.seq = 0
         self.saas: dict[str, Saas] = {}
@@ -195,10 +214,17 @@ class Generator:
         self.emit(self.at(day_ms), "purchases", s.cid,
                   {"customer_id": s.cid, "order_id": f"o-{s.cid}-{s.orders}", "items": items, "currency": "JPY"})
 
-    def _outcomes(self, proposals: list[dict]) -> None:
+    def _outcomes(self, decisions: list[tuple[bool, dict]]) -> None:
         rng = self.rng
-        for p in proposals:
-            outcome = rng.choices(["accepted", "declined", "ignored"], weights=[20, 30, 50])[0]
+        for held, p in decisions:
+            if held:
+                if rng.random() < self.effect.control:
+                    when = parse_ts(p["created_at"]) + rng.randrange(1, 6) * DAY + rng.randrange(HOUR)
+                    self._on_their_own(p, when)
+                continue
+            rate = self.effect.rate(p)
+            weights = [20, 30, 50] if rate == 0.2 else [rate, (1 - rate) * 0.375, (1 - rate) * 0.625]
+            outcome = rng.choices(["accepted", "declined", "ignored"], weights=weights)[0]
             when = parse_ts(p["created_at"]) + rng.randrange(1, 6) * DAY + rng.randrange(HOUR)
             cid = p["customer_id"]
             self.emit(when, "proposal-outcomes", cid, {"customer_id": cid, "proposal_id": p["proposal_id"],
@@ -217,6 +243,35 @@ class Generator:
             elif "skus" in offer and cid in self.shoppers:
                 self._order(self.shoppers[cid], when + 2 * HOUR - (when + 2 * HOUR) % DAY, offer["skus"])
 
+    def _on_their_own(self, p: dict, when: int) -> None:
+        """A held-out customer does what its decision would have offered, unasked, at `when`."""
+        offer, cid = p["offer"], p["customer_id"]
+        c = self.saas.get(cid)
+        if "plan" in offer and c is not None:
+            if "term" in offer:
+                c.term = "annual"
+                c.renews_at = (c.renews_at or when) + 365 * DAY
+                self.emit(when, "contracts", cid, {"customer_id": cid, "plan": c.plan, "term": "annual",
+                                                   "renews_at": format_ts(c.renews_at)})
+                return
+            old, new = self.rules.plan_by_name[c.plan], self.rules.plan_by_name[offer["plan"]]
+            for m in METRICS:
+                c.ratios[m] *= old.limits[m] / new.limits[m]
+            c.plan = new.name
+            self.emit(when, "customers", cid, {"customer_id": cid, "plan": new.name})
+            return
+        if "line" in offer:
+            line = next(ln for ln in self.rules.volume_lines if ln.name == offer["line"])
+            sku = offer.get("sku") or next(iter(self.rules.products))
+            items = ([{"sku": sku, "qty": line.min_qty, "price": self.rules.products[sku]["price"]}]
+                     if "sku" in offer else [{"sku": sku, "qty": 1, "price": line.min_total}])
+        elif "skus" in offer:
+            items = [{"sku": s, "qty": 1, "price": self.rules.products[s]["price"]} for s in offer["skus"]]
+        else:
+            return
+        self.emit(when, "purchases", cid, {"customer_id": cid, "order_id": f"o-{cid}-own-{self.seq}",
+                                           "items": items, "currency": "JPY"})
+
     # ---------------------------------------------------------------- run --
     def run(self) -> Iterator[bytes]:
         self.setup()
@@ -230,8 +285,8 @@ class Generator:
             made = []
             for ev in batch:
                 clean = validate(ev.topic, ev.value, key=ev.key, plans=self.rules.plan_by_name)
-                made.extend(p for kind, p in self.engine.tick(ev.ts) if kind == PROPOSAL)
-                made.extend(p for kind, p in self.engine.push(ev.topic, ev.key, ev.ts, clean) if kind == PROPOSAL)
+                made.extend(_decisions(self.engine.tick(ev.ts)))
+                made.extend(_decisions(self.engine.push(ev.topic, ev.key, ev.ts, clean)))
                 value = ev.value
                 if rng.random() < self.bad_rate:
                     value = self._corrupt(value)
@@ -253,6 +308,12 @@ class Generator:
         return bad
 
 
+def _decisions(out: list) -> list[tuple[bool, dict]]:
+    """(held out, decision) of the proposals sent and the decisions held out."""
+    return [(kind == SUPPRESSED, p) for kind, p in out
+            if kind == PROPOSAL or (kind == SUPPRESSED and p["suppressed"]["reason"] == "holdout")]
+
+
 def generate(customers: int = 1000, days: int = 120, seed: int = 7, start: str = "2025-01-01",
-             rules: Rules | None = None, bad_rate: float = 0.001) -> Iterator[bytes]:
-    return Generator(customers, days, seed, start, rules or load_rules(), bad_rate).run()
+             rules: Rules | None = None, bad_rate: float = 0.001, effect: Effect | None = None) -> Iterator[bytes]:
+    return Generator(customers, days, seed, start, rules or load_rules(), bad_rate, effect).run()

@@ -107,20 +107,30 @@ class Measure:
         return bool(self.treated or self.held)
 
     def rows(self) -> list[dict]:
-        """Per (trigger, kind): the figures of the table, as numbers."""
-        out = []
-        for key in sorted(set(self.treated) | set(self.held)):
-            t, h = self.treated.get(key, Group()), self.held.get(key, Group())
-            row = {"trigger": key[0], "kind": key[1], "proposals": t.decisions, "converted": t.converted,
-                   "rate": t.converted / t.decisions if t.decisions else None,
-                   "expansion_mrr": round(t.expansion_mrr, 2), "order_value": round(t.order_value, 2),
-                   "declined": t.ends["declined"], "withdrawn": t.ends["withdrawn"],
-                   "held_out": h.decisions, "held_converted": h.converted,
-                   "held_rate": h.converted / h.decisions if h.decisions else None, "uplift": None}
-            if t.decisions and h.decisions:
-                row["uplift"] = newcombe(t.converted, t.decisions, h.converted, h.decisions)
-            out.append(row)
-        return out
+        """Per (trigger, kind), then all of them pooled ("total"): the figures of the table."""
+        keys = sorted(set(self.treated) | set(self.held))
+        out = [self._row(key, self.treated.get(key, Group()), self.held.get(key, Group())) for key in keys]
+        pooled_t, pooled_h = Group(), Group()
+        for groups, pooled in ((self.treated, pooled_t), (self.held, pooled_h)):
+            for g in groups.values():
+                pooled.decisions += g.decisions
+                pooled.converted += g.converted
+                pooled.expansion_mrr += g.expansion_mrr
+                pooled.order_value += g.order_value
+                pooled.ends.update(g.ends)
+        return out + [self._row(("total", ""), pooled_t, pooled_h)]
+
+    @staticmethod
+    def _row(key: tuple, t: Group, h: Group) -> dict:
+        row = {"trigger": key[0], "kind": key[1], "proposals": t.decisions, "converted": t.converted,
+               "rate": t.converted / t.decisions if t.decisions else None,
+               "expansion_mrr": round(t.expansion_mrr, 2), "order_value": round(t.order_value, 2),
+               "declined": t.ends["declined"], "withdrawn": t.ends["withdrawn"],
+               "held_out": h.decisions, "held_converted": h.converted,
+               "held_rate": h.converted / h.decisions if h.decisions else None, "uplift": None}
+        if t.decisions and h.decisions:
+            row["uplift"] = newcombe(t.converted, t.decisions, h.converted, h.decisions)
+        return row
 
     def variant_rows(self) -> list[dict]:
         """Per experiment and variant: rate, Wilson interval, and the p-value against the first
@@ -157,6 +167,8 @@ def table(m: Measure) -> str:
                  "held out", "held rate", "uplift [95% CI]"):
         t.add_column(name, justify="left" if name in ("trigger", "kind") else "right")
     for r in m.rows():
+        if r["trigger"] == "total":
+            t.add_section()
         u = r["uplift"]
         uplift = "-" if u is None else f"{u[0]:+.1%} [{u[1]:+.1%}, {u[2]:+.1%}]"
         t.add_row(r["trigger"], r["kind"], str(r["proposals"]), str(r["converted"]), _pct(r["rate"]),

@@ -4,6 +4,7 @@ customer's decision is recorded as suppressed (holdout), never sent; a bad defin
 start with file:line."""
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -33,7 +34,7 @@ reason = "(10% for the first year)"
 
 
 def rules_with(extra: str = "", holdout: str = "share = 0.0"):
-    text = default_rules_text().replace("[holdout]\nshare = 0.0", f"[holdout]\n{holdout}")
+    text = re.sub(r"\[holdout\]\nshare = [0-9.]+", f"[holdout]\n{holdout}", default_rules_text())
     return parse_rules(text + extra, "test.toml")
 
 

@@ -54,7 +54,9 @@ def test_decisions_conversions_revenue_and_uplift_are_counted_once_each():
         m.add("status", _converted(pid))
     m.add("status", _converted("h0", held=True))
     m.add("status", {**_converted("t3"), "status": "declined"})
-    [row] = m.rows()
+    row, total = m.rows()
+    assert total["trigger"] == "total" and {k: total[k] for k in ("proposals", "converted", "held_out")} == \
+        {k: row[k] for k in ("proposals", "converted", "held_out")}
     assert (row["proposals"], row["converted"], row["expansion_mrr"], row["declined"]) == (10, 3, 300.0, 1)
     assert (row["held_out"], row["held_converted"]) == (20, 1)
     assert row["uplift"] == pytest.approx(newcombe(3, 10, 1, 20))

@@ -290,7 +290,7 @@ async def test_two_workers_share_partitions_and_take_over(broker, redis_server, 
     assert w1.proc.poll() is None
     # the read models' own group hands w2's decision partitions to w1 too, whose read model
     # writes every proposal to Redis, those w2 had fetched but not committed included
-    everything = {"proposals": list(range(PARTITIONS)), "suppressed": list(range(PARTITIONS))}
+    everything = {kind: list(range(PARTITIONS)) for kind in ("proposals", "suppressed", "status")}
     customers = {p["customer_id"] for p in want.values()}
     for _ in range(300):
         health = orjson.loads((await asyncio.to_thread(w1.get, "/health"))[1])

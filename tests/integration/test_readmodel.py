@@ -91,6 +91,44 @@ async def test_batches_leave_redis_as_one_record_at_a_time_would(redis_server):
         await single.aclose()
 
 
+def _status(pid: str, state: str, at: int, **kw) -> bytes:
+    r = {"schema": 1, "status_id": f"{pid}-{state}", "proposal_id": pid, "customer_id": "c0",
+         "trigger": "usage_limit", "kind": "upsell", "status": state, "at": format_ts(at),
+         "created_at": format_ts(T0), "holdout": False, **kw}
+    return orjson.dumps(r)
+
+
+async def test_the_lifecycle_is_kept_once_per_status_and_shown_with_each_proposal(redis_server):
+    """proposal-status records: each (proposal, status) kept and counted once however often it
+    comes; the customer's view gives each proposal its status now and its records."""
+    r = aioredis.from_url(redis_server.url.rsplit("/", 1)[0] + "/6")
+    try:
+        await r.flushdb()
+        for i in range(3):
+            raw = orjson.dumps(_full(proposal_id=f"p{i}", created_at=format_ts(T0 + i)))
+            await record(r, [(read_decision(raw, "proposals"), raw)], "proposals")
+        expired = _status("p0", "expired", T0 + 30 * DAY)
+        converted = _status("p0", "converted", T0 + 31 * DAY, via="observed",
+                            revenue={"mrr_before": 5000, "mrr_after": 20000, "expansion_mrr": 15000})
+        withdrawn = _status("p1", "withdrawn", T0 + DAY, reason="unhappy_customer", detail="ticket t-1")
+        batch = [converted, expired, withdrawn, expired]          # out of order, and one twice
+        assert await record(r, [(read_decision(b, "status"), b) for b in batch], "status") == 3
+        assert await record(r, [(read_decision(withdrawn, "status"), withdrawn)], "status") == 0
+        assert await r.hgetall("upsell:stats") == {b"proposals:usage_limit": b"3",
+                                                   b"status:usage_limit:converted": b"1",
+                                                   b"status:usage_limit:expired": b"1",
+                                                   b"status:usage_limit:withdrawn": b"1"}
+        assert await r.pttl("upsell:status:p0") > 0
+        view = {p["proposal_id"]: p for p in (await readmodel.customer_view(r, "c0"))["proposals"]}
+        assert {i: p["status"] for i, p in view.items()} == {"p0": "converted", "p1": "withdrawn", "p2": "open"}
+        assert [x["status"] for x in view["p0"]["lifecycle"]] == ["expired", "converted"]
+        assert view["p2"]["lifecycle"] == []
+        with pytest.raises(ValueError, match="reason"):
+            read_decision(_status("p1", "withdrawn", T0), "status")          # a withdrawal says why
+    finally:
+        await r.aclose()
+
+
 @pytest.mark.parametrize("raw, reason", [
     (b"{oops", "malformed JSON"),
     (b"[1]", "expected a JSON object"),
