@@ -232,9 +232,16 @@ def _check_alternatives(alternatives: list, value, path: str, exactly_one: bool)
             check(alt, value, path)
             matched += 1
         except ValueError as exc:
-            errors.append(str(exc))
+            # the alternative whose discriminator (its const and enum fields: trigger, status)
+            # matches says best what is wrong
+            chosen = {k: v for k, v in alt.get("properties", {}).items() if "const" in v or "enum" in v}
+            try:
+                check({"properties": chosen}, value, path)
+                applies = True
+            except ValueError:
+                applies = False
+            errors.append((not applies, str(exc)))
     if matched == 0:
-        # the alternative whose discriminator matched says best what is wrong
-        raise ValueError(min(errors, key=lambda e: ("trigger" in e or "kind" in e, len(e))))
+        raise ValueError(min(errors, key=lambda e: (e[0], len(e[1])))[1])
     if exactly_one and matched > 1:
         raise ValueError(f"field '{path or '(value)'}': matches {matched} alternatives, expected one")

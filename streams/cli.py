@@ -166,7 +166,7 @@ def _positive(text: str) -> int:
 
 
 def cmd_simulate(a) -> None:
-    from streams.backtest import backtest_lines, compare, compare_table, summary
+    from streams.backtest import Tally, backtest_lines, compare, compare_table, summary
     from streams.settings import SettingsError, env_max_ahead, env_partitions, env_wrong_partition
     try:
         if a.partitions is None:
@@ -176,11 +176,17 @@ def cmd_simulate(a) -> None:
         fail(str(exc))
     rules = _rules(a.rules)
     other_rules = _rules(a.compare) if a.compare else None
+    if a.report:
+        _report_extra()
+        _output(a.report).close()       # an unwritable path: one line, before any work
     if a.jobs == 1 and not a.compare:
         _simulate_streaming(a, rules, max_ahead, wrong)
         return
     lines = _input(a.file).read().splitlines()
     result = backtest_lines(lines, rules, a.partitions, max_ahead, wrong, a.jobs)
+    other = backtest_lines(lines, other_rules, a.partitions, max_ahead, wrong, a.jobs) if a.compare else None
+    if a.report:
+        _write_report(a, Tally.of(result).measure, Tally.of(other).measure if other is not None else None)
     if a.status:
         with _output(a.status) as f:
             f.write(result.status_lines())
@@ -191,7 +197,6 @@ def cmd_simulate(a) -> None:
         sys.stdout.buffer.write(result.proposal_lines())
     print(summary(result), file=sys.stderr if not a.out and not a.compare else sys.stdout)
     if a.compare:
-        other = backtest_lines(lines, other_rules, a.partitions, max_ahead, wrong, a.jobs)
         diff = compare(result, other)
         print(f"\n--compare {a.compare}: {len(diff['appear'])} appear, {len(diff['disappear'])} disappear, "
               f"{len(diff['change'])} change\n")
@@ -224,7 +229,25 @@ def _simulate_streaming(a, rules, max_ahead, wrong) -> None:
     if outcome.loaded_whole:
         print(f"upsell: note: {outcome.loaded_whole}: the recording was loaded whole to sort it",
               file=sys.stderr)
+    if a.report:
+        _write_report(a, outcome.tally.measure, None)
     print(summary(outcome.tally), file=sys.stdout if a.out else sys.stderr)
+
+
+def _report_extra() -> None:
+    """--report needs matplotlib: one line naming the extra, before any work."""
+    from streams.report import MissingExtra, _pyplot
+    try:
+        _pyplot()
+    except MissingExtra as exc:
+        fail(str(exc))
+
+
+def _write_report(a, measure, other) -> None:
+    from streams.report import render
+    text = render(measure, a.rules or "the bundled rules", other, a.compare or "")
+    with _output(a.report) as f:
+        f.write(text.encode())
 
 
 def cmd_replay(a) -> None:
@@ -387,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rules", help="rules file (default: UPSELL_RULES, else the bundled rules)")
     s.add_argument("--out", help="write proposals here instead of stdout")
     s.add_argument("--status", metavar="FILE", help="write the proposal-status records (the lifecycle) here")
+    s.add_argument("--report", metavar="FILE.html", help="write a report with charts (needs the report extra)")
     s.add_argument("--compare", metavar="RULES2", help="diff the proposals against a second rules file")
     s.add_argument("--partitions", type=_positive, default=None,
                    help="partition count of the live topics (co-purchase counts are per partition); "

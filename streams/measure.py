@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from io import StringIO
 
 from rich import box
@@ -60,9 +61,18 @@ def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
 class Group:
     decisions: int = 0
     converted: int = 0
-    ends: Counter = field(default_factory=Counter)        # declined, withdrawn, expired (not converted)
+    ends: Counter = field(default_factory=Counter)        # declined, withdrawn, expired (records)
+    expired_then_converted: int = 0
     expansion_mrr: float = 0.0
     order_value: float = 0.0
+
+    def funnel(self) -> dict[str, int]:
+        """How each decision ended: converted, declined, withdrawn, expired (and not converted
+        after), or still open when the recording ended."""
+        expired = self.ends["expired"] - self.expired_then_converted
+        ended = self.converted + self.ends["declined"] + self.ends["withdrawn"] + expired
+        return {"converted": self.converted, "declined": self.ends["declined"],
+                "withdrawn": self.ends["withdrawn"], "expired": expired, "open": self.decisions - ended}
 
 
 class Measure:
@@ -73,6 +83,8 @@ class Measure:
         self.held: dict = defaultdict(Group)
         self.variants: dict = defaultdict(Group)     # (experiment, variant) -> Group (treated)
         self._converted: set[str] = set()            # proposal ids (a converted record may repeat on the wire)
+        self._expired: set[str] = set()              # proposal ids expired and not converted (yet)
+        self.weekly: Counter = Counter()             # (Monday of the week, trigger) -> proposals sent
 
     def add(self, kind: str, p: dict) -> None:
         """A backtest's output: kind "proposal", "suppressed" or "status" (rules.engine)."""
@@ -83,8 +95,10 @@ class Measure:
             return
         group = (self.treated if kind == "proposal" else self.held)[(p["trigger"], p["kind"])]
         group.decisions += 1
-        if kind == "proposal" and "experiment" in p:
-            self.variants[(p["experiment"], p["variant"])].decisions += 1
+        if kind == "proposal":
+            self.weekly[(week_of(p["created_at"]), p["trigger"])] += 1
+            if "experiment" in p:
+                self.variants[(p["experiment"], p["variant"])].decisions += 1
 
     def _status(self, r: dict) -> None:
         groups = [(self.held if r["holdout"] else self.treated)[(r["trigger"], r["kind"])]]
@@ -94,12 +108,19 @@ class Measure:
             if r["proposal_id"] in self._converted:
                 return
             self._converted.add(r["proposal_id"])
+            after_expiry = r["proposal_id"] in self._expired
+            self._expired.discard(r["proposal_id"])
             revenue = r.get("revenue", {})
             for g in groups:
                 g.converted += 1
+                g.expired_then_converted += after_expiry
                 g.expansion_mrr += revenue.get("expansion_mrr", 0.0)
                 g.order_value += revenue.get("order_value", 0.0)
         else:
+            if r["status"] == "expired":
+                if r["proposal_id"] in self._expired:
+                    return                          # again on the wire
+                self._expired.add(r["proposal_id"])
             for g in groups:
                 g.ends[r["status"]] += 1
 
@@ -148,6 +169,12 @@ class Measure:
                 row["significant"] = row["p_value"] < ALPHA
             out.append(row)
         return out
+
+
+def week_of(created_at: str) -> str:
+    """The Monday (a day, YYYY-MM-DD) of the week of an RFC 3339 UTC time."""
+    day = date.fromisoformat(created_at[:10])
+    return (day - timedelta(days=day.weekday())).isoformat()
 
 
 def _pct(x: float | None) -> str:

@@ -32,7 +32,7 @@ def test_two_proportion_test_equals_pearsons_chi_square_on_the_2x2_table():
 
 
 def _decision(pid, trigger="renewal", held=False, **kw):
-    p = {"proposal_id": pid, "trigger": trigger, "kind": "upsell", **kw}
+    p = {"proposal_id": pid, "trigger": trigger, "kind": "upsell", "created_at": "2026-01-07T09:00:00Z", **kw}
     if held:
         p["suppressed"] = {"reason": "holdout"}
     return p

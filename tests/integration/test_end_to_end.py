@@ -86,6 +86,18 @@ async def test_golden_scenario_through_the_live_worker(broker, redis_server, sta
     status, metrics = await asyncio.to_thread(worker.get, "/metrics")
     assert b'upsell_dead_letters_total{topic="purchases"} 1' in metrics
     assert b'upsell_proposals_total{trigger="season"} 1' in metrics
+    # a proposal's lifecycle: withdrawn on the topic, in the read model's view and in /metrics
+    [gone] = [r for r in expected.statuses if r["status"] == "withdrawn"]
+    for _ in range(100):
+        view = orjson.loads((await asyncio.to_thread(worker.get, f"/customers/{gone['customer_id']}"))[1])
+        shown = {p["proposal_id"]: p.get("status") for p in view["proposals"]}
+        if shown.get(gone["proposal_id"]) == "withdrawn":
+            break
+        await asyncio.sleep(0.1)    # the read model runs behind proposal-status
+    assert shown[gone["proposal_id"]] == "withdrawn", shown
+    status, metrics = await asyncio.to_thread(worker.get, "/metrics")
+    assert (f'upsell_proposal_status_total{{group="treated",status="withdrawn",trigger="{gone["trigger"]}"}} 1'
+            .encode() in metrics), metrics
 
 
 async def test_generated_stream_matches_backtest(broker, redis_server, start_worker):
