@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from rules.config import load_rules
 from rules.engine import INPUT_TOPICS
 from rules.timeutil import format_ts, parse_ts
-from streams.backtest import backtest_lines, end_of_stream, last_event_time, status_order
+from streams.backtest import backtest_lines, end_of_stream, last_event_time
 from streams.deadletters import original_bytes
 from streams.embedded import EmbeddedRedis, free_port, metric_sum
 from streams.generate import generate
@@ -25,6 +25,7 @@ from tests.integration.conftest import PARTITIONS, consume, loads, produce
 
 pytestmark = pytest.mark.integration
 SCENARIO = Path(__file__).parent.parent / "scenarios" / "saas_and_shop.jsonl"
+SAMPLE = Path(__file__).parents[2] / "streams" / "data" / "sample.jsonl"
 
 
 def _key(p):
@@ -52,9 +53,9 @@ async def _replay_and_compare(broker, redis_server, start_worker, lines):
     sup = loads(await consume(broker.bootstrap, start_worker.prefix + "proposals.suppressed",
                               len(expected.suppressed)))
     assert sorted(sup, key=_key) == sorted(expected.suppressed, key=_key)
-    # the lifecycle: the same records, in the backtest's order once sorted like it
-    status = loads(await consume(broker.bootstrap, start_worker.prefix + "proposal-status", len(expected.statuses)))
-    assert sorted(status, key=status_order) == expected.statuses
+    # the lifecycle: the same records, byte for byte
+    status = await consume(broker.bootstrap, start_worker.prefix + "proposal-status", len(expected.statuses))
+    assert sorted(m.value for m in status) == sorted(expected.status_lines().splitlines())
     return worker, expected, got
 
 
@@ -98,6 +99,13 @@ async def test_golden_scenario_through_the_live_worker(broker, redis_server, sta
     status, metrics = await asyncio.to_thread(worker.get, "/metrics")
     assert (f'upsell_proposal_status_total{{group="treated",status="withdrawn",trigger="{gone["trigger"]}"}} 1'
             .encode() in metrics), metrics
+
+
+async def test_bundled_sample_matches_backtest_with_its_lifecycle(broker, redis_server, start_worker):
+    lines = SAMPLE.read_bytes().splitlines()
+    worker, expected, got = await _replay_and_compare(broker, redis_server, start_worker, lines)
+    assert len(expected.statuses) > 50 and {r["status"] for r in expected.statuses} == {
+        "converted", "declined", "expired", "withdrawn"}
 
 
 async def test_generated_stream_matches_backtest(broker, redis_server, start_worker):
