@@ -285,7 +285,8 @@ def cmd_tail(a) -> None:
     from streams.kafka import bootstrap_of
     from streams.tail import tail
     s = _settings()
-    topic = s.topic_prefix + ("proposals.suppressed" if a.suppressed else "proposals")
+    topic = s.topic_prefix + ("proposals.suppressed" if a.suppressed else "proposal-status" if a.status
+                              else "proposals")
     reach_broker(s, [topic])
     try:
         asyncio.run(tail(bootstrap_of(s.broker), topic, a.from_beginning, security=s.kafka, as_json=a.json))
@@ -438,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tail", help="follow the proposals topic")
     t.add_argument("--from-beginning", action="store_true", help="from the topic's start, not its end")
-    t.add_argument("--suppressed", action="store_true", help="follow proposals.suppressed instead")
+    which = t.add_mutually_exclusive_group()
+    which.add_argument("--suppressed", action="store_true", help="follow proposals.suppressed instead")
+    which.add_argument("--status", action="store_true", help="follow proposal-status (the lifecycle) instead")
     t.add_argument("--json", action="store_true", help="each record's JSON as it is, one per line")
     t.set_defaults(func=cmd_tail)
     return p

@@ -1,4 +1,5 @@
-"""`upsell tail`: follow the proposals topic, readable or as JSON Lines."""
+"""`upsell tail`: follow the proposals topic (or proposals.suppressed, or proposal-status),
+readable or as JSON Lines."""
 from __future__ import annotations
 
 import sys
@@ -35,6 +36,19 @@ def pretty(p: dict, suppressed: bool = False, partition: int | None = None) -> s
     return head + "\n" + textwrap.shorten(why, WIDTH - 4, placeholder="...", initial_indent="    ")
 
 
+def pretty_status(r: dict, partition: int | None = None) -> str:
+    """One line: when, who, the decision's id, what became of it and why or how much."""
+    where = f"p{partition:<2} " if partition is not None else ""
+    head = (f"{where}{r['at'][:16].replace('T', ' ')}  {r['customer_id']:<10} {r['trigger']:<15} "
+            f"{r['proposal_id'][:12]}  {r['status']}{' (held out)' if r['holdout'] else ''}")
+    if r["status"] == "converted":
+        money = ", ".join(f"{k} {v:,.0f}" for k, v in r["revenue"].items())
+        head += f" via {r['via']}: {money}"
+    elif r["status"] == "withdrawn":
+        head += f": {r['reason']}, {r['detail']}"
+    return textwrap.shorten(head, WIDTH, placeholder="...")
+
+
 async def tail(bootstrap: str, topic: str, from_beginning: bool = False, limit: int | None = None,
                out=sys.stdout, security=None, as_json: bool = False) -> None:
     """Print each decision of `topic` as it comes (from its start with `from_beginning`): the
@@ -43,14 +57,15 @@ async def tail(bootstrap: str, topic: str, from_beginning: bool = False, limit: 
     consumer = AIOKafkaConsumer(topic, **client_kwargs(bootstrap, security),
                                 auto_offset_reset="earliest" if from_beginning else "latest",
                                 enable_auto_commit=False)
-    suppressed = topic.endswith("suppressed")
+    suppressed, lifecycle = topic.endswith("suppressed"), topic.endswith("proposal-status")
     try:
         await consumer.start()
         seen = 0
         async for msg in consumer:
             try:
                 p = orjson.loads(msg.value)
-                out.write((msg.value.decode() if as_json else pretty(p, suppressed)) + "\n")
+                out.write((msg.value.decode() if as_json else pretty_status(p) if lifecycle
+                           else pretty(p, suppressed)) + "\n")
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
                 # anything else on the topic: said on stderr, so --json's output stays JSON Lines
                 print(f"upsell tail: not a decision at offset {msg.offset} of partition {msg.partition}",

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from streams.embedded import free_port
-from streams.tail import WIDTH, pretty
+from streams.tail import WIDTH, pretty, pretty_status
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "streams" / "data" / "sample.jsonl"
@@ -117,6 +117,21 @@ def test_a_readable_proposal_fits_its_width_and_shows_its_id(suppressed):
             assert why.startswith("    ")
             assert "_name" not in head                 # parts shown by their display names
             assert ("suppressed (" in why) is suppressed
+
+
+def test_a_readable_lifecycle_record_is_one_line_saying_what_became_of_the_proposal():
+    from rules.config import load_rules
+    from streams.backtest import backtest_lines
+    result = backtest_lines(SAMPLE.read_bytes().splitlines(), load_rules(), 8)
+    seen = set()
+    for r in result.statuses:
+        line = pretty_status(r, 5)
+        assert len(line) <= WIDTH and "\n" not in line and r["proposal_id"][:12] in line
+        assert r["status"] in line and ("via " in line) is (r["status"] == "converted")
+        seen.add(r["status"])
+        if r["status"] == "withdrawn":
+            assert r["reason"] in line
+    assert seen == {"converted", "declined", "expired", "withdrawn"}
 
 
 def test_compare_prints_a_table_per_trigger_before_the_proposals(tmp_path):
