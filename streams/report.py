@@ -112,37 +112,38 @@ def conversion_chart(plt, treated: dict[str, Group], held: dict[str, Group]) -> 
     return _png(fig)
 
 
+def _intervals(plt, labels: list[str], values: list[float], lo: list[float], hi: list[float], xlabel: str,
+               title: str, zero: bool = False) -> str:
+    """One point a row with its interval [lo, hi], the first row on top."""
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(labels) + 1.5))
+    ax.errorbar(values, range(len(labels)), xerr=[[v - a for v, a in zip(values, lo)],
+                                                  [b - v for v, b in zip(values, hi)]], fmt="o", capsize=4)
+    if zero:
+        ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _png(fig)
+
+
 def uplift_chart(plt, rows: list[dict]) -> str | None:
     rows = [r for r in rows if r["uplift"] is not None]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
-    names = [r["trigger"] + ("" if r["trigger"] == "total" else f" ({r['kind']})") for r in rows]
-    d = [r["uplift"][0] for r in rows]
-    ax.errorbar(d, range(len(rows)), xerr=[[r["uplift"][0] - r["uplift"][1] for r in rows],
-                                           [r["uplift"][2] - r["uplift"][0] for r in rows]],
-                fmt="o", capsize=4)
-    ax.axvline(0, color="grey", linewidth=1)
-    ax.set_yticks(range(len(rows)), names)
-    ax.invert_yaxis()
-    ax.set_xlabel("uplift: treated rate - held-out rate (95% Newcombe interval)")
-    ax.set_title("Uplift over the holdout group")
-    return _png(fig)
+    return _intervals(plt, [r["trigger"] + ("" if r["trigger"] == "total" else f" ({r['kind']})") for r in rows],
+                      *zip(*(r["uplift"] for r in rows)),
+                      "uplift: treated rate - held-out rate (95% Newcombe interval)", "Uplift over the holdout group",
+                      zero=True)
 
 
 def variants_chart(plt, rows: list[dict]) -> str | None:
     rows = [r for r in rows if r["interval"] is not None]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
-    ax.errorbar([r["rate"] for r in rows], range(len(rows)),
-                xerr=[[r["rate"] - r["interval"][0] for r in rows], [r["interval"][1] - r["rate"] for r in rows]],
-                fmt="o", capsize=4)
-    ax.set_yticks(range(len(rows)), [f"{r['experiment']}: {r['variant']}" for r in rows])
-    ax.invert_yaxis()
-    ax.set_xlabel("conversion rate (95% Wilson interval)")
-    ax.set_title("Variant against variant")
-    return _png(fig)
+    return _intervals(plt, [f"{r['experiment']}: {r['variant']}" for r in rows], [r["rate"] for r in rows],
+                      [r["interval"][0] for r in rows], [r["interval"][1] for r in rows],
+                      "conversion rate (95% Wilson interval)", "Variant against variant")
 
 
 def compare_chart(plt, before: Measure, after: Measure) -> str:

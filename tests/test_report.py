@@ -13,20 +13,10 @@ from rules.config import default_rules_text
 from streams.backtest import Tally, backtest_lines
 from streams.generate import generate
 from tests.test_cli import ROOT, one_line_mistake, upsell
+from tests.test_experiments import EXPERIMENT
 
 image = pytest.importorskip("matplotlib.image")
 
-EXPERIMENT = """
-[[experiments]]
-name = "renewal-discount"
-triggers = ["renewal"]
-[[experiments.variants]]
-name = "10pct"
-offer = { discount_pct = 10 }
-[[experiments.variants]]
-name = "15pct"
-offer = { discount_pct = 15 }
-"""
 
 
 @pytest.fixture(scope="module")

@@ -287,20 +287,11 @@ async def test_two_workers_share_partitions_and_take_over(broker, redis_server, 
         await _end_markers(broker, start_worker.prefix, last_event_time(evs))
     want = {p["proposal_id"]: p for p in expected.proposals}
     # a redelivered event re-emits the same proposal: wait for the set of ids, then compare content
-    got = await consume(broker.bootstrap, start_worker.prefix + "proposals", len(want), timeout=120,
-                        until=lambda msgs: {orjson.loads(m.value)["proposal_id"] for m in msgs} >= set(want))
-    by_id = {}
-    for p in loads(got):
-        assert by_id.setdefault(p["proposal_id"], p) == p, ("a redelivery changed a proposal", by_id[p["proposal_id"]], p)
+    by_id = await _each_once(broker, start_worker.prefix + "proposals", "proposal_id", want)
     assert by_id == want, _differences(by_id, want)
     # the lifecycle records too: each once or again the same, none lost with the killed worker
     changes = {r["status_id"]: r for r in expected.statuses}
-    got = await consume(broker.bootstrap, start_worker.prefix + "proposal-status", len(changes), timeout=120,
-                        until=lambda msgs: {orjson.loads(m.value)["status_id"] for m in msgs} >= set(changes))
-    seen = {}
-    for r in loads(got):
-        assert seen.setdefault(r["status_id"], r) == r
-    assert changes and seen == changes
+    assert changes and await _each_once(broker, start_worker.prefix + "proposal-status", "status_id", changes) == changes
     for _ in range(300):     # w1's view of the group can trail its last decisions a little
         health = orjson.loads((await asyncio.to_thread(w1.get, "/health"))[1])
         if health["assigned"] == list(range(PARTITIONS)):
@@ -320,6 +311,17 @@ async def test_two_workers_share_partitions_and_take_over(broker, redis_server, 
         await asyncio.sleep(0.1)    # another process's group and writes: polled
     assert health["readmodel"]["assigned"] == everything
     assert await _redis_ids(redis_server.url, customers) >= set(want)
+
+
+async def _each_once(broker, topic: str, id_field: str, want: dict) -> dict:
+    """The records of `topic` by id, read until every id of `want` came: a redelivered record is
+    the same again (a repeat that differs fails)."""
+    got = await consume(broker.bootstrap, topic, len(want), timeout=120,
+                        until=lambda msgs: {orjson.loads(m.value)[id_field] for m in msgs} >= set(want))
+    by_id = {}
+    for r in loads(got):
+        assert by_id.setdefault(r[id_field], r) == r, ("a redelivery changed a record", by_id[r[id_field]], r)
+    return by_id
 
 
 def _differences(got: dict, want: dict) -> str:
@@ -389,11 +391,7 @@ async def test_restart_on_rocksdb_store_resumes_from_local_state(broker, redis_s
     await _publish(broker, start_worker.prefix, rest, final=True)
     await asyncio.to_thread(w2.wait_events_in, 1)      # fails at once if the worker has stopped
     want = {p["proposal_id"]: p for p in expected.proposals}
-    got = await consume(broker.bootstrap, start_worker.prefix + "proposals", len(want), timeout=120,
-                        until=lambda msgs: {orjson.loads(m.value)["proposal_id"] for m in msgs} >= set(want))
-    by_id = {}
-    for p in loads(got):
-        assert by_id.setdefault(p["proposal_id"], p) == p
+    by_id = await _each_once(broker, start_worker.prefix + "proposals", "proposal_id", want)
     assert by_id == want, _differences(by_id, want)
 
 
