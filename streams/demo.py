@@ -102,6 +102,8 @@ def demo(file: Path, keep: bool = False, embedded=None) -> None:
             same = "the same as" if seen == want else "DIFFERENT from"
             print(f"\n{sum(seen.values())} proposals live, {same} `upsell simulate` on the same file; "
                   f"{len(expected.suppressed)} suppressed, {len(expected.dead_letters)} dead letters.")
+            print(f"{len(expected.statuses)} lifecycle records on proposal-status (converted, declined, expired, "
+                  f"withdrawn);\n`upsell simulate FILE` measures conversions and uplift.")
             ok = seen == want
             if not keep:
                 print("\n`upsell demo --keep` keeps the broker, Redis and the worker running to look around.")
@@ -111,7 +113,8 @@ def demo(file: Path, keep: bool = False, embedded=None) -> None:
                   f"  curl http://127.0.0.1:{web_port}/customers/{cid}\n"
                   f"  curl http://127.0.0.1:{web_port}/metrics\n"
                   f"  export UPSELL_BROKER={broker_url} UPSELL_PARTITIONS={partitions}\n"
-                  f"  {command()} tail --from-beginning",
+                  f"  {command()} tail --from-beginning\n"
+                  f"  {command()} tail --status --from-beginning",
                   flush=True)
             worker.proc.wait()
     finally:
