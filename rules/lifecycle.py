@@ -33,16 +33,16 @@ import hashlib
 from .config import Rules
 from .state import DISPLAY_KEYS
 from .timeutil import DAY, format_ts
+from .triggers import seq_sum
 
 SCHEMA_VERSION = 1
 CONVERTED, DECLINED, EXPIRED, WITHDRAWN = "converted", "declined", "expired", "withdrawn"
-STATES = (CONVERTED, DECLINED, EXPIRED, WITHDRAWN)
 OPEN = "open"
 
 
-def track(c: dict, p: dict, now: int, until: int, held: bool, rules: Rules) -> int:
+def track(c: dict, p: dict, now: int, until: int, held: bool, rules: Rules) -> None:
     """Start tracking decision `p` (a proposal sent, or held out) made at `now`, valid until
-    `until`; returns its first deadline."""
+    `until` (its first deadline)."""
     entry = {"id": p["proposal_id"], "trigger": p["trigger"], "kind": p["kind"],
              "offer": {k: v for k, v in p["offer"].items() if k not in DISPLAY_KEYS},
              "created": now, "until": until, "end": max(now + rules.attribution_days * DAY, until),
@@ -50,7 +50,6 @@ def track(c: dict, p: dict, now: int, until: int, held: bool, rules: Rules) -> i
     if "experiment" in p:
         entry["experiment"], entry["variant"] = p["experiment"], p["variant"]
     c["track"].append(entry)
-    return until
 
 
 def _deadline_of(e: dict) -> int:
@@ -90,8 +89,8 @@ def observe(c: dict, topic: str, v: dict, now: int, before: tuple, rules: Rules,
     if topic == "feedback":
         why = unhappy()
         if why is not None:
-            _end_where(c, lambda e: e["kind"] != "downsell", WITHDRAWN, now, out,
-                       {"reason": "unhappy_customer", "detail": why})
+            # a downsell stays: it is the offer for an unhappy customer
+            _withdraw_where(c, lambda e: e["kind"] != "downsell", now, out, "unhappy_customer", why)
         return out
     keep = []
     for e in c["track"]:
@@ -127,12 +126,13 @@ def _outcome(c: dict, v: dict, now: int, rules: Rules, out: list) -> None:
         return
 
 
-def _end_where(c: dict, match, state: str, now: int, out: list, extra: dict) -> None:
+def _withdraw_where(c: dict, match, now: int, out: list, reason: str, detail: str) -> None:
+    """Withdraw the open decisions `match` picks (a held-out one stops being tracked)."""
     keep = []
     for e in c["track"]:
         if e["state"] == OPEN and match(e):
             if not e["held"]:
-                out.append(_record(c, e, state, now, **extra))
+                out.append(_record(c, e, WITHDRAWN, now, reason=reason, detail=detail))
             continue
         keep.append(e)
     c["track"] = keep
@@ -206,10 +206,8 @@ def _volume(offer: dict, v: dict, rules: Rules) -> dict | None:
             return {"order_value": round(qty * _sku_price(rules, offer["sku"]), 2)}
         return None
     total = v.get("total")
-    if total is None:
-        total = 0.0
-        for it in v["items"]:
-            total += it["qty"] * it.get("price", 0)
+    if total is None:           # as the volume trigger sums it
+        total = seq_sum([it["qty"] * it.get("price", 0) for it in v["items"]])
     if line.min_total is not None and total >= line.min_total:
         return {"order_value": round(total, 2)}
     return None

@@ -26,6 +26,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from rules.engine import PROPOSAL, STATUS, SUPPRESSED
+
 Z95 = 1.959963984540054     # the standard normal's 97.5th percentile
 ALPHA = 0.05
 
@@ -87,15 +89,15 @@ class Measure:
         self.weekly: Counter = Counter()             # (Monday of the week, trigger) -> proposals sent
 
     def add(self, kind: str, p: dict) -> None:
-        """A backtest's output: kind "proposal", "suppressed" or "status" (rules.engine)."""
-        if kind == "status":
+        """A backtest's output: kind PROPOSAL, SUPPRESSED or STATUS (rules.engine)."""
+        if kind == STATUS:
             self._status(p)
             return
-        if kind == "suppressed" and p["suppressed"]["reason"] != "holdout":
+        if kind == SUPPRESSED and p["suppressed"]["reason"] != "holdout":
             return
-        group = (self.treated if kind == "proposal" else self.held)[(p["trigger"], p["kind"])]
+        group = (self.treated if kind == PROPOSAL else self.held)[(p["trigger"], p["kind"])]
         group.decisions += 1
-        if kind == "proposal":
+        if kind == PROPOSAL:
             self.weekly[(week_of(p["created_at"]), p["trigger"])] += 1
             if "experiment" in p:
                 self.variants[(p["experiment"], p["variant"])].decisions += 1
