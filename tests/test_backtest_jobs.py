@@ -12,7 +12,8 @@ RULES = load_rules()
 
 
 def _fields(result):
-    return (result.proposal_lines(), result.suppressed, [(d.line, d.topic, d.key, d.error) for d in result.dead_letters],
+    return (result.proposal_lines(), result.suppressed, result.status_lines(),
+            [(d.line, d.topic, d.key, d.error) for d in result.dead_letters],
             [(b.line, b.error) for b in result.bad_lines], result.events, result.late_events, result.outcomes)
 
 
@@ -33,5 +34,6 @@ def test_two_and_three_processes_give_the_bytes_of_one():
                             "value": {"customer_id": "c-00002", "metric": "seats", "value": 2}})]
     one = backtest_lines(lines, RULES, 8)
     assert len(one.proposals) > 50 and one.bad_lines and any("AHEAD" in d.error for d in one.dead_letters)
+    assert len(one.statuses) > 50                       # the lifecycle is shared out too
     for jobs in (2, 3):
         assert _fields(backtest_lines(lines, RULES, 8, jobs=jobs)) == _fields(one)

@@ -153,3 +153,15 @@ def test_compare_prints_a_table_per_trigger_before_the_proposals(tmp_path):
     assert total[1:6] == [str(len(a.proposals)), str(len(b.proposals)), str(len(diff["appear"])),
                           str(len(diff["disappear"])), str(len(diff["change"]))]
     assert out.index("disappear") < out.index("\n+ ")     # the table, then the proposals
+
+
+def test_simulate_writes_the_same_lifecycle_streamed_and_in_two_processes(tmp_path):
+    """--status: the records of the streaming path (one process) and of --jobs 2 (in memory) are
+    the same bytes, and --out's proposals too."""
+    runs = {}
+    for name, extra in (("stream", []), ("jobs", ["--jobs", "2"])):
+        res = upsell("simulate", str(SAMPLE), "--out", str(tmp_path / f"{name}.jsonl"),
+                     "--status", str(tmp_path / f"{name}-status.jsonl"), *extra)
+        assert res.returncode == 0, res.stderr
+        runs[name] = ((tmp_path / f"{name}.jsonl").read_bytes(), (tmp_path / f"{name}-status.jsonl").read_bytes())
+    assert runs["stream"] == runs["jobs"] and runs["stream"][1].count(b"\n") > 50
