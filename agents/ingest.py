@@ -334,7 +334,7 @@ def _ack(events: list) -> None:
 
 
 async def emit(rt: PartitionRuntime, out: list) -> None:
-    """Send the partition's decisions, keyed by customer_id to the partition Kafka's default
+    """Send the partition's decisions and lifecycle records, keyed by customer_id to the partition Kafka's default
     partitioner gives the key (as Faust's `send` did): as record batches, one send per
     topic-partition (`streams.topics.WRITES`), whose futures `PartitionRuntime.sent` hands to the
     acknowledgements. Without a running producer (the agents' test driver), Faust's `send`."""
@@ -345,16 +345,15 @@ async def emit(rt: PartitionRuntime, out: list) -> None:
         if kind == STATUS:
             metrics.count_status(p)
             topic = T.status
-        elif kind == PROPOSAL:
-            if now is not None:
-                metrics.observe_latency(p["trigger"], now - parse_ts(p["created_at"]))
-            metrics.proposals_out[p["trigger"]] += 1
-            topic = T.proposals
         else:
             if now is not None:
                 metrics.observe_latency(p["trigger"], now - parse_ts(p["created_at"]))
-            metrics.suppressed_out[(p["trigger"], p["suppressed"]["reason"])] += 1
-            topic = T.suppressed
+            if kind == PROPOSAL:
+                metrics.proposals_out[p["trigger"]] += 1
+                topic = T.proposals
+            else:
+                metrics.suppressed_out[(p["trigger"], p["suppressed"]["reason"])] += 1
+                topic = T.suppressed
         key, value = p["customer_id"].encode(), orjson.dumps(p)
         if producer is None:
             await topic.send(key=key, value=value)

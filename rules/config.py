@@ -111,6 +111,9 @@ class Rules:
     def t(self, trigger: str) -> dict[str, Any]:
         return self.triggers[trigger]
 
+    def volume_line(self, name: str) -> VolumeLine | None:
+        return next((line for line in self.volume_lines if line.name == name), None)
+
 
 TRIGGER_KEYS: dict[str, dict[str, type | tuple]] = {
     "usage_limit": {"levels": list, "priorities": list, "valid_days": int},

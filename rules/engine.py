@@ -42,7 +42,7 @@ import orjson
 from . import lifecycle
 from . import state as st
 from .config import Rules
-from .guardrails import arbitrate, unhappy_reason
+from .guardrails import arbitrate
 from .timeutil import DAY, parse_ts
 from .triggers import next_due, purchase_triggers, time_triggers, usage_triggers
 
@@ -439,8 +439,7 @@ class PartitionEngine:
             self.stats["outcomes"][f"{v['trigger']}:{v['outcome']}"] += 1
             moved = False
         if before is not None:
-            self._statuses(lifecycle.observe(c, topic, v, ts, before, rules, lambda: unhappy_reason(c, ts, rules)),
-                           out)
+            self._statuses(lifecycle.observe(c, topic, v, ts, before, rules), out)
         self._decide(c, cands, ts, out)
         if moved:
             self._reschedule(c, ts)

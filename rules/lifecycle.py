@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 
 from .config import Rules
+from .guardrails import unhappy_reason
 from .state import DISPLAY_KEYS
 from .timeutil import DAY, format_ts
 from .triggers import seq_sum
@@ -78,16 +79,15 @@ def deadline(c: dict, now: int, rules: Rules) -> list[dict]:
     return out
 
 
-def observe(c: dict, topic: str, v: dict, now: int, before: tuple, rules: Rules, unhappy) -> list[dict]:
+def observe(c: dict, topic: str, v: dict, now: int, before: tuple, rules: Rules) -> list[dict]:
     """An event of `topic` was applied to the customer at `now`; `before` is its (plan, term,
-    renews_at) before. `unhappy` is the guardrails' reason text or None, called only when needed.
-    Returns the status records this causes, and ends what it ends."""
+    renews_at) before. Returns the status records this causes, and ends what it ends."""
     out: list[dict] = []
     if topic == "proposal-outcomes":
         _outcome(c, v, now, rules, out)
         return out
     if topic == "feedback":
-        why = unhappy()
+        why = unhappy_reason(c, now, rules)      # the guardrail's test, as at the next decision
         if why is not None:
             # a downsell stays: it is the offer for an unhappy customer
             _withdraw_where(c, lambda e: e["kind"] != "downsell", now, out, "unhappy_customer", why)
@@ -197,7 +197,7 @@ def _fulfilled(c: dict, e: dict, topic: str, v: dict, before: tuple, rules: Rule
 
 
 def _volume(offer: dict, v: dict, rules: Rules) -> dict | None:
-    line = next((ln for ln in rules.volume_lines if ln.name == offer["line"]), None)
+    line = rules.volume_line(offer["line"])
     if line is None:
         return None
     if "sku" in offer:

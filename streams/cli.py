@@ -176,6 +176,8 @@ def cmd_simulate(a) -> None:
         fail(str(exc))
     rules = _rules(a.rules)
     other_rules = _rules(a.compare) if a.compare else None
+    if a.file != "-":
+        _input(a.file).close()          # a missing or unreadable file: one line, before any work
     if a.report:
         _report_extra()
         _output(a.report).close()       # an unwritable path: one line, before any work
@@ -214,8 +216,6 @@ def _simulate_streaming(a, rules, max_ahead, wrong) -> None:
     """One process, no --compare: the recording read once, in order (streams.simulate)."""
     from streams.backtest import summary
     from streams.simulate import simulate
-    if a.file != "-":
-        _input(a.file).close()          # a missing or unreadable file: one line, before any work
     out = _output(a.out) if a.out else sys.stdout.buffer
     status = _output(a.status) if a.status else None
     try:

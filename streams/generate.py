@@ -234,14 +234,17 @@ class Generator:
                 continue
             offer = p["offer"]
             if "plan" in offer and cid in self.saas and offer.get("term") is None:
-                c = self.saas[cid]
-                old, new = self.rules.plan_by_name[c.plan], self.rules.plan_by_name[offer["plan"]]
-                for m in METRICS:
-                    c.ratios[m] *= old.limits[m] / new.limits[m]
-                c.plan = new.name
-                self.emit(when + HOUR, "customers", cid, {"customer_id": cid, "plan": new.name})
+                self._move_plan(self.saas[cid], offer["plan"], when + HOUR)
             elif "skus" in offer and cid in self.shoppers:
                 self._order(self.shoppers[cid], when + 2 * HOUR - (when + 2 * HOUR) % DAY, offer["skus"])
+
+    def _move_plan(self, c: Saas, plan: str, when: int) -> None:
+        """The customer moves to `plan` at `when`; usage keeps its level, as a share of the new limits."""
+        old, new = self.rules.plan_by_name[c.plan], self.rules.plan_by_name[plan]
+        for m in METRICS:
+            c.ratios[m] *= old.limits[m] / new.limits[m]
+        c.plan = new.name
+        self.emit(when, "customers", c.cid, {"customer_id": c.cid, "plan": new.name})
 
     def _on_their_own(self, p: dict, when: int) -> None:
         """A held-out customer does what its decision would have offered, unasked, at `when`."""
@@ -254,14 +257,10 @@ class Generator:
                 self.emit(when, "contracts", cid, {"customer_id": cid, "plan": c.plan, "term": "annual",
                                                    "renews_at": format_ts(c.renews_at)})
                 return
-            old, new = self.rules.plan_by_name[c.plan], self.rules.plan_by_name[offer["plan"]]
-            for m in METRICS:
-                c.ratios[m] *= old.limits[m] / new.limits[m]
-            c.plan = new.name
-            self.emit(when, "customers", cid, {"customer_id": cid, "plan": new.name})
+            self._move_plan(c, offer["plan"], when)
             return
         if "line" in offer:
-            line = next(ln for ln in self.rules.volume_lines if ln.name == offer["line"])
+            line = self.rules.volume_line(offer["line"])
             sku = offer.get("sku") or next(iter(self.rules.products))
             items = ([{"sku": sku, "qty": line.min_qty, "price": self.rules.products[sku]["price"]}]
                      if "sku" in offer else [{"sku": sku, "qty": 1, "price": line.min_total}])

@@ -68,6 +68,15 @@ class Group:
     expansion_mrr: float = 0.0
     order_value: float = 0.0
 
+    def absorb(self, other: "Group") -> None:
+        """Add another group's counts to this one (pooling)."""
+        self.decisions += other.decisions
+        self.converted += other.converted
+        self.ends.update(other.ends)
+        self.expired_then_converted += other.expired_then_converted
+        self.expansion_mrr += other.expansion_mrr
+        self.order_value += other.order_value
+
     def funnel(self) -> dict[str, int]:
         """How each decision ended: converted, declined, withdrawn, expired (and not converted
         after), or still open when the recording ended."""
@@ -136,11 +145,7 @@ class Measure:
         pooled_t, pooled_h = Group(), Group()
         for groups, pooled in ((self.treated, pooled_t), (self.held, pooled_h)):
             for g in groups.values():
-                pooled.decisions += g.decisions
-                pooled.converted += g.converted
-                pooled.expansion_mrr += g.expansion_mrr
-                pooled.order_value += g.order_value
-                pooled.ends.update(g.ends)
+                pooled.absorb(g)
         return out + [self._row(("total", ""), pooled_t, pooled_h)]
 
     @staticmethod

@@ -46,13 +46,7 @@ def _by_trigger(groups: dict) -> dict[str, Group]:
     """(trigger, kind) -> Group, folded by trigger."""
     out: dict[str, Group] = {}
     for (trigger, _), g in sorted(groups.items()):
-        t = out.setdefault(trigger, Group())
-        t.decisions += g.decisions
-        t.converted += g.converted
-        t.ends.update(g.ends)
-        t.expired_then_converted += g.expired_then_converted
-        t.expansion_mrr += g.expansion_mrr
-        t.order_value += g.order_value
+        out.setdefault(trigger, Group()).absorb(g)
     return out
 
 
