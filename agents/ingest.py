@@ -1,15 +1,16 @@
 """The ingest: decode -> update state -> rules -> emit, for every input topic.
 
-`PartitionRuntime` owns one partition's life on this worker (its `PartitionEngine`, the records
-held for stream time, the acknowledgement order of its topic-partitions, the write-behind
-counters, the decision partitions it sent to); `PARTITIONS` holds this worker's, made on a
-partition's first record and dropped on revocation. `tests/ingest_driver.py` drives it record by
-record.
+`Ingest` is the worker's ingest (`app.ingest`): the partitions it owns, each a `PartitionRuntime`
+(its `PartitionEngine`, the records held for stream time, the acknowledgement order of its
+topic-partitions, the write-behind counters, the decision partitions it sent to), made on a
+partition's first record and dropped on revocation; the inbox its input records come through;
+live, its local clock. The Faust task, agent and timers below only hand their records to it.
+`tests/ingest_driver.py` drives one record by record.
 
-Input records come from Faust's consumer through an inbox (`INBOX`, `streams.inbox`): each
-fetch's records in one list, to one task (`ingest`), outside Faust's per-record path, which cost
-a no-op Faust agent more per record than the rules and state cost this worker. Tick records come
-through an agent (`ticks`). All decisions are made by `rules.engine.PartitionEngine` (pure,
+Input records come from Faust's consumer through an inbox (`streams.inbox`): each fetch's
+records in one list, to one task (`ingest`), outside Faust's per-record path, which cost a no-op
+Faust agent more per record than the rules and state cost this worker. Tick records come through
+an agent (`ticks`). All decisions are made by `rules.engine.PartitionEngine` (pure,
 shared with the backtest); this module moves bytes:
 
 * decode and validate (`streams.recorded.decode_event`); anything invalid goes to `dead-letters`
@@ -24,7 +25,7 @@ shared with the backtest); this module moves bytes:
   the event's topic-partition;
 * a batch end waits while Faust's producer buffer holds more than PRODUCER_BACKLOG messages
   (`ebb`), or more than UNSENT_BYTES of table writes and decisions are not yet in the broker;
-* live, stream time moves on a local clock (`advance`, `LOCAL`), without a broker hop, as soon
+* live, stream time moves on a local clock (`Ingest.advance`, `Ingest.clock`), without a broker hop, as soon
   as a waiting event falls due: released events are applied and decided at once, and written at
   the batch end;
 * acknowledge an input event only once the engine has applied it and the broker has its
@@ -73,6 +74,7 @@ FORWARD = settings.wrong_partition == "repartition"
 # With the event clock, stream time waits for the other partitions' forward marks; live, the
 # wall clock moves it, and a forwarded record arrives well within UPSELL_LATENESS_MS.
 FORWARD_MARKS = FORWARD and settings.clock == "event"
+LIVE = settings.clock == "wall"      # stream time from the wall clock (else from the events)
 
 
 class InOrder:
@@ -84,10 +86,11 @@ class InOrder:
     could commit past that event, and a worker that died then would never see it again.
     Upstream: faust-streaming issue #606 and pull request #707 (open), `Consumer._new_offset`."""
 
-    __slots__ = ("generation", "queue", "done")
+    __slots__ = ("generation", "queue", "done", "dropped")
 
     def __init__(self, generation):
         self.generation = generation      # the consumer generation of its records
+        self.dropped = False              # its partition was revoked, or a rebalance began a new generation
         self.queue: deque = deque()       # records read, in offset order, not yet acknowledged
         self.done: set[int] = set()       # offsets done, waiting for an earlier record
 
@@ -131,8 +134,15 @@ class PartitionRuntime:
     def acks_for(self, msg) -> InOrder:
         order = self.acks.get(msg.tp)
         if order is None or order.generation != msg.generation_id:
+            if order is not None:
+                order.dropped = True
             order = self.acks[msg.tp] = InOrder(msg.generation_id)
         return order
+
+    def drop(self) -> None:
+        """Revoked: nothing it read is acknowledged any more (the next owner reads it again)."""
+        for order in self.acks.values():
+            order.dropped = True
 
     def batch_end(self, idle: bool) -> int | None:
         """Count a record read; if the batch ends now (see the module doc), the number of records
@@ -184,12 +194,10 @@ class PartitionRuntime:
 
 
 class Partitions:
-    """The partitions this worker owns, each a `PartitionRuntime`, and what is logged once per
-    worker (the first record on a wrong partition, per topic)."""
+    """The partitions this worker owns, each a `PartitionRuntime`."""
 
     def __init__(self):
         self.runtimes: dict[int, PartitionRuntime] = {}
-        self.warned: set[str] = set()
 
     def __getitem__(self, partition: int) -> PartitionRuntime:
         rt = self.runtimes.get(partition)
@@ -204,10 +212,15 @@ class Partitions:
         """The tables stay the source of truth; a runtime is made again on its next record, and
         its records not acknowledged are read again by the partition's next owner."""
         for tp in tps:
-            self.runtimes.pop(tp.partition, None)
+            rt = self.runtimes.pop(tp.partition, None)
+            if rt is not None:
+                rt.drop()
 
-
-PARTITIONS = Partitions()
+    def clear(self) -> None:
+        """Every partition revoked (a rebalance that takes them all, or a stop)."""
+        for rt in self.runtimes.values():
+            rt.drop()
+        self.runtimes.clear()
 
 
 def meta_key(partition: int) -> bytes:
@@ -326,10 +339,8 @@ def _delivered(events: list, writes: list) -> None:
 
 
 def _ack(events: list) -> None:
-    runtimes = PARTITIONS.runtimes
     for order, message in events:
-        rt = runtimes.get(message.partition)
-        if order is not None and rt is not None and rt.acks.get(message.tp) is order:   # else revoked
+        if order is not None and not order.dropped:
             order.ack(message)
 
 
@@ -340,7 +351,7 @@ async def emit(rt: PartitionRuntime, out: list) -> None:
     acknowledgements. Without a running producer (the agents' test driver), Faust's `send`."""
     producer = T.Batches.producer(app)
     groups: dict[tuple[str, int], list] = {}
-    now = WALL.now_ms() if LOCAL is not None else None     # live: decision latency
+    now = WALL.now_ms() if LIVE else None     # live: decision latency
     for kind, p in out:
         if kind == STATUS:
             metrics.count_status(p)
@@ -391,59 +402,6 @@ def caught_up(rt: PartitionRuntime, msg) -> bool:
         return True
     rt.ends[msg.tp] = hw
     return msg.offset + 1 >= hw
-
-
-async def handle(msg) -> None:
-    """One input record (a Faust consumer message, from `INBOX`)."""
-    topic = INBOX.names[msg.topic]
-    metrics.read_offsets[(topic, msg.partition)] = msg.offset
-    rt = PARTITIONS[msg.partition]
-    order = rt.acks_for(msg)
-    order.read(msg)
-    eng = rt.engine
-    if topic == "repartition":
-        await handle_forwarded(rt, msg, order)
-        return
-    marker = _header(msg, WATERMARK_HEADER)
-    forward_to = None
-    try:
-        if marker is not None:
-            at = _marker_time(marker)
-        else:
-            metrics.events_in[topic] += 1
-            ts, key, value = decode_record(topic, msg)
-            if key not in eng.customers:      # a known customer was checked on its first event
-                forward_to = check_partition(topic, key, msg.partition, settings.partitions)
-            else:
-                applied = eng.applied_offset(key, topic)
-                if applied >= msg.offset and not await check_log(rt, msg, topic, applied):
-                    return          # stopping: neither applied nor acknowledged
-    except Exception as exc:      # noqa: BLE001 -- any bytes: a dead letter, never a stopped worker
-        ts = int(round(msg.timestamp * 1000)) if msg.timestamp is not None else None   # Faust's: s
-        await send_dead_letter(topic, msg, ts, exc)
-        _ack([(order, msg)])
-        return
-    if forward_to is not None:
-        await forward(rt, msg, order, topic, ts, forward_to)
-        out = ()
-    elif marker is not None:
-        # acknowledged once a partition document holds the watermark it raised: acknowledged
-        # before, a worker that died first would leave its successor waiting for it for good
-        rt.marks.append(msg)
-        out = eng.mark(topic, at)
-    else:
-        late = eng.stats["late_events"]
-        rt.held[(topic, msg.offset)] = msg
-        out = eng.push(topic, key, ts, value, msg.offset)
-        if eng.stats["late_events"] != late:
-            metrics.late_events[topic] += 1
-        if eng.rejected:
-            await drop_ahead(rt)
-        if LOCAL is not None and (topic, msg.offset) in eng.pending:
-            LOCAL.expect(ts)                 # it waits for stream time: the clock wakes for it
-    ended = rt.batch_end(caught_up(rt, msg))
-    if out or ended is not None:        # most records: nothing to send, the batch goes on
-        await settle(rt, out, ended)
 
 
 def decode_record(topic: str, msg) -> tuple[int, str, dict]:
@@ -510,7 +468,7 @@ async def check_log(rt: PartitionRuntime, msg, topic: str, applied: int) -> bool
     return True
 
 
-def check_partition(topic: str, key: str, partition: int, partitions: int) -> int | None:
+def check_partition(topic: str, key: str, partition: int, partitions: int, warned: set) -> int | None:
     """A record must be applied on the partition its key hashes to (murmur2, Kafka's default
     partitioner): a customer's state lives on one partition, and an event applied elsewhere would
     start a second, wrong state. Returns None when the record is there; else the partition to
@@ -520,8 +478,8 @@ def check_partition(topic: str, key: str, partition: int, partitions: int) -> in
     if expected == partition:
         return None
     metrics.wrong_partition[topic] += 1
-    if topic not in PARTITIONS.warned:
-        PARTITIONS.warned.add(topic)
+    if topic not in warned:
+        warned.add(topic)
         log.warning("%s: a record keyed %r is on partition %d, but its key hashes to %d (murmur2). Its "
                     "producer uses another partitioner: set murmur2 (librdkafka, confluent-kafka: "
                     "partitioner=murmur2_random; Sarama: NewMurmur2Partitioner). Such records are %s, "
@@ -574,7 +532,7 @@ async def send_forward_marks(rt: PartitionRuntime) -> None:
         rt.decided.add((name, q))
 
 
-async def handle_forwarded(rt: PartitionRuntime, msg, order: InOrder) -> None:
+async def handle_forwarded(rt: PartitionRuntime, msg, order: InOrder, clock: LocalClock | None) -> None:
     """A record of the repartition topic: a forwarded input record, or a forward mark."""
     eng = rt.engine
     mark = _header(msg, MARK_HEADER)
@@ -603,8 +561,8 @@ async def handle_forwarded(rt: PartitionRuntime, msg, order: InOrder) -> None:
     else:
         rt.held[("repartition", msg.offset)] = msg
         out = eng.push_forwarded(topic, key, ts, value, source, source_offset, msg.offset)
-        if LOCAL is not None and ("repartition", msg.offset) in eng.pending:
-            LOCAL.expect(ts)
+        if clock is not None and ("repartition", msg.offset) in eng.pending:
+            clock.expect(ts)
     ended = rt.batch_end(caught_up(rt, msg))
     if out or ended is not None:
         await settle(rt, out, ended)
@@ -630,60 +588,140 @@ def _marker_time(header: bytes) -> int:
     return at
 
 
-# The input topics' records, from Faust's consumer to `handle` in batches, without an Event and a
-# stream each (streams/inbox.py): that path cost Faust twice as much per record as the rest.
-INBOX = Inbox(app, {**T.inputs, "repartition": T.repartition})
+class Ingest:
+    """This worker's ingest: the partitions it owns (`Partitions`), the inbox its input records
+    come through (`streams.inbox.Inbox`), live its local clock (`streams.clock.LocalClock`, else
+    None), and the order in which the leader's ticker visits the partitions. The worker's is
+    `app.ingest`, made when this module is imported (the inbox subscribes to its topics before
+    the consumer starts); a test makes its own."""
+
+    def __init__(self, inbox: Inbox, clock: LocalClock | None, partitions: int):
+        self.inbox = inbox
+        self.clock = clock
+        self.partitions = Partitions()
+        self.warned: set[str] = set()      # input topics whose first wrong-partition record was logged
+        self.tick_order = itertools.cycle(range(partitions))
+
+    async def run(self) -> None:
+        await self.inbox.run(self.handle)
+
+    async def deliver(self, messages: list) -> None:
+        """Hand records to `handle` as a fetch would (the inbox's bookkeeping, then in order)."""
+        await self.inbox.deliver(messages, self.handle)
+
+    async def handle(self, msg) -> None:
+        """One input record (a Faust consumer message, from the inbox)."""
+        topic = self.inbox.names[msg.topic]
+        metrics.read_offsets[(topic, msg.partition)] = msg.offset
+        rt = self.partitions[msg.partition]
+        order = rt.acks_for(msg)
+        order.read(msg)
+        eng = rt.engine
+        if topic == "repartition":
+            await handle_forwarded(rt, msg, order, self.clock)
+            return
+        marker = _header(msg, WATERMARK_HEADER)
+        forward_to = None
+        try:
+            if marker is not None:
+                at = _marker_time(marker)
+            else:
+                metrics.events_in[topic] += 1
+                ts, key, value = decode_record(topic, msg)
+                if key not in eng.customers:      # a known customer was checked on its first event
+                    forward_to = check_partition(topic, key, msg.partition, settings.partitions, self.warned)
+                else:
+                    applied = eng.applied_offset(key, topic)
+                    if applied >= msg.offset and not await check_log(rt, msg, topic, applied):
+                        return          # stopping: neither applied nor acknowledged
+        except Exception as exc:      # noqa: BLE001 -- any bytes: a dead letter, never a stopped worker
+            ts = int(round(msg.timestamp * 1000)) if msg.timestamp is not None else None   # Faust's: s
+            await send_dead_letter(topic, msg, ts, exc)
+            _ack([(order, msg)])
+            return
+        if forward_to is not None:
+            await forward(rt, msg, order, topic, ts, forward_to)
+            out = ()
+        elif marker is not None:
+            # acknowledged once a partition document holds the watermark it raised: acknowledged
+            # before, a worker that died first would leave its successor waiting for it for good
+            rt.marks.append(msg)
+            out = eng.mark(topic, at)
+        else:
+            late = eng.stats["late_events"]
+            rt.held[(topic, msg.offset)] = msg
+            out = eng.push(topic, key, ts, value, msg.offset)
+            if eng.stats["late_events"] != late:
+                metrics.late_events[topic] += 1
+            if eng.rejected:
+                await drop_ahead(rt)
+            if self.clock is not None and (topic, msg.offset) in eng.pending:
+                self.clock.expect(ts)                 # it waits for stream time: the clock wakes for it
+        ended = rt.batch_end(caught_up(rt, msg))
+        if out or ended is not None:        # most records: nothing to send, the batch goes on
+            await settle(rt, out, ended)
+
+    async def tick(self, message) -> None:
+        """A tick record from the leader's ticker: stream time, and the end of its partition's
+        write-behind batch."""
+        rt = self.partitions[message.partition]
+        try:
+            at = orjson.loads(message.value)["at"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            log.warning("ignoring a malformed tick at offset %s", message.offset)
+            return
+        out = rt.engine.tick(int(at))
+        await settle(rt, out, rt.batch_end(True))
+
+    async def advance(self, now_ms: int) -> None:
+        """Live stream time on this worker: each partition engine it holds moves to the wall
+        clock minus the allowed lateness. The events this releases are applied and their
+        decisions sent at once; their state is written, and they are acknowledged, at the
+        partition's next tick record or batch end (write-behind: a move of the clock writes
+        nothing). No record, no broker hop. The local clock calls it each tick interval and when
+        an event falls due."""
+        at = now_ms - settings.lateness_ms
+        for rt in list(self.partitions.runtimes.values()):
+            await emit(rt, rt.engine.tick(at))
+
+    def waiting(self) -> list:
+        """The earliest event time waiting in each partition engine (what the local clock wakes for)."""
+        return [rt.engine.next_due() for rt in self.partitions.runtimes.values()]
+
+    def revoke(self, tps) -> None:
+        self.partitions.revoke(tps)
+
+
+# The worker's ingest. Its inbox takes the input topics' records from Faust's consumer in batches,
+# without an Event and a stream each (streams/inbox.py): that path cost Faust twice as much per
+# record as the rest. Live, stream time moves on its local clock each UPSELL_TICK_INTERVAL and
+# whenever a waiting event or timer falls due, at most once per UPSELL_CLOCK_RESOLUTION_MS.
+app.ingest = Ingest(
+    Inbox(app, {**T.inputs, "repartition": T.repartition}),
+    LocalClock(WALL, settings.lateness_ms, round(settings.tick_interval * 1000), settings.clock_resolution_ms)
+    if LIVE else None,
+    settings.partitions)
 
 
 @app.task
 async def ingest():
     """Every worker: each input record in the order fetched (acknowledged once applied and written)."""
-    await INBOX.run(handle)
+    await app.ingest.run()
 
 
 @app.agent(T.ticks, name="ticks")
 async def ticks(stream):
-    """Tick records from the leader's ticker, one per partition (keyless): stream time, and the
-    end of the partition's write-behind batch."""
+    """Tick records from the leader's ticker, one per partition (keyless)."""
     async for event in stream.events():
-        rt = PARTITIONS[event.message.partition]
-        try:
-            at = orjson.loads(event.message.value)["at"]
-        except (orjson.JSONDecodeError, TypeError, KeyError):
-            log.warning("ignoring a malformed tick at offset %s", event.message.offset)
-            continue
-        out = rt.engine.tick(int(at))
-        await settle(rt, out, rt.batch_end(True))
+        await app.ingest.tick(event.message)
 
 
-async def advance(now_ms: int) -> None:
-    """Live stream time on this worker: each partition engine it holds moves to the wall clock
-    minus the allowed lateness. The events this releases are applied and their decisions sent at
-    once; their state is written, and they are acknowledged, at the partition's next tick record
-    or batch end (write-behind: a move of the clock writes nothing). No record, no broker hop.
-    `LOCAL` (streams.clock.LocalClock) calls it each tick interval and when an event falls due."""
-    at = now_ms - settings.lateness_ms
-    for rt in list(PARTITIONS.runtimes.values()):
-        await emit(rt, rt.engine.tick(at))
-
-
-def waiting() -> list:
-    """The earliest event time waiting in each partition engine (what the local clock wakes for)."""
-    return [rt.engine.next_due() for rt in PARTITIONS.runtimes.values()]
-
-
-# Live: this worker's stream time (see `advance`), moved each UPSELL_TICK_INTERVAL and whenever a
-# waiting event or timer falls due, at most once per UPSELL_CLOCK_RESOLUTION_MS.
-LOCAL = LocalClock(WALL, settings.lateness_ms, round(settings.tick_interval * 1000),
-                   settings.clock_resolution_ms) if settings.clock == "wall" else None
-
-if LOCAL is not None:
+if LIVE:
     @app.task
     async def clock():
-        """Every worker: `advance` when `LOCAL` says."""
-        await LOCAL.run(advance, waiting)
-
-    _next_tick = itertools.cycle(range(settings.partitions))
+        """Every worker: move stream time when the local clock says."""
+        worker = app.ingest
+        await worker.clock.run(worker.advance, worker.waiting)
 
     @app.timer(interval=settings.commit_interval / settings.partitions, on_leader=True, name="ticker")
     async def ticker():
@@ -693,9 +731,9 @@ if LOCAL is not None:
         (partitions with no engine yet too), writes the partition's batch and acknowledges its
         applied events."""
         value = orjson.dumps({"at": WALL.now_ms() - settings.lateness_ms})
-        await T.ticks.send(partition=next(_next_tick), value=value)
+        await T.ticks.send(partition=next(app.ingest.tick_order), value=value)
 
 
 @app.on_partitions_revoked.connect
 async def _revoked(sender, revoked, **kwargs) -> None:
-    PARTITIONS.revoke(revoked)
+    app.ingest.revoke(revoked)

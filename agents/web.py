@@ -12,7 +12,7 @@ import logging
 import orjson
 from aiohttp import web as aioweb
 
-from agents.ingest import LOCAL, PARTITIONS
+import agents.ingest  # noqa: F401 -- declares the ingest (`app.ingest`) these views read
 from agents.readmodel import assigned as readmodel_assigned, client, customer_view, lag as readmodel_lag
 from rules.guardrails import unhappy_reason
 from rules.timeutil import format_ts
@@ -83,7 +83,7 @@ async def _customer_routed(web, request, customer_id: str):
     if raw is None:
         return web.json({"error": f"unknown customer {customer_id!r}"}, status=404)
     c = orjson.loads(raw)
-    eng = next(iter(e for e in PARTITIONS.engines().values() if c["id"] in e.customers), None)
+    eng = next(iter(e for e in app.ingest.partitions.engines().values() if c["id"] in e.customers), None)
     now = eng.watermark if eng is not None else None
     view = await customer_view(client(), customer_id)
     return web.json({"state": summary(c, now), "stream_time": _ts(now), **view})
@@ -152,8 +152,8 @@ def report() -> tuple[bool, dict]:
             "problems": problems, "warnings": warnings,
             "broker": HEALTH.broker.as_dict(), "redis": HEALTH.redis.as_dict(),
             "topics": HEALTH.topics, "offset_regressions": HEALTH.regressions,
-            "assigned": assigned_partitions(), "partitions": sorted(PARTITIONS.runtimes),
-            "stream_time": {p: _ts(e.watermark) for p, e in sorted(PARTITIONS.engines().items())},
+            "assigned": assigned_partitions(), "partitions": sorted(app.ingest.partitions.runtimes),
+            "stream_time": {p: _ts(e.watermark) for p, e in sorted(app.ingest.partitions.engines().items())},
             "event_loop": event_loop_name(loop), "consumer": consumer_runs_on(app, loop),
             "readmodel": {"assigned": readmodel_assigned(), "lag": readmodel_lag()}}
     return not problems, body
@@ -182,6 +182,7 @@ def _highwater(topic: str, partition: int):
 
 @app.page("/metrics")
 async def prometheus(web, request):
-    moves = LOCAL.moves if LOCAL is not None else None
-    waiting = {p: len(e.pending) for p, e in PARTITIONS.engines().items()}
+    clock, engines = app.ingest.clock, app.ingest.partitions.engines()
+    moves = clock.moves if clock is not None else None
+    waiting = {p: len(e.pending) for p, e in engines.items()}
     return web.text(metrics.render(_highwater, moves, T.WRITES.unsent_bytes, waiting), content_type="text/plain")

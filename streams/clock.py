@@ -31,7 +31,7 @@ WALL = Clock()
 class LocalClock:
     """Live stream time on one worker (`UPSELL_CLOCK=wall`): when to move it, and the loop that does.
 
-    Stream time is the wall clock minus the lateness. Moving it (`move`, agents.ingest.advance)
+    Stream time is the wall clock minus the lateness. Moving it (`move`, agents.ingest.Ingest.advance)
     applies the events it passes and fires the timers; it is moved once every tick interval, and
     besides at the moment the earliest event or timer waiting in a partition engine falls due
     (its time plus the lateness has passed), so a decision leaves as soon as the lateness allows,

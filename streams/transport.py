@@ -255,6 +255,7 @@ class App(faust.App):
         self.consumer_thread = consumer_thread
         self.full_gc_interval = full_gc_interval     # seconds between full collections; 0: Python's
         self.inboxes: dict = {}      # topic name -> streams.inbox.Inbox taking its records
+        self.ingest = None           # the worker's ingest (agents.ingest.Ingest), once declared
         super().__init__(*args, **kwargs)
 
     def worker_process_settings(self) -> None:

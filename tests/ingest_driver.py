@@ -26,7 +26,8 @@ class IngestDriver:
             monkeypatch.setattr(T, name, channel)
             self.out[name] = channel.clone(is_iterator=True)
         monkeypatch.setattr(app.consumer, "ack", self._ack)
-        monkeypatch.setattr(A, "PARTITIONS", A.Partitions())
+        self.ingest = A.Ingest(app.ingest.inbox, None, settings.partitions)   # the worker's, fresh
+        monkeypatch.setattr(app, "ingest", self.ingest)
         for table in (T.customer_state, T.partition_state):
             table.data.clear()
         T.customer_state.partition_of.clear()
@@ -49,7 +50,7 @@ class IngestDriver:
                           key.encode() if key is not None else None, value, None,
                           generation_id=app.consumer_generation_id)
         log.append(message)
-        await A.INBOX.deliver([message], A.handle)
+        await self.ingest.deliver([message])
         return message
 
     async def tick(self, partition: int, at_ms: int) -> None:
@@ -58,7 +59,7 @@ class IngestDriver:
 
     async def advance_wall_clock(self, now_ms: int) -> None:
         """The live clock's move (no record): stream time to now minus the lateness."""
-        await A.advance(now_ms)
+        await self.ingest.advance(now_ms)
 
     # ----------------------------------------------------------------- out --
     def read(self, name: str = "proposals") -> list[dict]:
@@ -85,7 +86,7 @@ class IngestDriver:
     # -------------------------------------------------------------- crashes --
     def crash(self) -> None:
         """The worker loses every partition (a rebalance, or it died): the tables stay."""
-        A.PARTITIONS.revoke([type("TP", (), {"partition": p})() for p in list(A.PARTITIONS.runtimes)])
+        self.ingest.partitions.clear()
 
     async def redeliver(self) -> int:
         """The next owner reads every topic-partition again from its first unacknowledged record,
@@ -94,5 +95,5 @@ class IngestDriver:
         for m in records:
             again = Message(m.topic, m.partition, m.offset, m.timestamp, 0, m.headers, m.key, m.value, None,
                             generation_id=app.consumer_generation_id)
-            await A.INBOX.deliver([again], A.handle)
+            await self.ingest.deliver([again])
         return len(records)

@@ -30,22 +30,21 @@ async def wired(monkeypatch):
         channel = app.channel(maxsize=1000)
         monkeypatch.setattr(T, name, channel)
         out[name] = channel.clone(is_iterator=True)    # a subscriber: it receives what is sent
-    A.PARTITIONS.runtimes.clear()
+    monkeypatch.setattr(app, "ingest", A.Ingest(app.ingest.inbox, None, settings.partitions))
     for table in (T.customer_state, T.partition_state):
         table.data.clear()
     T.customer_state.partition_of.clear()
-    A.PARTITIONS.warned.clear()
+    
     contexts = {"ticks": A.ticks.test_context()}
     agents = {name: await ctx.__aenter__() for name, ctx in contexts.items()}
     agents.update({topic: Input(topic) for topic in INPUT_TOPICS})
     yield agents, out
     for ctx in contexts.values():
         await ctx.__aexit__(None, None, None)
-    A.PARTITIONS.runtimes.clear()
 
 
 class Input:
-    """An input topic as the worker's inbox hands it records (`A.INBOX.deliver`): the test
+    """An input topic as the worker's inbox hands it records (`Ingest.deliver`): the test
     driver's `put` is the same as an agent test context's (explicit partition and timestamp)."""
 
     def __init__(self, topic: str):
@@ -56,7 +55,7 @@ class Input:
         message = Message(self.name, partition, self.sent_offset, timestamp, 0, headers, key, value, None,
                           generation_id=app.consumer_generation_id)
         self.sent_offset += 1
-        await A.INBOX.deliver([message], A.handle)
+        await app.ingest.deliver([message])
         return message
 
 
@@ -99,9 +98,9 @@ async def test_usage_over_the_limit_is_proposed_once_stream_time_passes_it(wired
     # state is in the table, keyed by customer, and the engine's partition is the event's
     state = orjson.loads(T.customer_state[b"c-1"])
     assert state["usage"]["seats"]["value"] == 46 and state["off"]["usage"] == 0
-    assert p in A.PARTITIONS.runtimes and "c-1" in A.PARTITIONS.runtimes[p].engine.customers
+    assert p in app.ingest.partitions.runtimes and "c-1" in app.ingest.partitions.runtimes[p].engine.customers
     meta = orjson.loads(T.customer_state[A.meta_key(p)])       # written at the tick, the 3rd record
-    assert meta["watermark"] == T0 + 2 * MIN and A.PARTITIONS.runtimes[p].engine.buffered() == 0
+    assert meta["watermark"] == T0 + 2 * MIN and app.ingest.partitions.runtimes[p].engine.buffered() == 0
 
 
 async def test_engines_are_per_partition(wired):
@@ -120,7 +119,7 @@ async def test_engines_are_per_partition(wired):
     # only the ticked partition's customers: the others still wait for their stream time
     assert sorted(g["customer_id"] for g in got) == sorted(by_p[first])
     for p, cids in by_p.items():     # applied (ticked) or buffered, each on its own partition
-        eng = A.PARTITIONS.runtimes[p].engine
+        eng = app.ingest.partitions.runtimes[p].engine
         waiting = {e[1] for q in eng.fifo.values() for e in q}
         assert set(eng.customers) | waiting == set(cids)
         assert (p == first) == (not waiting)
@@ -137,7 +136,7 @@ async def test_late_event_and_unhappy_customer_are_suppressed_with_reason(wired)
     assert _drain(out["proposals"]) == []
     sup = _drain(out["suppressed"])
     assert [(s["trigger"], s["suppressed"]["reason"]) for s in sup] == [("usage_limit", "unhappy_customer")]
-    assert A.PARTITIONS.runtimes[p].engine.stats["late_events"] == 1
+    assert app.ingest.partitions.runtimes[p].engine.stats["late_events"] == 1
 
 
 async def test_invalid_events_go_to_dead_letters_with_original_bytes(wired):
@@ -162,10 +161,10 @@ async def test_a_dead_letter_is_not_acknowledged_before_an_earlier_event_that_wa
     p = await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 3}, T0)
     await _put(agents, "usage", b"{oops", T0 + 1, partition=p, key="c-1")
     assert len(_drain(out["dead_letters"])) == 1
-    read = list(A.PARTITIONS.runtimes[p].acks[(T.inputs["usage"].get_topic_name(), p)].queue)
+    read = list(app.ingest.partitions.runtimes[p].acks[(T.inputs["usage"].get_topic_name(), p)].queue)
     assert [m.offset for m in read] == [0, 1] and not any(m.acked for m in read)
     await _tick(agents, p, T0 + MIN)                # the event is applied and written: both go
-    assert all(m.acked for m in read) and not A.PARTITIONS.runtimes[p].acks[read[0].tp].queue
+    assert all(m.acked for m in read) and not app.ingest.partitions.runtimes[p].acks[read[0].tp].queue
 
 
 async def test_a_redelivered_event_changes_nothing(wired):
@@ -179,7 +178,7 @@ async def test_a_redelivered_event_changes_nothing(wired):
     usage.sent_offset -= 1        # the same offset again, as after a take-over
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
     assert T.customer_state[b"c-1"] == before
-    assert A.PARTITIONS.runtimes[p].engine.stats["duplicates"] == 1 and A.PARTITIONS.runtimes[p].engine.stats["late_events"] == 0
+    assert app.ingest.partitions.runtimes[p].engine.stats["duplicates"] == 1 and app.ingest.partitions.runtimes[p].engine.stats["late_events"] == 0
 
 
 async def test_engine_is_rebuilt_from_the_tables_and_pending_events_come_again(wired):
@@ -189,8 +188,8 @@ async def test_engine_is_rebuilt_from_the_tables_and_pending_events_come_again(w
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 30}, T0 + MIN)   # offset 0
     await _tick(agents, p, T0 + MIN + 1)                 # both applied, persisted and acknowledged
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + 2 * MIN)  # 1
-    assert A.PARTITIONS.runtimes[p].engine.buffered() == 1 and _drain(out["proposals"]) == []
-    A.PARTITIONS.runtimes.clear()        # a rebalance (what on_partitions_revoked does): the tables stay
+    assert app.ingest.partitions.runtimes[p].engine.buffered() == 1 and _drain(out["proposals"]) == []
+    app.ingest.partitions.clear()        # a rebalance (what on_partitions_revoked does): the tables stay
     # the broker delivers again from the last committed offset: offset 0 (applied) and 1 (pending)
     usage.sent_offset = 0
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 30}, T0 + MIN)
@@ -198,7 +197,7 @@ async def test_engine_is_rebuilt_from_the_tables_and_pending_events_come_again(w
     await _tick(agents, p, T0 + 3 * MIN)
     got = _drain(out["proposals"])
     assert [(g["trigger"], g["evidence"]["value"]) for g in got] == [("usage_limit", 46)]
-    assert A.PARTITIONS.runtimes[p].engine.stats["duplicates"] == 1
+    assert app.ingest.partitions.runtimes[p].engine.stats["duplicates"] == 1
     assert orjson.loads(T.customer_state[b"c-1"])["usage"]["seats"]["value"] == 46
 
 
@@ -211,13 +210,13 @@ async def test_the_partition_document_is_kept_with_the_customers(wired, monkeypa
     assert orjson.loads(T.customer_state[A.meta_key(p)])["watermark"] == T0 + MIN
     assert A.meta_key(p).decode("utf-8", "replace") != A.meta_key(p).decode("latin-1")
     assert len(T.partition_state.data) == 0
-    A.PARTITIONS.runtimes.clear()                                 # restored: the document is not a customer
-    eng = A.PARTITIONS[p].engine
+    app.ingest.partitions.clear()                                 # restored: the document is not a customer
+    eng = app.ingest.partitions[p].engine
     assert eng.watermark == T0 + MIN and list(eng.customers) == ["c-1"]
     # a document where earlier versions kept it is still read
     T.partition_state.data[str(p).encode()] = T.customer_state.data.pop(A.meta_key(p))
-    A.PARTITIONS.runtimes.clear()
-    assert A.PARTITIONS[p].engine.watermark == T0 + MIN
+    app.ingest.partitions.clear()
+    assert app.ingest.partitions[p].engine.watermark == T0 + MIN
 
 
 def _records(monkeypatch, acked: list, offsets, tp=("usage", 0), on_ack=None):
@@ -228,11 +227,32 @@ def _records(monkeypatch, acked: list, offsets, tp=("usage", 0), on_ack=None):
 
 
 def _runtime(monkeypatch, partition: int = 0):
-    """A partition's runtime of its own (no engine), registered as the worker's only one."""
+    """A partition's runtime of its own (no engine)."""
+    return A.PartitionRuntime(partition, None)
+
+
+def test_a_revoked_partition_or_an_old_generation_acknowledges_nothing_more(monkeypatch):
+    """A write that lands after its partition was revoked (or after a rebalance began a new
+    consumer generation) acknowledges nothing: the partition's next owner reads those records."""
+    rt = _runtime(monkeypatch)
+    acked = []
+    records = _records(monkeypatch, acked, [0, 1, 2])
+    order = rt.acks_for(records[0])
+    for r in records:
+        order.read(r)
+    A._ack([(order, records[0])])
+    assert acked == [0]
+    newer = SimpleNamespace(tp=records[1].tp, partition=0, offset=1, generation_id=2)
+    assert rt.acks_for(newer) is not order                 # a new generation: a new order
+    A._ack([(order, records[1])])
+    assert acked == [0]
     partitions = A.Partitions()
-    rt = partitions.runtimes[partition] = A.PartitionRuntime(partition, None)
-    monkeypatch.setattr(A, "PARTITIONS", partitions)
-    return rt
+    partitions.runtimes[0] = rt
+    current = rt.acks_for(newer)
+    current.read(newer)
+    partitions.revoke([SimpleNamespace(partition=0)])
+    A._ack([(current, newer)])
+    assert acked == [0] and partitions.runtimes == {}
 
 
 def test_records_are_acknowledged_to_faust_in_offset_order(monkeypatch):
@@ -301,18 +321,18 @@ async def test_a_backlog_is_written_behind_and_decisions_are_not_held(wired, bac
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
     # the proposal is sent at once, but the batch is not written nor acknowledged yet
     assert [g["trigger"] for g in _drain(out["proposals"])] == ["usage_limit"]
-    assert T.customer_state.get(b"c-1") is None and len(A.PARTITIONS.runtimes[p].held) == 2
+    assert T.customer_state.get(b"c-1") is None and len(app.ingest.partitions.runtimes[p].held) == 2
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 30}, T0 + 2 * MIN)
-    assert T.customer_state.get(b"c-1") is None and len(A.PARTITIONS.runtimes[p].held) == 3
+    assert T.customer_state.get(b"c-1") is None and len(app.ingest.partitions.runtimes[p].held) == 3
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 31}, T0 + 3 * MIN)
     # the 4th record ends the batch: the customer is written once, with all three usage samples
     state = orjson.loads(T.customer_state[b"c-1"])
     assert state["usage"]["seats"]["value"] == 31 and state["off"] == {"customers": 0, "usage": 2}
-    assert A.PARTITIONS.runtimes[p].held == {}
+    assert app.ingest.partitions.runtimes[p].held == {}
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 32}, T0 + 4 * MIN)
-    assert len(A.PARTITIONS.runtimes[p].held) == 1
+    assert len(app.ingest.partitions.runtimes[p].held) == 1
     await _tick(agents, p, T0 + 11 * MIN)            # a tick ends the batch too
-    assert orjson.loads(T.customer_state[b"c-1"])["usage"]["seats"]["value"] == 32 and A.PARTITIONS.runtimes[p].held == {}
+    assert orjson.loads(T.customer_state[b"c-1"])["usage"]["seats"]["value"] == 32 and app.ingest.partitions.runtimes[p].held == {}
 
 
 async def test_a_batch_lost_before_its_write_is_applied_again_with_the_same_decisions(wired, backlog):
@@ -331,7 +351,7 @@ async def test_a_batch_lost_before_its_write_is_applied_again_with_the_same_deci
     await _tick(agents, p, T0 + 11 * MIN)            # its stream time (the old tick was committed)
     again = _drain(out["proposals"])
     assert again == first          # at least once: the same proposal_id and content
-    assert A.PARTITIONS.runtimes[p].engine.stats["duplicates"] == 0
+    assert app.ingest.partitions.runtimes[p].engine.stats["duplicates"] == 0
 
 
 def test_with_the_event_clock_a_batch_ends_once_the_consumer_is_caught_up(monkeypatch):
@@ -365,17 +385,17 @@ async def test_live_clock_decides_at_once_and_the_tick_record_writes(wired):
     agents, out = wired
     p = await _put(agents, "customers", _seat_customer(), T0)
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
-    await A.advance(T0 + MIN + settings.lateness_ms)       # stream time reaches the usage event, not past it
+    await app.ingest.advance(T0 + MIN + settings.lateness_ms)       # stream time reaches the usage event, not past it
     assert _drain(out["proposals"]) == []
-    await A.advance(T0 + MIN + 1 + settings.lateness_ms)   # ... and now past it: decided at once
+    await app.ingest.advance(T0 + MIN + 1 + settings.lateness_ms)   # ... and now past it: decided at once
     got = _drain(out["proposals"])
     assert [(g["trigger"], g["created_at"]) for g in got] == [("usage_limit", format_ts(T0 + MIN))]
     # applied but neither written nor acknowledged until the partition's tick record
-    assert A.PARTITIONS.runtimes[p].engine.buffered() == 0 and len(A.PARTITIONS.runtimes[p].held) == 2
+    assert app.ingest.partitions.runtimes[p].engine.buffered() == 0 and len(app.ingest.partitions.runtimes[p].held) == 2
     assert T.customer_state.get(b"c-1") is None
     await _tick(agents, p, T0 + MIN + 1)
     assert orjson.loads(T.customer_state[b"c-1"])["off"] == {"customers": 0, "usage": 0}
-    assert A.PARTITIONS.runtimes[p].held == {} and _drain(out["proposals"]) == []
+    assert app.ingest.partitions.runtimes[p].held == {} and _drain(out["proposals"]) == []
 
 
 async def test_table_values_are_exact_size_copies(wired):
@@ -385,11 +405,11 @@ async def test_table_values_are_exact_size_copies(wired):
     await _tick(agents, p, T0 + 1)
     stored = T.customer_state[b"c-1"]
     await _tick(agents, p, T0 + 2)                      # a batch without it: kept as the table's bytes
-    assert A.PARTITIONS.runtimes[p].engine.customers["c-1"] is stored
-    assert stored == orjson.dumps(A.PARTITIONS.runtimes[p].engine.customer("c-1"))
+    assert app.ingest.partitions.runtimes[p].engine.customers["c-1"] is stored
+    assert stored == orjson.dumps(app.ingest.partitions.runtimes[p].engine.customer("c-1"))
     # orjson's own bytes carry its write buffer (kilobytes); what the table keeps must not
     tracemalloc.start()
-    kept = [A.dumps(A.PARTITIONS.runtimes[p].engine.customer("c-1")) for _ in range(100)]
+    kept = [A.dumps(app.ingest.partitions.runtimes[p].engine.customer("c-1")) for _ in range(100)]
     per_value = tracemalloc.get_traced_memory()[0] / len(kept)
     tracemalloc.stop()
     assert per_value < 2 * len(stored) + 100
@@ -402,11 +422,11 @@ async def test_a_watermark_record_is_acknowledged_with_the_batch_that_writes_it(
     p = partition_for("c-1", settings.partitions)
     marker = await agents["usage"].put(b"", partition=p, timestamp=(T0 + MIN) / 1000,
                                        headers=[(WATERMARK_HEADER, str(T0 + MIN).encode())])
-    assert A.PARTITIONS.runtimes[p].marks == [marker]
+    assert app.ingest.partitions.runtimes[p].marks == [marker]
     # not written yet: acknowledged, a successor restoring the tables would not know this watermark
     assert not marker.acked and T.customer_state.get(A.meta_key(p)) is None
     await _tick(agents, p, T0)                     # the batch ends, the partition document is written
-    assert marker.acked and A.PARTITIONS.runtimes[p].marks == []
+    assert marker.acked and app.ingest.partitions.runtimes[p].marks == []
     assert orjson.loads(T.customer_state[A.meta_key(p)])["hw"]["usage"] == T0 + MIN
 
 
@@ -462,7 +482,7 @@ async def test_an_event_time_out_of_range_is_a_dead_letter_and_moves_no_stream_t
     agents, out = wired
     p = await _put(agents, "customers", _seat_customer(), T0)
     await _tick(agents, p, T0 + 1)
-    watermark = A.PARTITIONS.runtimes[p].engine.watermark
+    watermark = app.ingest.partitions.runtimes[p].engine.watermark
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 49}, ts_ms)
     await agents["usage"].put(b"", partition=p, timestamp=T0 / 1000,
                               headers=[(WATERMARK_HEADER, str(ts_ms).encode())])
@@ -470,7 +490,7 @@ async def test_an_event_time_out_of_range_is_a_dead_letter_and_moves_no_stream_t
     dl = _drain(out["dead_letters"])
     assert [d["error"].split(" ")[:2] for d in dl] == [["record", "timestamp"]] * 2 + [["watermark", "record:"]]
     assert str(ts_ms) in dl[0]["error"] and dl[0]["timestamp"] is None and dl[0]["partition"] == p
-    assert A.PARTITIONS.runtimes[p].engine.watermark == watermark and A.PARTITIONS.runtimes[p].engine.stats["events"]["usage"] == 0
+    assert app.ingest.partitions.runtimes[p].engine.watermark == watermark and app.ingest.partitions.runtimes[p].engine.stats["events"]["usage"] == 0
     # the worker goes on: the next valid event is applied and decided
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 49}, T0 + 2)
     await _tick(agents, p, T0 + MIN)
@@ -517,8 +537,8 @@ async def test_the_local_clock_decides_once_the_event_falls_due_not_at_the_next_
     lateness = 40
     monkeypatch.setattr(A, "settings", replace(settings, lateness_ms=lateness))
     local = LocalClock(WALL, lateness, tick_ms=60_000, resolution_ms=1)
-    monkeypatch.setattr(A, "LOCAL", local)
-    task = asyncio.create_task(local.run(A.advance, A.waiting))
+    monkeypatch.setattr(app.ingest, "clock", local)
+    task = asyncio.create_task(local.run(app.ingest.advance, app.ingest.waiting))
     try:
         now = WALL.now_ms()
         await _put(agents, "customers", _seat_customer(), now - 60_000)

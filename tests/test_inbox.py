@@ -47,12 +47,12 @@ def scratch(flowing):
 
 async def test_the_conductor_hands_the_input_topics_to_the_inbox(flowing):
     usage = T.inputs["usage"].get_topic_name()
-    assert app.inboxes[usage] is A.INBOX and T.inputs["usage"] in app.topics     # subscribed
+    assert app.inboxes[usage] is app.ingest.inbox and T.inputs["usage"] in app.topics     # subscribed
     handler = app.topics._build_handler(TP(usage, 3), {T.inputs["usage"]})
     message = _message(usage, 3, 7)
     await handler(message)
     # queued as the consumer's message itself (no event), and tracked for acknowledgement
-    assert await A.INBOX.take() == [message]
+    assert await app.ingest.inbox.take() == [message]
     assert message.tracked and message in app.consumer.unacked      # a fetched message starts untracked
     app.consumer.unacked.discard(message)
     # a topic no inbox takes keeps Faust's own handler (decode, channel queue, stream)
@@ -77,11 +77,11 @@ async def test_deliver_skips_an_earlier_generation_and_waits_while_flow_is_suspe
     async def handle(message):
         got.append(message.offset)
     now = app.consumer_generation_id
-    await A.INBOX.deliver([_message(usage, 0, 0), _message(usage, 0, 1, generation_id=now - 1),
+    await app.ingest.inbox.deliver([_message(usage, 0, 0), _message(usage, 0, 1, generation_id=now - 1),
                            _message(usage, 0, 2)], handle)
     assert got == [0, 2]              # fetched before the latest rebalance: Faust seeks back to it
     flowing.suspend()                 # rebalancing: handed on once flow resumes, if still current
-    later = asyncio.ensure_future(A.INBOX.deliver([_message(usage, 0, 3), _message(usage, 0, 4)], handle))
+    later = asyncio.ensure_future(app.ingest.inbox.deliver([_message(usage, 0, 3), _message(usage, 0, 4)], handle))
     await asyncio.sleep(0)            # one loop turn: it runs until it waits
     assert not later.done() and got == [0, 2]
     flowing.resume()

@@ -33,12 +33,12 @@ async def test_records_in_then_decisions_writes_and_acknowledgements_out(driver)
     m1 = await driver.pipe("customers", _seat_customer(), T0)
     m2 = await driver.pipe("usage", SEATS_46, T0 + MIN)
     assert driver.read() == [] and not driver.acked            # waiting for stream time
-    assert A.PARTITIONS.runtimes[p].held.keys() == {("customers", 0), ("usage", 0)}
+    assert driver.ingest.partitions.runtimes[p].held.keys() == {("customers", 0), ("usage", 0)}
     await driver.tick(p, T0 + 2 * MIN)                          # stream time passes both; batch end
     assert [g["trigger"] for g in driver.read()] == ["usage_limit"]
     assert driver.stored("c-1")["usage"]["seats"]["value"] == 46
     assert {(m.topic, m.partition, m.offset) for m in (m1, m2)} <= driver.acked
-    assert A.PARTITIONS.runtimes[p].held == {}
+    assert driver.ingest.partitions.runtimes[p].held == {}
 
 
 async def test_decided_but_not_written_when_the_worker_dies_is_decided_again(driver):

@@ -37,7 +37,7 @@ async def test_a_record_on_another_partition_is_a_dead_letter_naming_the_produce
     assert metrics.wrong_partition["customers"] - before == 2
     warns = [r for r in caplog.records if "partitioner" in r.getMessage()]
     assert len(warns) == 1 and "murmur2_random" in warns[0].getMessage()      # once per topic
-    assert wrong not in A.PARTITIONS.runtimes or "c-1" not in A.PARTITIONS.runtimes[wrong].engine.customers
+    assert wrong not in app.ingest.partitions.runtimes or "c-1" not in app.ingest.partitions.runtimes[wrong].engine.customers
     # on its own partition the same customer is applied as usual
     p = await _put(agents, "customers", _seat_customer(), T0 + 1)
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN)
@@ -59,8 +59,8 @@ async def test_restore_keeps_every_document_of_the_changelog_partition(wired):
     event = SimpleNamespace(key=stray.encode(), value=orjson.dumps(doc),
                             message=SimpleNamespace(key=stray.encode(), value=orjson.dumps(doc), partition=p))
     T.customer_state.apply_changelog_batch([event])
-    A.PARTITIONS.runtimes.clear()                                  # a restart: the engine is rebuilt
-    eng = A.PARTITIONS[p].engine
+    app.ingest.partitions.clear()                                  # a restart: the engine is rebuilt
+    eng = app.ingest.partitions[p].engine
     assert set(eng.customers) == {"c-1", stray}
     assert metrics.misplaced_customers[p] == 1
     assert orjson.loads(T.customer_state[stray.encode()])["plan"] == "basic"
@@ -99,7 +99,7 @@ async def test_a_record_on_another_partition_is_forwarded_and_applied_where_its_
     wrong = _elsewhere("c-1")
     await _put(agents, "usage", {"customer_id": "c-1", "metric": "seats", "value": 46}, T0 + MIN, partition=wrong)
     assert metrics.wrong_partition["usage"] - before == 1 and _drain(out["dead_letters"]) == []
-    assert wrong not in A.PARTITIONS.runtimes or "c-1" not in A.PARTITIONS.runtimes[wrong].engine.customers
+    assert wrong not in app.ingest.partitions.runtimes or "c-1" not in app.ingest.partitions.runtimes[wrong].engine.customers
     sent = [forwarded.queue.get_nowait() for _ in range(forwarded.queue.qsize())]
     assert len(sent) == 1
     m = sent[0].message
@@ -109,4 +109,4 @@ async def test_a_record_on_another_partition_is_forwarded_and_applied_where_its_
     await repartition.put(m.value, key=m.key, partition=m.partition, timestamp=m.timestamp, headers=m.headers)
     await _tick(agents, p, T0 + 2 * MIN)
     assert [g["trigger"] for g in _drain(out["proposals"])] == ["usage_limit"]      # once: the copy is dropped
-    assert A.PARTITIONS.runtimes[p].engine.stats["duplicates"] == 1
+    assert app.ingest.partitions.runtimes[p].engine.stats["duplicates"] == 1
