@@ -1,6 +1,9 @@
 """JSON Schemas of the output topics (proposals, proposals.suppressed, proposal-status, dead letters)."""
 from __future__ import annotations
 
+from rules.timeutil import parse_ts
+from schemas.validate import describe
+
 _TS = {"type": "string", "format": "date-time"}
 _STR = {"type": "string"}
 _NUM = {"type": "number"}
@@ -195,20 +198,17 @@ _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "object": 
 
 def check(schema: dict, value, path: str = "") -> None:
     """Raise ValueError naming the field if `value` does not match `schema`."""
-    from schemas.validate import describe      # here: validate imports nothing of outputs
-    where = f"field '{path}': " if path else ""
     if "const" in schema and value != schema["const"]:
-        raise ValueError(f"{where}expected {schema['const']!r}, got {describe(value)}")
+        raise ValueError(f"{_where(path)}expected {schema['const']!r}, got {describe(value)}")
     if "enum" in schema and value not in schema["enum"]:
-        raise ValueError(f"{where}expected one of {', '.join(map(str, schema['enum']))}, got {describe(value)}")
+        raise ValueError(f"{_where(path)}expected one of {', '.join(map(str, schema['enum']))}, got {describe(value)}")
     types = schema.get("type")
     if types is not None:
         types = [types] if isinstance(types, str) else types
         if not any(isinstance(value, _JSON_TYPES[t]) and not (t in ("integer", "number") and isinstance(value, bool))
                    for t in types):
-            raise ValueError(f"{where}expected {' or '.join(types)}, got {describe(value)}")
+            raise ValueError(f"{_where(path)}expected {' or '.join(types)}, got {describe(value)}")
     if schema.get("format") == "date-time" and isinstance(value, str):
-        from rules.timeutil import parse_ts
         parse_ts(value)
     if isinstance(value, dict) and "properties" in schema:
         for name in schema.get("required", ()):
@@ -225,23 +225,54 @@ def check(schema: dict, value, path: str = "") -> None:
             _check_alternatives(schema[keyword], value, path, exactly_one=keyword == "oneOf")
 
 
+def _where(path: str) -> str:
+    return f"field '{path}': " if path else ""
+
+
+def _discriminators(alt: dict) -> dict:
+    """An alternative's fields with a const or an enum (trigger, status): what picks it."""
+    return {k: v for k, v in alt.get("properties", {}).items() if "const" in v or "enum" in v}
+
+
+def _picked(chosen: dict, value) -> bool:
+    """Whether `value` has the alternative's discriminating values (the fields it has)."""
+    if not isinstance(value, dict):
+        return True
+    for name, sub in chosen.items():
+        if name in value:
+            v = value[name]
+            if ("const" in sub and v != sub["const"]) or ("enum" in sub and v not in sub["enum"]):
+                return False
+    return True
+
+
 def _check_alternatives(alternatives: list, value, path: str, exactly_one: bool) -> None:
-    errors, matched = [], 0
-    for alt in alternatives:
+    """An alternative whose discriminating values the value does not have cannot match; it is
+    checked in full (for its error) only when no alternative applies. Of the errors, the
+    alternative whose discriminator matches says best what is wrong."""
+    errors, matched, skipped = [], 0, []
+    for i, alt in enumerate(alternatives):
+        chosen = _discriminators(alt)
+        if not _picked(chosen, value):
+            skipped.append((i, alt))
+            continue
         try:
             check(alt, value, path)
             matched += 1
         except ValueError as exc:
-            # the alternative whose discriminator (its const and enum fields: trigger, status)
-            # matches says best what is wrong
-            chosen = {k: v for k, v in alt.get("properties", {}).items() if "const" in v or "enum" in v}
             try:
                 check({"properties": chosen}, value, path)
                 applies = True
             except ValueError:
                 applies = False
-            errors.append((not applies, str(exc)))
+            errors.append((not applies, len(str(exc)), i, str(exc)))
     if matched == 0:
-        raise ValueError(min(errors, key=lambda e: (e[0], len(e[1])))[1])
+        if not any(not e[0] for e in errors):
+            for i, alt in skipped:
+                try:
+                    check(alt, value, path)
+                except ValueError as exc:
+                    errors.append((True, len(str(exc)), i, str(exc)))
+        raise ValueError(min(errors)[3])
     if exactly_one and matched > 1:
         raise ValueError(f"field '{path or '(value)'}': matches {matched} alternatives, expected one")
