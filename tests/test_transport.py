@@ -1,5 +1,5 @@
 """streams.transport: the partitions Faust pauses (PausedInTheClient), the consumer on the app's loop
-(ConsumerOnAppLoop)."""
+(ConsumerOnAppLoop), the worker without a spinner (WorkerWithoutSpinner)."""
 from __future__ import annotations
 
 import asyncio
@@ -125,3 +125,24 @@ async def test_the_in_loop_consumer_calls_in_place():
 
     await thread.cast_thread(cast)
     await asyncio.wait_for(done.wait(), 5)
+
+
+def test_the_worker_keeps_the_root_logger_at_the_level_it_was_started_with():
+    """Faust's own worker, started at warn or above, lowers the root logger to DEBUG for its
+    start-up spinner, for good: every debug call of aiokafka then builds a record. The app's
+    worker class has no spinner. The second half fails once a Faust release stops doing that:
+    then `WorkerWithoutSpinner` can go."""
+    import logging
+
+    import faust
+
+    from streams.app import app
+    from streams.transport import WorkerWithoutSpinner
+    assert app.conf.Worker is WorkerWithoutSpinner
+    root = logging.getLogger("upsell-test-root")
+    root.addHandler(logging.NullHandler())
+    root.setLevel(logging.WARNING)
+    WorkerWithoutSpinner(app, loglevel="warn", quiet=True).on_setup_root_logger(root, logging.WARNING)
+    assert root.level == logging.WARNING and len(root.handlers) == 1
+    faust.Worker(app, loglevel="warn", quiet=True).on_setup_root_logger(root, logging.WARNING)
+    assert root.level == logging.DEBUG, "faust-streaming no longer lowers the root logger: drop WorkerWithoutSpinner"
