@@ -41,7 +41,8 @@ from streams.replay import replay  # noqa: E402
 
 LAUNCHER = [sys.executable, str(ROOT / "bench" / "without.py"), "worker"]
 # the adaptations whose reason is the latency tail, not the backlog's CPU
-FOR_LATENCY = ("FetchWait", "ConsumerOnAppLoop", "PausedInTheClient", "freeze_startup_heap", "full_collections")
+FOR_LATENCY = ("FetchWait", "ConsumerOnAppLoop", "PausedInTheClient", "freeze_startup_heap", "full_collections",
+               "WorkerWithoutSpinner")
 
 
 def backlog(broker, store, prefix: str, tmp: Path, name: str, tag: str, events: int, expected: int,

@@ -32,6 +32,7 @@ WITHOUT = {
     "ConsumerOnAppLoop": _set_env("UPSELL_CONSUMER_THREAD", "1"),
     "freeze_startup_heap": lambda: setattr(t, "freeze_startup_heap", _nothing),
     "full_collections": _set_env("UPSELL_FULL_GC_INTERVAL", "0"),
+    "WorkerWithoutSpinner": lambda: setattr(t.WorkerWithoutSpinner, "__init__", t.faust.Worker.__init__),
 }
 
 if __name__ == "__main__":
