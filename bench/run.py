@@ -62,10 +62,7 @@ Phases (all against the same tansu broker, same topics and partition count):
              same on a year of 10,000 customers, with peak memory
 
 The latency phases' load generator sends what is due every --pace-ms (20 ms; 5 before run L1):
-tansu's cost per fetch grows with the number of produce batches a partition holds. Each latency
-measurement (raw consumer, worker, relay, every ramp step) runs on an embedded broker of its own
-(`fresh_broker`, since run Y4): on one broker for all, each step ran on more records than the one
-before it.
+tansu's cost per fetch grows with the number of produce batches a partition holds.
 
 Throughput is measured on a backlog (everything produced first), while the consumer works through
 it, so start-up and group joins are not counted: the worker's from polls of its /metrics (from the
@@ -523,15 +520,6 @@ def p99_by_span(lat: list[tuple[float, float]], start_ms: float, seconds: float,
     return [_quantile(sorted(p), 0.99) for p in parts]
 
 
-def fresh_broker(tmp: Path, name: str) -> EmbeddedBroker:
-    """An embedded broker of its own for one latency measurement, so that each starts from the
-    same broker: tansu's memory engine keeps every record it is sent, and its cost grows with
-    what it holds (the worker's p99 at 4,762 events/s: 44-54 ms on a new broker, 83-94 ms on one
-    that had taken 1.3 million records first), which made each step of the ramps slower than the
-    one before it."""
-    return EmbeddedBroker(log=tmp / f"broker-{name}.log")
-
-
 async def cpu_by_span(service, seconds: float, spans: int) -> list[float]:
     """The CPU `service` (a process: `cpu_seconds()`) used in each of `spans` equal spans of the
     next `seconds`, in cores."""
@@ -675,13 +663,11 @@ async def main(a) -> dict:
         res["ratio_noop_inbox"] = round(res["worker_eps"] / res["noop_inbox_eps"], 3)
         res["ratio_raw"] = round(res["worker_eps"] / res["raw_eps"], 4)
 
-        with fresh_broker(tmp, "rawlat") as b:
-            res.update(await raw_latency(b, events, res["worker_eps"] / 2, a))
+        res.update(await raw_latency(broker, events, res["worker_eps"] / 2, a))
         log(f"raw aiokafka at {res['worker_eps'] / 2:,.0f} events/s: p50 {res['raw_p50_ms']} ms, "
             f"p99 {res['raw_p99_ms']} ms; p99 by third of the load {res['raw_p99_ms_by_span']} ms, "
             f"broker CPU {res['raw_broker_cores_by_span']} cores")
-        with fresh_broker(tmp, "lat") as b:
-            res.update(await latency(b, redis, tmp, events, res["worker_eps"] / 2, a))
+        res.update(await latency(broker, redis, tmp, events, res["worker_eps"] / 2, a))
         log(f"latency at {res['latency_rate_eps']:,} events/s: p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms "
             f"({res['p99_after_warmup_ms']} ms after the first {WARM_S} s) "
             f"({res['latency_samples']} decisions); p99 by third of the load {res['p99_ms_by_span']} ms, "
@@ -692,11 +678,9 @@ async def main(a) -> dict:
         # raw aiokafka spends per event on the backlog, which the relay spends itself)
         every = max(1, round(res["latency_sent"] / max(1, res["latency_samples"])))
         res["relay_every"] = every
-        with fresh_broker(tmp, "relay") as b:
-            res.update(await relay_latency(b, events, res["worker_eps"] / 2, a, every))
+        res.update(await relay_latency(broker, events, res["worker_eps"] / 2, a, every))
         spin = round(max(0.0, res["backlog_cpu_us_per_event"] - 1e6 / res["raw_eps"]), 1)
-        with fresh_broker(tmp, "relay-busy") as b:
-            busy = await relay_latency(b, events, res["worker_eps"] / 2, a, every, spin, prefix="bench-relay-busy.")
+        busy = await relay_latency(broker, events, res["worker_eps"] / 2, a, every, spin, prefix="bench-relay-busy.")
         res.update({k.replace("relay_", "relay_backlog_cost_"): v for k, v in busy.items()})
         res["relay_backlog_cost_spin_us"] = spin
         log(f"relay at {res['latency_rate_eps']:,} events/s, no work: p50 {res['relay_p50_ms']} ms, p99 "
@@ -708,8 +692,7 @@ async def main(a) -> dict:
         tried = [[res["latency_rate_eps"], res["p99_ms"]]]
 
         async def ramp_step(share: float, prefix: str) -> bool:
-            with fresh_broker(tmp, prefix.rstrip(".")) as b:
-                step = await latency(b, redis, tmp, events, res["worker_eps"] * share, a, prefix=prefix)
+            step = await latency(broker, redis, tmp, events, res["worker_eps"] * share, a, prefix=prefix)
             tried.append([step["latency_rate_eps"], step["p99_ms"]])
             log(f"ramp: latency at {step['latency_rate_eps']:,} events/s ({share:.0%} of the backlog rate"
                 f"{', again' if prefix.endswith('-again.') else ''}): p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms")
@@ -730,8 +713,7 @@ async def main(a) -> dict:
 
         async def relay_step(share: float, prefix: str) -> bool:
             rate = round(res["worker_eps"] * share)
-            with fresh_broker(tmp, prefix.rstrip(".")) as b:
-                step = await relay_latency(b, events, rate, a, every, spin, prefix=prefix)
+            step = await relay_latency(broker, events, rate, a, every, spin, prefix=prefix)
             relay_tried.append([rate, step["relay_p99_ms"]])
             log(f"relay ramp: {rate:,} events/s, {spin} µs per event: p99 {step['relay_p99_ms']} ms")
             return step["relay_p99_ms"] is not None and step["relay_p99_ms"] <= GOAL_P99_MS
@@ -747,10 +729,8 @@ async def main(a) -> dict:
         if a.fixed_rate:
             # the same at a rate that does not move with the backlog rate: comparable between runs
             # and code versions (half of a faster worker is more load on the same two cores)
-            with fresh_broker(tmp, "rawlat-fixed") as b:
-                fixed = await raw_latency(b, events, a.fixed_rate, a, prefix="bench-rawlat-fixed.")
-            with fresh_broker(tmp, "lat-fixed") as b:
-                fixed.update(await latency(b, redis, tmp, events, a.fixed_rate, a, prefix="bench-lat-fixed."))
+            fixed = await raw_latency(broker, events, a.fixed_rate, a, prefix="bench-rawlat-fixed.")
+            fixed.update(await latency(broker, redis, tmp, events, a.fixed_rate, a, prefix="bench-lat-fixed."))
             res.update({"fixed_rate_eps": a.fixed_rate, "fixed_p50_ms": fixed["p50_ms"],
                         "fixed_p99_ms": fixed["p99_ms"], "fixed_raw_p99_ms": fixed["raw_p99_ms"],
                         "fixed_live_cpu_us_per_event": fixed["live_cpu_us_per_event"]})
