@@ -24,7 +24,9 @@ SEATS_46 = {"customer_id": "c-1", "metric": "seats", "value": 46}
 async def driver(monkeypatch):
     context = A.ticks.test_context()
     ticks = await context.__aenter__()
-    yield IngestDriver(monkeypatch, ticks)
+    driver = IngestDriver(monkeypatch, ticks)
+    yield driver
+    driver.close()
     await context.__aexit__(None, None, None)
 
 
