@@ -66,7 +66,7 @@ async def tail(bootstrap: str, topic: str, from_beginning: bool = False, limit: 
                 p = orjson.loads(msg.value)
                 out.write((msg.value.decode() if as_json else pretty_status(p) if lifecycle
                            else pretty(p, suppressed)) + "\n")
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            except (ValueError, KeyError, TypeError, AttributeError):   # orjson's and decode errors are ValueErrors
                 # anything else on the topic: said on stderr, so --json's output stays JSON Lines
                 print(f"upsell tail: not a decision at offset {msg.offset} of partition {msg.partition}",
                       file=sys.stderr)

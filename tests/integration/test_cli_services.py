@@ -172,3 +172,22 @@ async def test_tail_json_prints_each_record_as_it_is_and_names_what_is_not_one(b
             assert out.getvalue().splitlines() == [v.decode() for v in values]
         err = capsys.readouterr().err.splitlines()
         assert [line.rsplit(" ", 4)[-4] for line in err] == ["1", "3", "4"], err     # their offsets
+
+
+async def test_tail_status_names_a_record_it_cannot_print_and_goes_on(broker, capsys):
+    """A lifecycle record whose revenue is not a number cannot be printed: it is named on stderr
+    and the records after it are printed."""
+    topic = f"cli-tail-{os.getpid()}.proposal-status"
+    await ensure_topics(broker.bootstrap, [topic], 1)
+    from rules.config import load_rules
+    from streams.backtest import backtest_lines
+    scenario = (ROOT / "tests" / "scenarios" / "saas_and_shop.jsonl").read_bytes().splitlines()
+    good = backtest_lines(scenario, load_rules(), 4).statuses[0]
+    bad = {**good, "status": "converted", "via": "outcome", "revenue": {"expansion_mrr": "a lot"}}
+    records = [orjson.dumps(good), orjson.dumps(bad), orjson.dumps(good)]
+    await produce(broker.bootstrap, [(topic, b"c", v, 1_700_000_000_000 + i) for i, v in enumerate(records)])
+    out = io.StringIO()
+    await asyncio.wait_for(tail(broker.bootstrap, topic, from_beginning=True, limit=len(records), out=out), 60)
+    assert len(out.getvalue().splitlines()) == 2 and good["proposal_id"][:12] in out.getvalue()
+    err = capsys.readouterr().err.splitlines()
+    assert [line.rsplit(" ", 4)[-4] for line in err] == ["1"], err
