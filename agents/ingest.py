@@ -688,9 +688,6 @@ class Ingest:
         """The earliest event time waiting in each partition engine (what the local clock wakes for)."""
         return [rt.engine.next_due() for rt in self.partitions.runtimes.values()]
 
-    def revoke(self, tps) -> None:
-        self.partitions.revoke(tps)
-
 
 # The worker's ingest. Its inbox takes the input topics' records from Faust's consumer in batches,
 # without an Event and a stream each (streams/inbox.py): that path cost Faust twice as much per
@@ -736,4 +733,4 @@ if LIVE:
 
 @app.on_partitions_revoked.connect
 async def _revoked(sender, revoked, **kwargs) -> None:
-    app.ingest.revoke(revoked)
+    app.ingest.partitions.revoke(revoked)

@@ -229,46 +229,34 @@ def _where(path: str) -> str:
     return f"field '{path}': " if path else ""
 
 
-def _discriminators(alt: dict) -> dict:
-    """An alternative's fields with a const or an enum (trigger, status): what picks it."""
-    return {k: v for k, v in alt.get("properties", {}).items() if "const" in v or "enum" in v}
-
-
-def _picked(chosen: dict, value) -> bool:
-    """Whether `value` has the alternative's discriminating values (the fields it has)."""
+def _picked(alt: dict, value) -> bool:
+    """Whether `value` has the alternative's discriminating values: its fields with a const or an
+    enum (trigger, status), those of them the value has."""
     if not isinstance(value, dict):
         return True
-    for name, sub in chosen.items():
-        if name in value:
-            v = value[name]
-            if ("const" in sub and v != sub["const"]) or ("enum" in sub and v not in sub["enum"]):
-                return False
+    for name, sub in alt.get("properties", {}).items():
+        if name in value and (("const" in sub and value[name] != sub["const"])
+                              or ("enum" in sub and value[name] not in sub["enum"])):
+            return False
     return True
 
 
 def _check_alternatives(alternatives: list, value, path: str, exactly_one: bool) -> None:
-    """An alternative whose discriminating values the value does not have cannot match; it is
-    checked in full (for its error) only when no alternative applies. Of the errors, the
-    alternative whose discriminator matches says best what is wrong."""
-    errors, matched, skipped = [], 0, []
+    """An alternative whose discriminating values the value does not have cannot match: it is
+    checked (for its error) only when no other applies. The error of an alternative the value
+    picks says best what is wrong; of several, the shortest, then the first."""
+    picked = [_picked(alt, value) for alt in alternatives]
+    errors, matched = [], 0
     for i, alt in enumerate(alternatives):
-        chosen = _discriminators(alt)
-        if not _picked(chosen, value):
-            skipped.append((i, alt))
-            continue
-        try:
-            check(alt, value, path)
-            matched += 1
-        except ValueError as exc:
+        if picked[i]:
             try:
-                check({"properties": chosen}, value, path)
-                applies = True
-            except ValueError:
-                applies = False
-            errors.append((not applies, len(str(exc)), i, str(exc)))
+                check(alt, value, path)
+                matched += 1
+            except ValueError as exc:
+                errors.append((False, len(str(exc)), i, str(exc)))
     if matched == 0:
-        if not any(not e[0] for e in errors):
-            for i, alt in skipped:
+        if not errors:
+            for i, alt in enumerate(alternatives):
                 try:
                     check(alt, value, path)
                 except ValueError as exc:
