@@ -9,7 +9,7 @@ function:
 | `PausedInTheClient` | partitions Faust pauses are paused in aiokafka too | aiokafka held back every fetch while records of a paused changelog partition waited untaken (p99 at 3,000 events/s 2.8x) |
 | `InboxConductor`, `InboxFetch` | a fetch's records of an inbox topic (`App.inboxes`, `streams/inbox.py`) go to the inbox as one list | Faust's per-record path cost more than the worker's own work (backlog: 0.34x the events/s, 2.8x the CPU per event) |
 | `ConsumerOnAppLoop` | Faust's consumer runs on the app's event loop, not a thread of its own (`consumer_thread=False`) | a shorter latency tail under load (p99 at 27,000 events/s 1.9x) |
-| `WorkerWithoutSpinner` | Faust's worker without its start-up spinner (the public `Worker` setting) | at log level warn and above the spinner sets the root logger to DEBUG for good: every debug call of aiokafka, mode and Faust built a record (14% of the live worker's main thread at 8,000 events/s) |
+| `WorkerWithoutSpinner` | Faust's worker without its start-up spinner (the public `Worker` setting) | at log level warn and above the spinner sets the root logger to DEBUG for good: every debug call of aiokafka, mode and Faust built a record (14% of a profile's samples of the live worker at 8,000 events/s) |
 
 The worker's process also sets Python's garbage collector at start (`worker_process_settings`,
 called by the app module, not by every App made): the start-up heap frozen
