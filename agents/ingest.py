@@ -3,15 +3,15 @@
 `Ingest` is the worker's ingest (`app.ingest`): the partitions it owns, each a `PartitionRuntime`
 (its `PartitionEngine`, the records held for stream time, the acknowledgement order of its
 topic-partitions, the write-behind counters, the decision partitions it sent to), made on a
-partition's first record and dropped on revocation; the inbox its input records come through;
-live, its local clock. The Faust task, agent and timers below only hand their records to it.
+partition's first record or batch end and dropped on revocation; the inbox its input records
+come through; live, its local clock. The Faust tasks and the timer below only hand their work
+to it.
 `tests/ingest_driver.py` drives one record by record.
 
 Input records come from Faust's consumer through an inbox (`streams.inbox`): each fetch's
 records in one list, to one task (`ingest`), outside Faust's per-record path, which cost a no-op
-Faust agent more per record than the rules and state cost this worker. Tick records come through
-an agent (`ticks`). All decisions are made by `rules.engine.PartitionEngine` (pure,
-shared with the backtest); this module moves bytes:
+Faust agent more per record than the rules and state cost this worker. All decisions are made by
+`rules.engine.PartitionEngine` (pure, shared with the backtest); this module moves bytes:
 
 * decode and validate (`streams.recorded.decode_event`); anything invalid goes to `dead-letters`
   with the reason (`agents.errors`), and the stream moves on (its offset is committed like any
@@ -20,9 +20,9 @@ shared with the backtest); this module moves bytes:
 * feed the partition's engine; send its proposals and suppressions at once, keyed by
   customer_id, as record batches (`emit`, `streams.topics.WRITES`);
 * write behind: the table is written once per batch of records on a partition, not once per
-  event. A batch ends at every tick record (live: each commit interval), after PERSIST_EVERY
-  records, and, with the event clock (no ticks), when the consumer knows of no later record on
-  the event's topic-partition;
+  event. A batch ends after PERSIST_EVERY records; live, also once per commit interval on a
+  local timer (`batch_ends`: no broker hop, no topic); with the event clock, when the consumer
+  knows of no later record on the event's topic-partition;
 * a batch end waits while Faust's producer buffer holds more than PRODUCER_BACKLOG messages
   (`ebb`), or more than UNSENT_BYTES of table writes and decisions are not yet in the broker;
 * live, stream time moves on a local clock (`Ingest.advance`, `Ingest.clock`), without a broker hop, as soon
@@ -60,13 +60,13 @@ from streams.recorded import decode_event, dumps
 from streams.replay import WATERMARK_HEADER
 
 log = logging.getLogger(__name__)
-PERSIST_EVERY = 1000    # records (events, ticks) on a partition between table writes, at most
+PERSIST_EVERY = 1000    # records on a partition between table writes, at most
 META_EVERY = 1000       # records between writes of the partition document (at a batch end)
 PRODUCER_BACKLOG = 10_000   # messages in Faust's producer buffer beyond which a batch end waits (`ebb`)
 UNSENT_BYTES = settings.max_unsent_mb << 20   # bytes not yet in the broker beyond which a batch end waits
 # The topic whose partition p a write of partition p's state stands for (tables are written for a
-# current event; an input topic's partition count is checked against the changelog's)
-STATE_SOURCE = T.ticks.get_topic_name()
+# current event; its partition count is checked against the changelog's)
+STATE_SOURCE = T.inputs["usage"].get_topic_name()
 TOPIC_HEADER = "upsell-topic"         # a forwarded record's input topic
 SOURCE_HEADER = "upsell-source"       # "partition:offset" it was read from
 MARK_HEADER = "upsell-forward-mark"   # "partition:ts": that partition forwards nothing older than ts
@@ -387,8 +387,8 @@ def _header(msg, name: str) -> bytes | None:
 def caught_up(rt: PartitionRuntime, msg) -> bool:
     """With the event clock: no later record of the message's topic-partition is known to the
     consumer (or it cannot tell: no consumer running, as under the test driver). Live, the
-    ticks end the batches instead: this is False. Below an end offset already seen, the answer
-    is known without asking the consumer (on a backlog, nearly every record)."""
+    batch-end timer ends the batches instead: this is False. Below an end offset already seen,
+    the answer is known without asking the consumer (on a backlog, nearly every record)."""
     if settings.clock == "wall":
         return False
     end = rt.ends.get(msg.tp)
@@ -591,7 +591,7 @@ def _marker_time(header: bytes) -> int:
 class Ingest:
     """This worker's ingest: the partitions it owns (`Partitions`), the inbox its input records
     come through (`streams.inbox.Inbox`), live its local clock (`streams.clock.LocalClock`, else
-    None), and the order in which the leader's ticker visits the partitions. The worker's is
+    None), and the order in which the batch-end timer visits the partitions. The worker's is
     `app.ingest`, made when this module is imported (the inbox subscribes to its topics before
     the consumer starts); a test makes its own."""
 
@@ -600,7 +600,7 @@ class Ingest:
         self.clock = clock
         self.partitions = Partitions()
         self.warned: set[str] = set()      # input topics whose first wrong-partition record was logged
-        self.tick_order = itertools.cycle(range(partitions))
+        self.batch_order = itertools.cycle(range(partitions))
 
     async def run(self) -> None:
         await self.inbox.run(self.handle)
@@ -661,25 +661,26 @@ class Ingest:
         if out or ended is not None:        # most records: nothing to send, the batch goes on
             await settle(rt, out, ended)
 
-    async def tick(self, message) -> None:
-        """A tick record from the leader's ticker: stream time, and the end of its partition's
-        write-behind batch."""
-        rt = self.partitions[message.partition]
-        try:
-            at = orjson.loads(message.value)["at"]
-        except (orjson.JSONDecodeError, TypeError, KeyError):
-            log.warning("ignoring a malformed tick at offset %s", message.offset)
-            return
-        out = rt.engine.tick(int(at))
-        await settle(rt, out, rt.batch_end(True))
+    async def end_batch(self, partition: int, at: int) -> None:
+        """Stream time to `at` on the partition, and the end of its write-behind batch: what
+        changed is written, and what was written is acknowledged. A partition with no runtime
+        yet gets one (restored from the table), so its timers fire without a record of its own."""
+        rt = self.partitions[partition]
+        await settle(rt, rt.engine.tick(at), rt.batch_end(True))
+
+    async def end_next_batch(self, owned: set[int], now_ms: int) -> None:
+        """The batch-end timer's step: the next partition in turn, if this worker owns it
+        (`owned`), ends its batch at stream time `now_ms` minus the lateness."""
+        partition = next(self.batch_order)
+        if partition in owned:
+            await self.end_batch(partition, now_ms - settings.lateness_ms)
 
     async def advance(self, now_ms: int) -> None:
         """Live stream time on this worker: each partition engine it holds moves to the wall
         clock minus the allowed lateness. The events this releases are applied and their
         decisions sent at once; their state is written, and they are acknowledged, at the
-        partition's next tick record or batch end (write-behind: a move of the clock writes
-        nothing). No record, no broker hop. The local clock calls it each tick interval and when
-        an event falls due."""
+        partition's next batch end (write-behind: a move of the clock writes
+        nothing). The local clock calls it each tick interval and when an event falls due."""
         at = now_ms - settings.lateness_ms
         for rt in list(self.partitions.runtimes.values()):
             await emit(rt, rt.engine.tick(at))
@@ -706,13 +707,6 @@ async def ingest():
     await app.ingest.run()
 
 
-@app.agent(T.ticks, name="ticks")
-async def ticks(stream):
-    """Tick records from the leader's ticker, one per partition (keyless)."""
-    async for event in stream.events():
-        await app.ingest.tick(event.message)
-
-
 if LIVE:
     @app.task
     async def clock():
@@ -720,15 +714,23 @@ if LIVE:
         worker = app.ingest
         await worker.clock.run(worker.advance, worker.waiting)
 
-    @app.timer(interval=settings.commit_interval / settings.partitions, on_leader=True, name="ticker")
-    async def ticker():
-        """The leader: a tick record to every partition each UPSELL_COMMIT_INTERVAL, one partition
-        at a time so the writes they cause are spread over the interval (all at once, they stalled
-        the worker for 150-300 ms each second at 1,100 events/s). Its owner advances stream time
-        (partitions with no engine yet too), writes the partition's batch and acknowledges its
-        applied events."""
-        value = orjson.dumps({"at": WALL.now_ms() - settings.lateness_ms})
-        await T.ticks.send(partition=next(app.ingest.tick_order), value=value)
+    @app.timer(interval=settings.commit_interval / settings.partitions, name="batch_ends")
+    async def batch_ends():
+        """Every worker: each of its partitions ends its batch once per UPSELL_COMMIT_INTERVAL,
+        one partition at a time so the writes are spread over the interval (all at once, they
+        stalled the worker for 150-300 ms each second at 1,100 events/s). Not while a rebalance
+        has flow suspended: a partition's table is then being restored."""
+        if app.flow_control.is_active():
+            await app.ingest.end_next_batch(owned_partitions(), WALL.now_ms())
+
+
+def owned_partitions() -> set[int]:
+    """The partitions this worker's consumer has of the input topics."""
+    try:
+        tps = app.consumer.assignment()
+    except Exception:      # noqa: BLE001 -- the consumer is not started yet
+        return set()
+    return {tp.partition for tp in tps if tp.topic == STATE_SOURCE}
 
 
 @app.on_partitions_revoked.connect

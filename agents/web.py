@@ -12,7 +12,7 @@ import logging
 import orjson
 from aiohttp import web as aioweb
 
-import agents.ingest  # noqa: F401 -- declares the ingest (`app.ingest`) these views read
+from agents.ingest import owned_partitions   # also declares the ingest (`app.ingest`) these views read
 from agents.readmodel import assigned as readmodel_assigned, client, customer_view, lag as readmodel_lag
 from rules.guardrails import unhappy_reason
 from rules.timeutil import format_ts
@@ -89,19 +89,9 @@ async def _customer_routed(web, request, customer_id: str):
     return web.json({"state": summary(c, now), "stream_time": _ts(now), **view})
 
 
-def assigned_partitions() -> list[int]:
-    """Input partitions this worker owns now (empty before the first rebalance completes)."""
-    try:
-        tps = app.consumer.assignment()
-    except Exception:      # consumer not started yet
-        return []
-    names = {T.P + t for t in T.inputs}
-    return sorted({tp.partition for tp in tps if tp.topic in names})
-
-
 def topic_names() -> list[str]:
     """Every topic the worker reads or writes, prefixed, and the state changelog."""
-    names = [t.get_topic_name() for t in (*T.inputs.values(), T.repartition, T.ticks, T.proposals,
+    names = [t.get_topic_name() for t in (*T.inputs.values(), T.repartition, T.proposals,
                                           T.suppressed, T.dead_letters)]
     return names + [T.customer_state.changelog_topic.get_topic_name()]
 
@@ -152,7 +142,7 @@ def report() -> tuple[bool, dict]:
             "problems": problems, "warnings": warnings,
             "broker": HEALTH.broker.as_dict(), "redis": HEALTH.redis.as_dict(),
             "topics": HEALTH.topics, "offset_regressions": HEALTH.regressions,
-            "assigned": assigned_partitions(), "partitions": sorted(app.ingest.partitions.runtimes),
+            "assigned": sorted(owned_partitions()), "partitions": sorted(app.ingest.partitions.runtimes),
             "stream_time": {p: _ts(e.watermark) for p, e in sorted(app.ingest.partitions.engines().items())},
             "event_loop": event_loop_name(loop), "consumer": consumer_runs_on(app, loop),
             "readmodel": {"assigned": readmodel_assigned(), "lag": readmodel_lag()}}

@@ -105,7 +105,7 @@ from streams.simulate import simulate  # noqa: E402
 
 PARTITIONS = 8
 EVENT_DRIVEN = {"usage_limit", "usage_forecast", "purchase", "co_purchase", "volume"}
-OUTPUTS = ("ticks", "proposals", "proposals.suppressed", "dead-letters")
+OUTPUTS = ("proposals", "proposals.suppressed", "dead-letters")
 WARM_S = 2      # the latency phase also reports its p99 without the first WARM_S seconds of load
 SPANS = 3       # the latency phases report p99 and the broker's CPU per third of the load
 IDLE_S = 2      # the latency phases first measure the live worker's CPU without load
@@ -261,7 +261,7 @@ async def raw_rate(bootstrap: str, prefix: str, total: int) -> float:
 
 def steady(w: WorkerProcess) -> bool:
     """The worker is past its start-up: it owns every partition and its stream time follows the
-    wall clock (the ticks it reads are fresh), so it is not still reading a backlog."""
+    wall clock (its batch-end timer has visited every partition), so it is not still reading a backlog."""
     try:
         h = orjson.loads(w.get("/health")[1])
     except OSError:

@@ -11,7 +11,7 @@ the order in which events are applied is a function of the events alone:
   Streams' partition groups: every topic has a FIFO of pending events, and the
   next event applied is the head with the lowest (timestamp, topic rank), once
   the partition's watermark has passed it. The watermark is the lowest
-  high-water timestamp over all input topics, raised by ticks (wall clock, live)
+  high-water timestamp over all input topics, raised by the wall clock (live)
   and watermark records (end of a replay). So the order is a function of the
   topics' contents alone, whatever the interleaving on the wire.
 * Timers (renewal, fiscal year end, underuse, season, co-purchase window)
@@ -110,7 +110,7 @@ class PartitionEngine:
         # Records forwarded from the partition they were produced to (`push_forwarded`): a heap
         # by (ts, 2 * topic rank + 1, source partition, source offset, offset, topic, key, value).
         # With `forward_sources` (the partition count), stream time also waits for every other
-        # partition's forward marks (`mark_forwarded`); without, for ticks alone.
+        # partition's forward marks (`mark_forwarded`); without, for `tick` alone.
         self.fwd: list = []
         self.fwd_marks: dict[int, int] = {}
         self.fwd_hw: int | None = None
@@ -271,7 +271,7 @@ class PartitionEngine:
         return out
 
     def tick(self, ts: int) -> list:
-        """Stream time reached ts on every input topic (wall-clock ticker, end of replay)."""
+        """Stream time reached ts on every input topic (the live clock, end of replay)."""
         if self.tick_ms is None or ts > self.tick_ms:
             self.tick_ms = ts
         out: list = []

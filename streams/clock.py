@@ -1,6 +1,6 @@
 """Injectable time. The rules never read a clock: stream time comes from events.
 
-Only the live worker's clock (`LocalClock`) and the leader's ticker read the
+Only the live worker's clock (`LocalClock`) and its batch-end timer read the
 wall clock, through a `Clock`, so tests and replays can drive it.
 """
 from __future__ import annotations

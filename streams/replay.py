@@ -27,7 +27,7 @@ from streams.recorded import load_sorted
 
 WATERMARK_HEADER = "upsell-watermark"
 # every topic of the app but the table's changelog (Faust makes that): co-partitioned
-TOPICS = (*INPUT_TOPICS, "repartition", "ticks", "proposals", "proposals.suppressed", "proposal-status",
+TOPICS = (*INPUT_TOPICS, "repartition", "proposals", "proposals.suppressed", "proposal-status",
           "dead-letters")
 
 

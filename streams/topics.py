@@ -1,6 +1,6 @@
 """Every topic and table, named explicitly.
 
-All input topics, `ticks` and the outputs have the same partition count and
+All input topics, `repartition` and the outputs have the same partition count and
 are keyed by customer_id, so they are co-partitioned: partition p of every
 topic belongs to the same worker and no repartitioning is needed. Table names
 become changelog topics (`<app_id>-<table>-changelog`): never rename them.
@@ -25,7 +25,6 @@ def _topic(name: str):
 
 
 inputs = {name: _topic(name) for name in INPUT_TOPICS}
-ticks = _topic("ticks")
 proposals = _topic("proposals")
 suppressed = _topic("proposals.suppressed")
 status = _topic("proposal-status")      # each decision's lifecycle (rules.lifecycle)

@@ -16,8 +16,7 @@ from streams.partitioning import partition_for
 
 
 class IngestDriver:
-    def __init__(self, monkeypatch, ticks):
-        self.ticks = ticks                      # the tick agent's test context
+    def __init__(self, monkeypatch):
         self.log: dict[tuple[str, int], list[Message]] = {}     # (topic, partition) -> records, by offset
         self.acked: set[tuple[str, int, int]] = set()           # (topic name, partition, offset)
         self.out = {}
@@ -26,6 +25,7 @@ class IngestDriver:
             monkeypatch.setattr(T, name, channel)
             self.out[name] = channel.clone(is_iterator=True)
         monkeypatch.setattr(app.consumer, "ack", self._ack)
+        app.flow_control.resume()      # as after an assignment: the inbox hands records on
         self.ingest = A.Ingest(app.ingest.inbox, None, settings.partitions)   # the worker's, fresh
         monkeypatch.setattr(app, "ingest", self.ingest)
         for table in (T.customer_state, T.partition_state):
@@ -61,8 +61,8 @@ class IngestDriver:
         return message
 
     async def tick(self, partition: int, at_ms: int) -> None:
-        """The leader's tick record: stream time, and the end of the partition's batch."""
-        await self.ticks.put(orjson.dumps({"at": at_ms}), partition=partition, timestamp=at_ms / 1000)
+        """The batch-end timer's step for the partition: stream time, and the end of its batch."""
+        await self.ingest.end_batch(partition, at_ms)
 
     async def advance_wall_clock(self, now_ms: int) -> None:
         """The live clock's move (no record): stream time to now minus the lateness."""

@@ -31,16 +31,11 @@ async def wired(monkeypatch):
         monkeypatch.setattr(T, name, channel)
         out[name] = channel.clone(is_iterator=True)    # a subscriber: it receives what is sent
     monkeypatch.setattr(app, "ingest", A.Ingest(app.ingest.inbox, None, settings.partitions))
+    app.flow_control.resume()      # as after an assignment: the inbox hands records on
     for table in (T.customer_state, T.partition_state):
         table.data.clear()
     T.customer_state.partition_of.clear()
-    
-    contexts = {"ticks": A.ticks.test_context()}
-    agents = {name: await ctx.__aenter__() for name, ctx in contexts.items()}
-    agents.update({topic: Input(topic) for topic in INPUT_TOPICS})
-    yield agents, out
-    for ctx in contexts.values():
-        await ctx.__aexit__(None, None, None)
+    yield {topic: Input(topic) for topic in INPUT_TOPICS}, out
 
 
 class Input:
@@ -70,7 +65,8 @@ async def _put(agents, topic, value: dict | bytes, ts_ms: int, partition=None, k
 
 
 async def _tick(agents, partition: int, at_ms: int):
-    await agents["ticks"].put(orjson.dumps({"at": at_ms}), partition=partition, timestamp=at_ms / 1000)
+    """The batch-end timer's step for the partition: stream time, and the end of its batch."""
+    await app.ingest.end_batch(partition, at_ms)
 
 
 def _drain(channel) -> list[dict]:
@@ -308,7 +304,7 @@ async def test_events_are_acknowledged_once_the_broker_has_their_batch(monkeypat
 @pytest.fixture
 def backlog(monkeypatch):
     """As while reading a backlog: the consumer knows of later records on every partition,
-    so only PERSIST_EVERY (4 here) and ticks end a batch."""
+    so only PERSIST_EVERY (4 here) and the batch-end timer end a batch."""
     monkeypatch.setattr(A, "caught_up", lambda rt, msg: False)
     monkeypatch.setattr(A, "PERSIST_EVERY", 4)
 
@@ -378,7 +374,7 @@ def test_with_the_event_clock_a_batch_ends_once_the_consumer_is_caught_up(monkey
     assert A.caught_up(rt, msg(0, "feedback")) is False and asked == ["usage", "usage", "feedback"]
     monkeypatch.setattr(A, "settings", replace(settings, clock="wall"))
     highwater["usage"] = 5
-    assert not A.caught_up(rt, msg(4))    # live, the ticks end the batches
+    assert not A.caught_up(rt, msg(4))    # live, the batch-end timer ends the batches
 
 
 async def test_live_clock_decides_at_once_and_the_tick_record_writes(wired):

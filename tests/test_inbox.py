@@ -56,8 +56,8 @@ async def test_the_conductor_hands_the_input_topics_to_the_inbox(flowing):
     assert message.tracked and message in app.consumer.unacked      # a fetched message starts untracked
     app.consumer.unacked.discard(message)
     # a topic no inbox takes keeps Faust's own handler (decode, channel queue, stream)
-    ticks = app.topics._build_handler(TP(T.ticks.get_topic_name(), 0), {T.ticks})
-    assert handler.__qualname__.startswith("Inbox.handler") and type(ticks) is not type(handler)
+    other = app.topics._build_handler(TP(T.proposals.get_topic_name(), 0), {T.proposals})
+    assert handler.__qualname__.startswith("Inbox.handler") and type(other) is not type(handler)
 
 
 def test_the_engines_consumer_does_not_read_the_decisions():
@@ -132,7 +132,7 @@ async def test_a_fetch_hands_an_inbox_its_records_whole_and_faust_the_rest(scrat
     make, name = scratch
     inbox = make(100)
     consumer = app.consumer
-    mine, other, paused = TP(name, 0), TP(T.ticks.get_topic_name(), 0), TP(name, 1)
+    mine, other, paused = TP(name, 0), TP(T.proposals.get_topic_name(), 0), TP(name, 1)
     fetched = {mine: [_record(name, 0, o) for o in (4, 5, 7)], other: [_record(other.topic, 0, 9)],
                paused: [_record(name, 1, 0)]}
 
@@ -195,7 +195,7 @@ async def test_table_writes_go_to_the_partition_written_for():
     with pytest.raises(TypeError, match="outside of stream iteration"):
         T.customer_state[b"inbox-test"] = b"1"
     for p in (2, 5):
-        with writing_for(T.ticks.get_topic_name(), p):
+        with writing_for(T.inputs["usage"].get_topic_name(), p):
             T.customer_state[b"inbox-test"] = b"%d" % p
         assert T.customer_state.last_write[p].message.key == b"inbox-test"
         assert T.customer_state.last_write[p].message.partition == p
@@ -206,7 +206,7 @@ async def test_table_writes_go_to_the_partition_written_for():
 async def test_batched_table_writes_without_a_producer_are_faust_writes():
     """The agents' test driver runs no producer: `write_many` is `table[key] = value` for each
     key, in order, to the partition written for."""
-    with writing_for(T.ticks.get_topic_name(), 6):
+    with writing_for(T.inputs["usage"].get_topic_name(), 6):
         T.customer_state.write_many(6, [(b"inbox-a", b"1"), (b"inbox-b", b"2"), (b"inbox-a", b"3")])
     assert T.customer_state.last_write[6].message.key == b"inbox-a"
     assert T.customer_state.last_write[6].message.value == b"3"

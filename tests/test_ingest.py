@@ -22,12 +22,9 @@ SEATS_46 = {"customer_id": "c-1", "metric": "seats", "value": 46}
 
 @pytest.fixture
 async def driver(monkeypatch):
-    context = A.ticks.test_context()
-    ticks = await context.__aenter__()
-    driver = IngestDriver(monkeypatch, ticks)
+    driver = IngestDriver(monkeypatch)
     yield driver
     driver.close()
-    await context.__aexit__(None, None, None)
 
 
 async def test_records_in_then_decisions_writes_and_acknowledgements_out(driver):
@@ -41,6 +38,27 @@ async def test_records_in_then_decisions_writes_and_acknowledgements_out(driver)
     assert driver.stored("c-1")["usage"]["seats"]["value"] == 46
     assert {(m.topic, m.partition, m.offset) for m in (m1, m2)} <= driver.acked
     assert driver.ingest.partitions.runtimes[p].held == {}
+
+
+async def test_the_batch_end_timer_visits_the_partitions_in_turn_and_ends_its_own(driver):
+    """Live, each worker ends its partitions' batches on a local timer, one partition per step;
+    a partition without a record yet gets a runtime and stream time too (its timers fire)."""
+    p = partition_for("c-1", settings.partitions)
+    m1 = await driver.pipe("customers", _seat_customer(), T0)
+    m2 = await driver.pipe("usage", SEATS_46, T0 + MIN)
+    now = T0 + 2 * MIN + settings.lateness_ms
+    others = set(range(settings.partitions)) - {p}
+    for _ in range(settings.partitions):                        # a round: each partition once
+        await driver.ingest.end_next_batch(others, now)
+    assert driver.read() == [] and not driver.acked              # p is another worker's here
+    runtimes = driver.ingest.partitions.runtimes
+    assert set(runtimes) == set(range(settings.partitions))
+    assert {runtimes[q].engine.watermark for q in others} == {now - settings.lateness_ms}
+    for _ in range(settings.partitions):
+        await driver.ingest.end_next_batch({p}, now)
+    assert [g["trigger"] for g in driver.read()] == ["usage_limit"]
+    assert driver.stored("c-1")["usage"]["seats"]["value"] == 46
+    assert {(m.topic, m.partition, m.offset) for m in (m1, m2)} <= driver.acked
 
 
 async def test_decided_but_not_written_when_the_worker_dies_is_decided_again(driver):
@@ -79,7 +97,7 @@ async def test_crashes_at_random_points_give_the_backtests_proposals(driver, see
     rng, crashes = random.Random(seed), 0
     for i, e in enumerate(ev for ev in events if ev.topic in INPUT_TOPICS):
         await driver.pipe(e.topic, e.raw, e.ts, key=e.key)
-        if i % 40 == 39:                                        # the leader's ticks: stream time so far
+        if i % 40 == 39:                                        # batch ends: stream time so far
             for p in range(settings.partitions):
                 await driver.tick(p, e.ts)
         if rng.random() < 0.03:

@@ -165,7 +165,7 @@ async def test_bad_records_on_every_topic_go_to_dead_letters(broker, redis_serve
 
 async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker):
     """UPSELL_CLOCK=wall: events stamped now are decided once the worker's local clock passes them
-    (lateness 200 ms), and their state is written at the next tick record (every 0.5 s)."""
+    (lateness 200 ms), and their state is written at the next batch end (every 0.5 s)."""
     worker = start_worker(UPSELL_CLOCK="wall", UPSELL_LATENESS_MS="200", UPSELL_TICK_INTERVAL="0.05",
                           UPSELL_COMMIT_INTERVAL="0.5")
     await asyncio.to_thread(worker.wait_healthy)
@@ -195,13 +195,13 @@ async def test_live_worker_on_the_wall_clock(broker, redis_server, start_worker)
     assert all(m.key == orjson.loads(m.value)["customer_id"].encode() for m in msgs)
     assert all(m.partition == partition_for(m.key.decode(), PARTITIONS) for m in msgs)
     assert {p["created_at"] for p in got} == {format_ts(now + 1)}
-    # the state reaches the table at a tick record; /customers reads the table (polled: another process)
+    # the state reaches the table at a batch end; /customers reads the table (polled: another process)
     deadline, state = time.monotonic() + 30, None
     while state is None and time.monotonic() < deadline:
         status, body = await asyncio.to_thread(worker.get, f"/customers/{ids[-1]}")
         if status == 200:
             state = orjson.loads(body)["state"]
-        else:                        # 404 until the tick record writes it
+        else:                        # 404 until a batch end writes it
             assert status == 404
             await asyncio.sleep(0.1)
     assert state is not None and state["usage"]["seats"]["value"] == 46
