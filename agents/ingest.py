@@ -351,7 +351,8 @@ async def emit(rt: PartitionRuntime, out: list) -> None:
     acknowledgements. Without a running producer (the agents' test driver), Faust's `send`."""
     producer = T.Batches.producer(app)
     groups: dict[tuple[str, int], list] = {}
-    now = WALL.now_ms() if LIVE else None     # live: decision latency
+    clock = app.ingest.clock
+    now = clock.clock.now_ms() if clock is not None else None     # live: decision latency
     for kind, p in out:
         if kind == STATUS:
             metrics.count_status(p)

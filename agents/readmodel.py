@@ -186,7 +186,7 @@ async def record(r: aioredis.Redis, items: list[tuple[dict, bytes]], kind: str) 
 async def readable(messages, kind: str) -> list[tuple[dict, bytes]]:
     """A batch of the topic's records (aiokafka's ConsumerRecord) as `record` takes them; the
     unreadable ones are sent to dead-letters with the reason and their bytes."""
-    topic = {"proposals": "proposals", "suppressed": "proposals.suppressed", "status": "proposal-status"}[kind]
+    topic = TOPIC_OF[kind]
     items = []
     for msg in messages:
         try:
@@ -220,9 +220,10 @@ async def customer_view(r: aioredis.Redis, cid: str) -> dict:
     return out
 
 
-# Topic name -> kind ("proposals", "suppressed", "status"), prefixed as the worker's topics are.
-KINDS = {T.proposals.get_topic_name(): "proposals", T.suppressed.get_topic_name(): "suppressed",
-         T.status.get_topic_name(): "status"}
+# Kind -> its topic's name (unprefixed, as a dead letter names its source), and the topics' names,
+# prefixed as the worker's topics are -> kind.
+TOPIC_OF = {"proposals": "proposals", "suppressed": "proposals.suppressed", "status": "proposal-status"}
+KINDS = {T.P + name: kind for kind, name in TOPIC_OF.items()}
 RETRY_S = (0.1, 0.5, 2.0, 5.0)      # waits between attempts while Redis cannot be written
 
 

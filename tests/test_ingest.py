@@ -9,8 +9,11 @@ import pytest
 import agents.ingest as A
 from rules.config import load_rules
 from rules.engine import INPUT_TOPICS
+from rules.timeutil import parse_ts
+from streams import metrics
 from streams.app import settings
 from streams.backtest import backtest_lines, end_of_stream, last_event_time
+from streams.clock import LocalClock, ManualClock
 from streams.generate import generate
 from streams.partitioning import partition_for
 from streams.recorded import load_sorted
@@ -59,6 +62,23 @@ async def test_the_batch_end_timer_visits_the_partitions_in_turn_and_ends_its_ow
     assert [g["trigger"] for g in driver.read()] == ["usage_limit"]
     assert driver.stored("c-1")["usage"]["seats"]["value"] == 46
     assert {(m.topic, m.partition, m.offset) for m in (m1, m2)} <= driver.acked
+
+
+async def test_decision_latency_is_observed_on_the_ingests_own_clock(driver, monkeypatch):
+    """Live (an ingest with a clock), each decision's latency is its clock's time at the send less
+    the decision's created_at; with the event clock (no clock) none is observed."""
+    seen = []
+    monkeypatch.setattr(metrics, "observe_latency", lambda trigger, ms: seen.append((trigger, ms)))
+    await driver.pipe("customers", _seat_customer(), T0)
+    await driver.pipe("usage", SEATS_46, T0 + MIN)
+    await driver.advance_wall_clock(T0 + 2 * MIN + settings.lateness_ms)
+    assert len(driver.read()) == 1 and seen == []
+    driver.ingest.clock = LocalClock(ManualClock(T0 + 3 * MIN + 250), settings.lateness_ms, 1000, 1)
+    await driver.pipe("customers", _seat_customer("c-2"), T0 + 2 * MIN)
+    await driver.pipe("usage", {**SEATS_46, "customer_id": "c-2"}, T0 + 2 * MIN + 1)
+    await driver.advance_wall_clock(T0 + 3 * MIN)
+    [decision] = driver.read() + driver.read("suppressed")     # sent, or held out
+    assert seen == [("usage_limit", T0 + 3 * MIN + 250 - parse_ts(decision["created_at"]))]
 
 
 async def test_decided_but_not_written_when_the_worker_dies_is_decided_again(driver):
