@@ -121,6 +121,27 @@ def test_ramp_shares_are_read_highest_first_and_below_half_load():
             B.ramp_shares(bad)
 
 
+async def test_the_ramps_take_turns_at_each_share_and_each_stops_once_met_twice():
+    """The worker's and the relay's ramps alternate share by share, so that a slow spell of the
+    machine lands on both; each stops at the first share it meets twice in a row."""
+    runs = []
+    p99 = {"worker": {0.3: [140, 0], 0.2: [90, 120], 0.1: [60, 70]},
+           "relay": {0.3: [95, 99], 0.2: [0, 0], 0.1: [0, 0]}}
+
+    def step(name):
+        async def run(i, share, again):
+            runs.append((name, share, again))
+            return p99[name][share][again] <= B.GOAL_P99_MS
+        return run
+
+    await B.interleaved_ramps([0.3, 0.2, 0.1], {"worker": step("worker"), "relay": step("relay")})
+    assert runs == [("worker", 0.3, False), ("relay", 0.3, False), ("relay", 0.3, True),
+                    ("worker", 0.2, False), ("worker", 0.2, True), ("worker", 0.1, False), ("worker", 0.1, True)]
+    runs.clear()
+    await B.interleaved_ramps([0.3, 0.2], {"relay": step("relay")})       # the worker met it at half load
+    assert runs == [("relay", 0.3, False), ("relay", 0.3, True)]
+
+
 def test_simulate_is_timed_several_times_and_reports_their_median(tmp_path):
     from rules.config import load_rules
     from streams.backtest import backtest_lines
