@@ -92,7 +92,7 @@ async def _customer_routed(web, request, customer_id: str):
 def topic_names() -> list[str]:
     """Every topic the worker reads or writes, prefixed, and the state changelog."""
     names = [t.get_topic_name() for t in (*T.inputs.values(), T.repartition, T.proposals,
-                                          T.suppressed, T.dead_letters)]
+                                          T.suppressed, T.status, T.dead_letters)]
     return names + [T.customer_state.changelog_topic.get_topic_name()]
 
 
