@@ -271,20 +271,23 @@ async def take(c: AIOKafkaConsumer, most: int = BATCH) -> list:
     return messages
 
 
-async def feed(c: AIOKafkaConsumer, most: int = BATCH, within: float = BATCH_WITHIN) -> None:
-    """Forever: a batch (`take`) written (`write`), then its offsets committed; at most one batch
+async def feed(c: AIOKafkaConsumer, most: int = BATCH, within: float = BATCH_WITHIN,
+               written: dict | None = None) -> None:
+    """Forever: a batch (`take`) written (`write`), then its offsets committed (and recorded in
+    `written`: TopicPartition -> the next offset to write, for `ReadModel.lag`); at most one batch
     every `within` seconds, the consumer paused in between (no fetch), so a batch holds what came
     meanwhile. A commit that fails (the group rebalanced meanwhile, the broker could not be
     reached) is logged, not an error: the partition's owner reads those records again from the
     last commit that went through and writes them again, which changes nothing; the next commit
     covers them."""
     loop = asyncio.get_running_loop()
+    written = {} if written is None else written
     while True:
         began = loop.time()
         messages = await take(c, most)
         await write(messages)
         offsets = {TopicPartition(m.topic, m.partition): m.offset + 1 for m in messages}
-        _written.update(offsets)
+        written.update(offsets)
         try:
             await c.commit(offsets)
         except KafkaError as exc:      # a rebalance meanwhile (CommitFailedError), the broker away
@@ -299,28 +302,42 @@ async def feed(c: AIOKafkaConsumer, most: int = BATCH, within: float = BATCH_WIT
                 c.resume(*(paused & c.assignment()))
 
 
-_running: list = []       # the worker's read model consumer, while it runs
-_written: dict = {}       # TopicPartition -> the next offset to write, once a batch is written
+class ReadModel:
+    """The worker's read model while it runs (`app.readmodel`): its consumer, and per
+    topic-partition the next offset to write once a batch is written."""
+
+    def __init__(self, consumer: AIOKafkaConsumer):
+        self.consumer = consumer
+        self.written: dict = {}
+
+    def lag(self) -> dict[str, int]:
+        """Decision records not yet in Redis, by kind, over the partitions the read model has."""
+        out: dict[str, int] = {kind: 0 for kind in KINDS.values()}
+        c, written = self.consumer, self.written
+        for tp in c.assignment():
+            end = c.highwater(tp)
+            if end is not None and tp in written:
+                out[KINDS[tp.topic]] += max(0, end - written[tp])
+        return out
+
+    def assigned(self) -> dict[str, list[int]]:
+        """The decision partitions the read model has now, by kind."""
+        out: dict[str, list[int]] = {kind: [] for kind in KINDS.values()}
+        for tp in self.consumer.assignment():
+            out[KINDS[tp.topic]].append(tp.partition)
+        return {kind: sorted(ps) for kind, ps in out.items()}
 
 
 def lag() -> dict[str, int]:
-    """Decision records not yet in Redis, by kind, over the partitions the read model has."""
-    out: dict[str, int] = {kind: 0 for kind in KINDS.values()}
-    for c in _running:
-        for tp in c.assignment():
-            end = c.highwater(tp)
-            if end is not None and tp in _written:
-                out[KINDS[tp.topic]] += max(0, end - _written[tp])
-    return out
+    """The worker's read model's `ReadModel.lag` (zeros while it does not run)."""
+    rm = app.readmodel
+    return rm.lag() if rm is not None else {kind: 0 for kind in KINDS.values()}
 
 
 def assigned() -> dict[str, list[int]]:
-    """The decision partitions this worker's read model has now, by kind (for /health)."""
-    out: dict[str, list[int]] = {kind: [] for kind in KINDS.values()}
-    for c in _running:
-        for tp in c.assignment():
-            out[KINDS[tp.topic]].append(tp.partition)
-    return {kind: sorted(ps) for kind, ps in out.items()}
+    """The worker's read model's `ReadModel.assigned` (none while it does not run), for /health."""
+    rm = app.readmodel
+    return rm.assigned() if rm is not None else {kind: [] for kind in KINDS.values()}
 
 
 @app.task
@@ -330,8 +347,8 @@ async def readmodel() -> None:
 
     async def run() -> None:
         await c.start()
-        _running.append(c)
-        await feed(c)
+        app.readmodel = ReadModel(c)
+        await feed(c, written=app.readmodel.written)
 
     work = asyncio.ensure_future(run())
     try:
@@ -342,6 +359,6 @@ async def readmodel() -> None:
     finally:
         work.cancel()
         await asyncio.gather(work, return_exceptions=True)     # an error is raised by wait_first
-        if c in _running:
-            _running.remove(c)
+        if app.readmodel is not None and app.readmodel.consumer is c:
+            app.readmodel = None
         await c.stop()

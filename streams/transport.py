@@ -269,6 +269,7 @@ class App(faust.App):
         self.full_gc_interval = full_gc_interval     # seconds between full collections; 0: Python's
         self.inboxes: dict = {}      # topic name -> streams.inbox.Inbox taking its records
         self.ingest = None           # the worker's ingest (agents.ingest.Ingest), once declared
+        self.readmodel = None        # the worker's read model (agents.readmodel.ReadModel), while it runs
         kwargs.setdefault("Worker", WorkerWithoutSpinner)
         super().__init__(*args, **kwargs)
 
