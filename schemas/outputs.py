@@ -245,22 +245,21 @@ def _check_alternatives(alternatives: list, value, path: str, exactly_one: bool)
     """An alternative whose discriminating values the value does not have cannot match: it is
     checked (for its error) only when no other applies. The error of an alternative the value
     picks says best what is wrong; of several, the shortest, then the first."""
-    picked = [_picked(alt, value) for alt in alternatives]
-    errors, matched = [], 0
+    errors, matched = [], 0       # errors: (length, index, message)
     for i, alt in enumerate(alternatives):
-        if picked[i]:
+        if _picked(alt, value):
             try:
                 check(alt, value, path)
                 matched += 1
             except ValueError as exc:
-                errors.append((False, len(str(exc)), i, str(exc)))
+                errors.append((len(str(exc)), i, str(exc)))
     if matched == 0:
-        if not errors:
+        if not errors:            # none applies: each one's error, the shortest said
             for i, alt in enumerate(alternatives):
                 try:
                     check(alt, value, path)
                 except ValueError as exc:
-                    errors.append((True, len(str(exc)), i, str(exc)))
-        raise ValueError(min(errors)[3])
+                    errors.append((len(str(exc)), i, str(exc)))
+        raise ValueError(min(errors)[2])
     if exactly_one and matched > 1:
         raise ValueError(f"field '{path or '(value)'}': matches {matched} alternatives, expected one")

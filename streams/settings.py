@@ -183,7 +183,7 @@ class Settings:
     partitions: int
     store: str
     rules: str | None
-    clock: str              # wall: a wall-clock ticker advances stream time; event: events alone
+    clock: str              # wall: the local clock moves stream time with the wall clock; event: events alone
     lateness_ms: int
     tick_interval: float
     clock_resolution_ms: int

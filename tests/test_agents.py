@@ -386,7 +386,7 @@ async def test_live_clock_decides_at_once_and_the_tick_record_writes(wired):
     await app.ingest.advance(T0 + MIN + 1 + settings.lateness_ms)   # ... and now past it: decided at once
     got = _drain(out["proposals"])
     assert [(g["trigger"], g["created_at"]) for g in got] == [("usage_limit", format_ts(T0 + MIN))]
-    # applied but neither written nor acknowledged until the partition's tick record
+    # applied but neither written nor acknowledged until the partition's batch end
     assert app.ingest.partitions.runtimes[p].engine.buffered() == 0 and len(app.ingest.partitions.runtimes[p].held) == 2
     assert T.customer_state.get(b"c-1") is None
     await _tick(agents, p, T0 + MIN + 1)
