@@ -604,11 +604,16 @@ class Ingest:
         self.batch_order = itertools.cycle(range(partitions))
 
     async def run(self) -> None:
-        await self.inbox.run(self.handle)
+        inbox = self.inbox
+        while True:
+            await self.deliver(await inbox.take())
 
     async def deliver(self, messages: list) -> None:
-        """Hand records to `handle` as a fetch would (the inbox's bookkeeping, then in order)."""
+        """Hand a fetch's records to `handle` (the inbox's bookkeeping, then in order); live, then
+        move stream time at once if one of them was due when it arrived (`LocalClock.catch_up`)."""
         await self.inbox.deliver(messages, self.handle)
+        if self.clock is not None:
+            await self.clock.catch_up(self.advance, self.waiting)
 
     async def handle(self, msg) -> None:
         """One input record (a Faust consumer message, from the inbox)."""
@@ -694,7 +699,8 @@ class Ingest:
 # The worker's ingest. Its inbox takes the input topics' records from Faust's consumer in batches,
 # without an Event and a stream each (streams/inbox.py): that path cost Faust twice as much per
 # record as the rest. Live, stream time moves on its local clock each UPSELL_TICK_INTERVAL and
-# whenever a waiting event or timer falls due, at most once per UPSELL_CLOCK_RESOLUTION_MS.
+# whenever a waiting event or timer falls due, at most once per UPSELL_CLOCK_RESOLUTION_MS, and
+# after a fetch that brought records already due.
 app.ingest = Ingest(
     Inbox(app, {**T.inputs, "repartition": T.repartition}),
     LocalClock(WALL, settings.lateness_ms, round(settings.tick_interval * 1000), settings.clock_resolution_ms)

@@ -35,29 +35,37 @@ class LocalClock:
     applies the events it passes and fires the timers; it is moved once every tick interval, and
     besides at the moment the earliest event or timer waiting in a partition engine falls due
     (its time plus the lateness has passed), so a decision leaves as soon as the lateness allows,
-    not up to a tick later. Never twice within `resolution_ms`: under load events fall due every
-    fraction of a millisecond, and each move walks every engine the worker holds.
+    not up to a tick later. Never twice within `resolution_ms` for waiting events: under load
+    they fall due every fraction of a millisecond, and each move walks every engine the worker
+    holds. A tick does not count there (the tick interval spaces the ticks): a tick just before an
+    event falls due would otherwise hold that event back by the resolution.
 
     `expect(event_ms)` is told of each event that waits, so a clock sleeping towards its next tick
-    wakes for it. The wall clock is `clock` (injectable); the sleeping is the event loop's.
+    wakes for it. An event that is due already when it arrives (fetched late) does not wait for
+    the resolution: once its fetch's records are all in, the ingest calls `catch_up`, which moves
+    at once; the fetches bound those moves, and a fetch's records are all pushed before its move
+    as before any move. The wall clock is `clock` (injectable); the sleeping is the event loop's.
     """
 
     def __init__(self, clock: Clock, lateness_ms: int, tick_ms: int, resolution_ms: int):
         self.clock, self.lateness_ms = clock, lateness_ms
         self.tick_ms, self.resolution_ms = max(tick_ms, resolution_ms), resolution_ms
         self.due: int | None = None     # wall ms of the next move, once running
-        self.last: int | None = None    # wall ms of the last move
+        self.last: int | None = None    # wall ms of the last move that was not a tick
+        self.ticking = False            # the move planned (`due`) is a tick
+        self.soonest: int | None = None     # wall ms the earliest event expected since the last move falls due
         self.moves = 0
-        self._wake = asyncio.Event()    # set: the next move was brought forward
+        self._moving = False
+        self._wake = asyncio.Event()    # set: the next move was brought forward (or made)
 
     def next_move(self, now: int, dues) -> int:
         """The wall ms of the next move after one at `now`, given the event times waiting
         (`PartitionEngine.next_due` of each engine; None for an engine with nothing waiting)."""
-        at = now + self.tick_ms
+        at, self.ticking = now + self.tick_ms, True
         for due in dues:
             if due is not None and due + self.lateness_ms + 1 < at:
-                at = due + self.lateness_ms + 1        # stream time then passes `due`
-        return max(at, now + self.resolution_ms)
+                at, self.ticking = due + self.lateness_ms + 1, False    # stream time then passes `due`
+        return max(at, (now if self.last is None else self.last) + self.resolution_ms)
 
     def expect(self, event_ms: int) -> None:
         """An event at `event_ms` waits for stream time: move once it can pass it, if that is
@@ -65,11 +73,35 @@ class LocalClock:
         if self.due is None:        # not running
             return
         at = event_ms + self.lateness_ms + 1
+        if self.soonest is None or at < self.soonest:
+            self.soonest = at
         if self.last is not None and at < self.last + self.resolution_ms:
             at = self.last + self.resolution_ms
         if at < self.due:
-            self.due = at
+            self.due, self.ticking = at, False
             self._wake.set()
+
+    async def catch_up(self, move, dues) -> None:
+        """Move now if an event expected since the last move is due (its time plus the lateness
+        has passed), whatever the resolution. The ingest calls it once a fetch's records are in."""
+        if self.soonest is None or self._moving or self.due is None:
+            return
+        now = self.clock.now_ms()
+        if now >= self.soonest:
+            await self._move(move, dues, now, tick=False)
+            self._wake.set()        # the clock's loop plans its sleep again
+
+    async def _move(self, move, dues, now: int, tick: bool) -> None:
+        self._moving = True
+        self.soonest = None
+        if not tick:
+            self.last = now
+        self.moves += 1
+        try:
+            await move(now)
+        finally:
+            self._moving = False
+        self.due = self.next_move(now, dues())
 
     async def run(self, move, dues) -> None:
         """Forever: `await move(now_ms)` at each moment due, then plan the next from `dues()`."""
@@ -80,11 +112,9 @@ class LocalClock:
             now = self.clock.now_ms()
             # a wall clock set back (NTP) moves at once: stream time stays where it was (it never
             # goes back) and the next moves are planned from the new time, not an hour ahead
-            if now >= self.due or (self.last is not None and now < self.last):
-                self.last = now
-                self.moves += 1
-                await move(now)
-                self.due = self.next_move(now, dues())
+            stepped_back = self.last is not None and now < self.last
+            if not self._moving and (now >= self.due or stepped_back):
+                await self._move(move, dues, now, tick=self.ticking and not stepped_back)
             wake.clear()
             # slept on the event loop's own (monotonic) clock, never longer than a tick
             timer = loop.call_later(min(self.due - self.clock.now_ms(), self.tick_ms) / 1000, wake.set)
