@@ -390,7 +390,7 @@ def caught_up(rt: PartitionRuntime, msg) -> bool:
     consumer (or it cannot tell: no consumer running, as under the test driver). Live, the
     batch-end timer ends the batches instead: this is False. Below an end offset already seen,
     the answer is known without asking the consumer (on a backlog, nearly every record)."""
-    if settings.clock == "wall":
+    if settings.clock == "wall":      # read at each call: tests switch clocks
         return False
     end = rt.ends.get(msg.tp)
     if end is not None and msg.offset + 1 < end:
@@ -604,16 +604,11 @@ class Ingest:
         self.batch_order = itertools.cycle(range(partitions))
 
     async def run(self) -> None:
-        inbox = self.inbox
-        while True:
-            await self.deliver(await inbox.take())
+        await self.inbox.run(self.handle)
 
     async def deliver(self, messages: list) -> None:
-        """Hand a fetch's records to `handle` (the inbox's bookkeeping, then in order); live, then
-        move stream time at once if one of them was due when it arrived (`LocalClock.catch_up`)."""
+        """Hand records to `handle` as a fetch would (the inbox's bookkeeping, then in order)."""
         await self.inbox.deliver(messages, self.handle)
-        if self.clock is not None:
-            await self.clock.catch_up(self.advance, self.waiting)
 
     async def handle(self, msg) -> None:
         """One input record (a Faust consumer message, from the inbox)."""
@@ -699,8 +694,7 @@ class Ingest:
 # The worker's ingest. Its inbox takes the input topics' records from Faust's consumer in batches,
 # without an Event and a stream each (streams/inbox.py): that path cost Faust twice as much per
 # record as the rest. Live, stream time moves on its local clock each UPSELL_TICK_INTERVAL and
-# whenever a waiting event or timer falls due, at most once per UPSELL_CLOCK_RESOLUTION_MS, and
-# after a fetch that brought records already due.
+# whenever a waiting event or timer falls due, at most once per UPSELL_CLOCK_RESOLUTION_MS.
 app.ingest = Ingest(
     Inbox(app, {**T.inputs, "repartition": T.repartition}),
     LocalClock(WALL, settings.lateness_ms, round(settings.tick_interval * 1000), settings.clock_resolution_ms)
@@ -724,8 +718,8 @@ if LIVE:
     @app.timer(interval=settings.commit_interval / settings.partitions, name="batch_ends")
     async def batch_ends():
         """Every worker: each of its partitions ends its batch once per UPSELL_COMMIT_INTERVAL,
-        one partition at a time so the writes are spread over the interval (all at once, they
-        stalled the worker for 150-300 ms each second at 1,100 events/s). Not while a rebalance
+        one partition at a time, so the writes are spread over the interval rather than stalling
+        the worker once a second (measured in bench/README.md). Not while a rebalance
         has flow suspended: a partition's table is then being restored."""
         if app.flow_control.is_active():
             await app.ingest.end_next_batch(owned_partitions(), WALL.now_ms())

@@ -41,10 +41,7 @@ class LocalClock:
     event falls due would otherwise hold that event back by the resolution.
 
     `expect(event_ms)` is told of each event that waits, so a clock sleeping towards its next tick
-    wakes for it. An event that is due already when it arrives (fetched late) does not wait for
-    the resolution: once its fetch's records are all in, the ingest calls `catch_up`, which moves
-    at once; the fetches bound those moves, and a fetch's records are all pushed before its move
-    as before any move. The wall clock is `clock` (injectable); the sleeping is the event loop's.
+    wakes for it. The wall clock is `clock` (injectable); the sleeping is the event loop's.
     """
 
     def __init__(self, clock: Clock, lateness_ms: int, tick_ms: int, resolution_ms: int):
@@ -53,10 +50,8 @@ class LocalClock:
         self.due: int | None = None     # wall ms of the next move, once running
         self.last: int | None = None    # wall ms of the last move that was not a tick
         self.ticking = False            # the move planned (`due`) is a tick
-        self.soonest: int | None = None     # wall ms the earliest event expected since the last move falls due
         self.moves = 0
-        self._moving = False
-        self._wake = asyncio.Event()    # set: the next move was brought forward (or made)
+        self._wake = asyncio.Event()    # set: the next move was brought forward
 
     def next_move(self, now: int, dues) -> int:
         """The wall ms of the next move after one at `now`, given the event times waiting
@@ -73,34 +68,17 @@ class LocalClock:
         if self.due is None:        # not running
             return
         at = event_ms + self.lateness_ms + 1
-        if self.soonest is None or at < self.soonest:
-            self.soonest = at
         if self.last is not None and at < self.last + self.resolution_ms:
             at = self.last + self.resolution_ms
         if at < self.due:
             self.due, self.ticking = at, False
             self._wake.set()
 
-    async def catch_up(self, move, dues) -> None:
-        """Move now if an event expected since the last move is due (its time plus the lateness
-        has passed), whatever the resolution. The ingest calls it once a fetch's records are in."""
-        if self.soonest is None or self._moving or self.due is None:
-            return
-        now = self.clock.now_ms()
-        if now >= self.soonest:
-            await self._move(move, dues, now, tick=False)
-            self._wake.set()        # the clock's loop plans its sleep again
-
     async def _move(self, move, dues, now: int, tick: bool) -> None:
-        self._moving = True
-        self.soonest = None
         if not tick:
             self.last = now
         self.moves += 1
-        try:
-            await move(now)
-        finally:
-            self._moving = False
+        await move(now)
         self.due = self.next_move(now, dues())
 
     async def run(self, move, dues) -> None:
@@ -113,7 +91,7 @@ class LocalClock:
             # a wall clock set back (NTP) moves at once: stream time stays where it was (it never
             # goes back) and the next moves are planned from the new time, not an hour ahead
             stepped_back = self.last is not None and now < self.last
-            if not self._moving and (now >= self.due or stepped_back):
+            if now >= self.due or stepped_back:
                 await self._move(move, dues, now, tick=self.ticking and not stepped_back)
             wake.clear()
             # slept on the event loop's own (monotonic) clock, never longer than a tick

@@ -57,28 +57,6 @@ async def test_a_tick_does_not_hold_back_an_event_that_falls_due_just_after_it()
     assert c.due == 10_007
 
 
-async def test_an_event_fetched_when_already_due_moves_the_clock_at_once():
-    wall = ManualClock(10_001)
-    c = LocalClock(wall, 20, 1000, 5)
-    c.last, c.due = 10_000, 11_000
-    moved = []
-
-    async def move(now):
-        moved.append(now)
-    c.expect(9_500)                               # not due before the resolution's 10_005 ...
-    assert c.due == 10_005
-    await c.catch_up(move, lambda: [])            # ... but the fetch it came in moves at once
-    assert moved == [10_001] and c.last == 10_001 and c.due == 11_001
-    c.expect(9_990)                               # due at 10_011: not yet
-    await c.catch_up(move, lambda: [9_990])
-    assert moved == [10_001]
-    wall.advance(10)
-    await c.catch_up(move, lambda: [9_990])
-    assert moved == [10_001, 10_011]
-    await c.catch_up(move, lambda: [])            # nothing expected since: no move
-    assert moved == [10_001, 10_011]
-
-
 async def _no_op(now):
     pass
 

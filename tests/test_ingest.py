@@ -81,21 +81,6 @@ async def test_decision_latency_is_observed_on_the_ingests_own_clock(driver, mon
     assert seen == [("usage_limit", T0 + 3 * MIN + 250 - parse_ts(decision["created_at"]))]
 
 
-async def test_a_record_fetched_after_it_fell_due_is_decided_with_its_fetch(driver):
-    """Live, a fetch whose records are already due (their time plus the lateness has passed)
-    moves stream time once they are in, not a resolution after the clock's last move; a record
-    not yet due waits for the clock."""
-    now = T0 + 2 * MIN + settings.lateness_ms
-    clock = driver.ingest.clock = LocalClock(ManualClock(now), settings.lateness_ms, 1000, 1000)
-    clock.last, clock.due = now, now + 1000        # the clock just moved; its next move in a second
-    await driver.pipe("customers", _seat_customer(), T0)
-    assert clock.moves == 1 and clock.last == now            # moved with the record's fetch
-    await driver.pipe("usage", SEATS_46, T0 + MIN)            # behind stream time: applied at once
-    assert [g["trigger"] for g in driver.read()] == ["usage_limit"] and clock.moves == 1
-    await driver.pipe("usage", {**SEATS_46, "value": 48}, now)
-    assert driver.read() == [] and clock.moves == 1 and clock.due == now + 1000
-
-
 async def test_decided_but_not_written_when_the_worker_dies_is_decided_again(driver):
     p = partition_for("c-1", settings.partitions)
     await driver.pipe("customers", _seat_customer(), T0)
