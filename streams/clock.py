@@ -49,6 +49,7 @@ class LocalClock:
         self.tick_ms, self.resolution_ms = max(tick_ms, resolution_ms), resolution_ms
         self.due: int | None = None     # wall ms of the next move, once running
         self.last: int | None = None    # wall ms of the last move that was not a tick
+        self.moved: int | None = None   # wall ms of the last move
         self.ticking = False            # the move planned (`due`) is a tick
         self.moves = 0
         self._wake = asyncio.Event()    # set: the next move was brought forward
@@ -77,6 +78,7 @@ class LocalClock:
     async def _move(self, move, dues, now: int, tick: bool) -> None:
         if not tick:
             self.last = now
+        self.moved = now
         self.moves += 1
         await move(now)
         self.due = self.next_move(now, dues())
@@ -90,7 +92,7 @@ class LocalClock:
             now = self.clock.now_ms()
             # a wall clock set back (NTP) moves at once: stream time stays where it was (it never
             # goes back) and the next moves are planned from the new time, not an hour ahead
-            stepped_back = self.last is not None and now < self.last
+            stepped_back = self.moved is not None and now < self.moved
             if now >= self.due or stepped_back:
                 await self._move(move, dues, now, tick=self.ticking and not stepped_back)
             wake.clear()

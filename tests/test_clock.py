@@ -116,3 +116,29 @@ async def test_a_wall_clock_set_back_does_not_stop_the_clock():
     finally:
         task.cancel()
     assert seen == [10_000_000, 6_400_000] and c.due == 6_400_030
+
+
+async def test_a_wall_clock_set_back_after_ticks_does_not_stop_the_clock():
+    """Set back by less than the ticks since the last move for an event, the clock still moves
+    at once (ticks do not count for the resolution, but they count as moves)."""
+    wall = ManualClock(10_000_000)
+    c = LocalClock(wall, lateness_ms=0, tick_ms=30, resolution_ms=1)
+    moved, seen = asyncio.Event(), []
+
+    async def move(now):
+        seen.append(now)
+        moved.set()
+    task = asyncio.create_task(c.run(move, lambda: []))
+    try:
+        await asyncio.wait_for(moved.wait(), 5)         # the first move, at the start
+        for _ in range(3):                              # three ticks
+            moved.clear()
+            wall.advance(30)
+            await asyncio.wait_for(moved.wait(), 5)
+        moved.clear()
+        wall.advance(-60)
+        await asyncio.wait_for(moved.wait(), 5)
+    finally:
+        task.cancel()
+    assert seen == [10_000_000, 10_000_030, 10_000_060, 10_000_090, 10_000_030]
+    assert c.last == 10_000_030 and c.due == 10_000_060
