@@ -681,10 +681,19 @@ class Ingest:
         clock minus the allowed lateness. The events this releases are applied and their
         decisions sent at once; their state is written, and they are acknowledged, at the
         partition's next batch end (write-behind: a move of the clock writes
-        nothing). The local clock calls it each tick interval and when an event falls due."""
+        nothing). The local clock calls it each tick interval and when an event falls due.
+        After each partition that sent decisions, the event loop runs its other work (sends,
+        fetches): a move that releases a round of events on every partition would otherwise hold
+        the loop for milliseconds (p99 at 12,000 events/s: 57-61 ms against 69-81, bench/README.md)."""
         at = now_ms - settings.lateness_ms
-        for rt in list(self.partitions.runtimes.values()):
-            await emit(rt, rt.engine.tick(at))
+        runtimes = self.partitions.runtimes
+        for rt in list(runtimes.values()):
+            if runtimes.get(rt.partition) is not rt:
+                continue            # revoked meanwhile: its next owner decides its events
+            out = rt.engine.tick(at)
+            if out:
+                await emit(rt, out)
+                await asyncio.sleep(0)
 
     def waiting(self) -> list:
         """The earliest event time waiting in each partition engine (what the local clock wakes for)."""

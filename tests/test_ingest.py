@@ -2,7 +2,9 @@
 acknowledges, and what a crash at any point leaves its successor."""
 from __future__ import annotations
 
+import asyncio
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -79,6 +81,29 @@ async def test_decision_latency_is_observed_on_the_ingests_own_clock(driver, mon
     await driver.advance_wall_clock(T0 + 3 * MIN)
     [decision] = driver.read() + driver.read("suppressed")     # sent, or held out
     assert seen == [("usage_limit", T0 + 3 * MIN + 250 - parse_ts(decision["created_at"]))]
+
+
+async def test_a_clock_move_lets_the_loop_run_between_partitions_and_skips_a_revoked_one(driver, monkeypatch):
+    """Live, a move that releases events on several partitions yields to the event loop after
+    each partition that sent decisions; a partition revoked meanwhile is not moved."""
+    other = next(f"c-{i}" for i in range(2, 200)
+                 if partition_for(f"c-{i}", settings.partitions) != partition_for("c-1", settings.partitions))
+    for cid in ("c-1", other):
+        await driver.pipe("customers", _seat_customer(cid), T0)
+        await driver.pipe("usage", {**SEATS_46, "customer_id": cid}, T0 + MIN)
+    order = []
+
+    async def emit(rt, out):        # records the sends; yields nothing itself
+        order.append((rt.partition, [p["trigger"] for _, p in out]))
+    monkeypatch.setattr(A, "emit", emit)
+    [first, second] = list(driver.ingest.partitions.runtimes)
+
+    async def revoke():
+        order.append("loop")
+        driver.ingest.partitions.revoke([SimpleNamespace(partition=second)])
+    await asyncio.gather(driver.ingest.advance(T0 + 2 * MIN + settings.lateness_ms), revoke())
+    assert order == [(first, ["usage_limit"]), "loop"]
+    assert list(driver.ingest.partitions.runtimes) == [first]
 
 
 async def test_decided_but_not_written_when_the_worker_dies_is_decided_again(driver):
