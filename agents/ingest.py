@@ -683,8 +683,8 @@ class Ingest:
         partition's next batch end (write-behind: a move of the clock writes
         nothing). The local clock calls it each tick interval and when an event falls due.
         After each partition that sent decisions, the event loop runs its other work (sends,
-        fetches): a move that releases a round of events on every partition would otherwise hold
-        the loop for milliseconds (p99 at 12,000 events/s: 57-61 ms against 69-81, bench/README.md)."""
+        fetches): a move that releases a burst of events on every partition would otherwise hold
+        the loop until all of them are applied, and the first decisions would wait for the last."""
         at = now_ms - settings.lateness_ms
         runtimes = self.partitions.runtimes
         for rt in list(runtimes.values()):
@@ -728,8 +728,8 @@ if LIVE:
     async def batch_ends():
         """Every worker: each of its partitions ends its batch once per UPSELL_COMMIT_INTERVAL,
         one partition at a time, so the writes are spread over the interval rather than stalling
-        the worker once a second (measured in bench/README.md). Not while a rebalance
-        has flow suspended: a partition's table is then being restored."""
+        the worker once a second. Not while a rebalance has flow suspended: a partition's table
+        is then being restored."""
         if app.flow_control.is_active():
             await app.ingest.end_next_batch(owned_partitions(), WALL.now_ms())
 
