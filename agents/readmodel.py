@@ -52,6 +52,7 @@ from schemas.validate import MAX_STRING
 from streams import deadletters, metrics
 from streams import topics as T
 from streams.app import app, settings
+from streams.inbox import TimeSlice
 from streams.kafka import bootstrap_of, client_kwargs
 
 log = logging.getLogger(__name__)
@@ -188,11 +189,13 @@ async def readable(messages, kind: str) -> list[tuple[dict, bytes]]:
     unreadable ones are sent to dead-letters with the reason and their bytes."""
     topic = TOPIC_OF[kind]
     items = []
+    turn = TimeSlice()
     for msg in messages:
         try:
             items.append((read_decision(msg.value, kind), msg.value))
         except Exception as exc:      # noqa: BLE001 -- any bytes: a dead letter, the batch goes on
             await send_dead_letter(topic, msg, msg.timestamp, ReadModelError(exc))   # aiokafka's: ms
+        await turn.pause()
     return items
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from collections import deque
 from typing import Awaitable, Callable
@@ -46,6 +47,23 @@ from faust.streams import _current_event
 from faust.types import TP, Message
 
 Handler = Callable[[Message], Awaitable[None]]
+
+
+class TimeSlice:
+    """Cooperative scheduling for a loop over records: `pause` lets the event loop run its other
+    callbacks (the clock's moves, the broker's acknowledgements, the fetcher) once `seconds` of
+    work have passed since the last pause, so no batch holds them for longer than that."""
+
+    SECONDS = 0.002
+
+    def __init__(self, seconds: float | None = None):
+        self.seconds = self.SECONDS if seconds is None else seconds
+        self.end = time.monotonic() + self.seconds
+
+    async def pause(self) -> None:
+        if time.monotonic() >= self.end:
+            await asyncio.sleep(0)
+            self.end = time.monotonic() + self.seconds
 
 
 class Inbox:
@@ -131,14 +149,18 @@ class Inbox:
 
     async def deliver(self, messages, handler: Handler) -> None:
         """Hand `handler` each of `messages` but those fetched before the latest rebalance; while
-        Faust has flow suspended (rebalancing), wait until it resumes."""
+        Faust has flow suspended (rebalancing), wait until it resumes. The event loop runs its
+        other callbacks between records now and then (`TimeSlice`): a handler that does not wait
+        would otherwise hold them for the whole batch."""
         app = self.app
         flow_control = app.flow_control
+        turn = TimeSlice()
         for message in messages:
             if not flow_control.is_active():
                 await flow_control.acquire()
             if message.generation_id == app.consumer_generation_id:
                 await handler(message)
+            await turn.pause()
 
 
 class _Writer:

@@ -14,7 +14,7 @@ from faust.types.tuples import ConsumerMessage
 import agents.ingest as A
 from streams import topics as T
 from streams.app import app
-from streams.inbox import Inbox, writing_for
+from streams.inbox import Inbox, TimeSlice, writing_for
 
 
 def _message(topic: str, partition: int = 0, offset: int = 0, generation_id=None) -> ConsumerMessage:
@@ -87,6 +87,27 @@ async def test_deliver_skips_an_earlier_generation_and_waits_while_flow_is_suspe
     flowing.resume()
     await asyncio.wait_for(later, 5)
     assert got == [0, 2, 3, 4]
+
+
+async def test_deliver_lets_the_event_loop_run_between_records_once_a_slice_is_spent(flowing, monkeypatch):
+    """A handler that never waits would hold the clock's moves and the broker's acknowledgements
+    for a whole fetch; each slice of work ends with a turn of the event loop."""
+    usage = T.inputs["usage"].get_topic_name()
+    seen = []
+    other = asyncio.Event()
+
+    async def handle(message):
+        seen.append((message.offset, other.is_set()))
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(TimeSlice, "SECONDS", 0.0)         # every record spends the slice
+    loop.call_soon(other.set)                                # runs at the first turn of the loop
+    await app.ingest.inbox.deliver([_message(usage, 0, 0), _message(usage, 0, 1)], handle)
+    assert seen == [(0, False), (1, True)]
+    monkeypatch.setattr(TimeSlice, "SECONDS", 3600.0)      # a slice longer than the batch: no turn
+    other.clear()
+    loop.call_soon(other.set)
+    await app.ingest.inbox.deliver([_message(usage, 0, 2), _message(usage, 0, 3)], handle)
+    assert seen[2:] == [(2, False), (3, False)]
 
 
 async def test_a_resume_of_flow_keeps_what_the_inbox_holds(scratch, flowing):
