@@ -37,6 +37,8 @@ import faust.transport.conductor
 from faust.transport.drivers import aiokafka as driver
 from mode import Service
 
+from streams.inbox import TimeSlice
+
 
 class FetchWait(driver.AIOKafkaConsumerThread):
     """The worker consumer's fetch wait from `App.fetch_max_wait_ms`, and the embedded test
@@ -133,17 +135,20 @@ def pause_in_client(client: aiokafka.AIOKafkaConsumer, action: str, tps) -> None
 
 class InboxFetch:
     """For Faust's consumer: each fetch's records of an inbox topic (`App.inboxes`) go to
-    the inbox as a whole, not one at a time through the fetcher, the conductor and a channel."""
+    the inbox as a whole, not one at a time through the fetcher, the conductor and a channel;
+    between partitions, the event loop gets a turn once a `TimeSlice` is spent."""
 
     async def _wait_next_records(self, timeout):
         records, active_partitions = await super()._wait_next_records(timeout)
         inboxes = self.app.inboxes
         if not records or not inboxes or not self.flow_active or self.should_stop:
             return records, active_partitions       # Faust's getmany does the rest (or seeks back)
+        turn = TimeSlice()      # a large fetch does not hold the event loop for all its partitions
         for tp in [tp for tp in records if tp.topic in inboxes]:
             # the partitions Faust would deliver from (the rest it drops, and so does this: left in)
             if active_partitions is None or tp in active_partitions or tp in self._buffered_partitions:
                 await self._to_inbox(inboxes[tp.topic], tp, records.pop(tp))
+                await turn.pause()
                 if not self.flow_active or self.should_stop:
                     break                               # a rebalance began: Faust seeks back
         return records, active_partitions

@@ -187,6 +187,31 @@ async def test_a_fetch_hands_an_inbox_its_records_whole_and_faust_the_rest(scrat
     assert mine in records and len(inbox) == 0
 
 
+async def test_a_fetch_lets_the_event_loop_run_between_partitions_and_stops_at_a_rebalance(scratch, monkeypatch):
+    make, name = scratch
+    inbox = make(100)
+    consumer = app.consumer
+    first, second = TP(name, 0), TP(name, 1)
+
+    async def getmany(active_partitions, timeout):
+        return {first: [_record(name, 0, 0)], second: [_record(name, 1, 0)]}
+    monkeypatch.setattr(consumer, "_getmany", getmany)
+    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {first, second})
+    monkeypatch.setattr(consumer, "flow_active", True)
+    monkeypatch.setattr(consumer, "highwater", lambda tp: 1)
+    for tp in (first, second):
+        monkeypatch.setitem(consumer._read_offset, tp, None)
+    monkeypatch.setattr(TimeSlice, "SECONDS", 0.0)          # each partition spends the slice
+    # a rebalance begins at the first turn of the event loop, after the first partition's records
+    asyncio.get_running_loop().call_soon(setattr, consumer, "flow_active", False)
+    records, _ = await consumer._wait_next_records(1.0)
+    got = await inbox.take()
+    assert [m.tp for m in got] == [first]
+    assert set(records) == {second}          # left to Faust's getmany, which seeks back
+    for m in got:
+        consumer.unacked.discard(m)
+
+
 async def test_a_seek_while_the_inbox_is_full_keeps_the_read_offset_faust_set(scratch, monkeypatch):
     """The fetcher waits for room; meanwhile Faust seeks the partition back (its recovery's seek
     to the committed offset): the read offset it set stands, so what was sought back is read
