@@ -142,7 +142,7 @@ async def test_the_ramps_take_turns_at_each_share_and_each_stops_once_met_twice(
     assert runs == [("relay", 0.3, False), ("relay", 0.3, True)]
 
 
-def test_simulate_is_timed_several_times_and_reports_their_median(tmp_path):
+def test_simulate_is_timed_several_times_in_pairs_and_reports_their_medians(tmp_path):
     from rules.config import load_rules
     from streams.backtest import backtest_lines
     from streams.generate import generate
@@ -152,5 +152,9 @@ def test_simulate_is_timed_several_times_and_reports_their_median(tmp_path):
     got = B.simulate_rates(stream, rules, 3)
     assert len(got["simulate_eps_runs"]) == 3 and all(r > 0 for r in got["simulate_eps_runs"])
     assert got["simulate_eps"] == sorted(got["simulate_eps_runs"])[1]
+    # each one-process run is paired with a two-process one; the speed-up is the pairs' median
+    assert len(got["simulate_jobs2_runs"]) == 3 and got["simulate_jobs2_eps"] == sorted(got["simulate_jobs2_runs"])[1]
+    ratios = sorted(j / o for o, j in zip(got["simulate_eps_runs"], got["simulate_jobs2_runs"]))
+    assert got["simulate_jobs2_speedup"] == round(ratios[1], 3)
     alone = backtest_lines(stream.read_bytes().splitlines(), rules, B.PARTITIONS)
     assert got["_result"].proposals == alone.proposals and got["_result"].suppressed == alone.suppressed
