@@ -54,14 +54,15 @@ class LocalClock:
         self.moves = 0
         self._wake = asyncio.Event()    # set: the next move was brought forward
 
-    def next_move(self, now: int, dues) -> int:
+    def next_move(self, now: int, dues) -> tuple[int, bool]:
         """The wall ms of the next move after one at `now`, given the event times waiting
-        (`PartitionEngine.next_due` of each engine; None for an engine with nothing waiting)."""
-        at, self.ticking = now + self.tick_ms, True
+        (`PartitionEngine.next_due` of each engine; None for an engine with nothing waiting), and
+        whether that move is a tick."""
+        at, tick = now + self.tick_ms, True
         for due in dues:
             if due is not None and due + self.lateness_ms + 1 < at:
-                at, self.ticking = due + self.lateness_ms + 1, False    # stream time then passes `due`
-        return max(at, (now if self.last is None else self.last) + self.resolution_ms)
+                at, tick = due + self.lateness_ms + 1, False    # stream time then passes `due`
+        return max(at, (now if self.last is None else self.last) + self.resolution_ms), tick
 
     def expect(self, event_ms: int) -> None:
         """An event at `event_ms` waits for stream time: move once it can pass it, if that is
@@ -75,26 +76,30 @@ class LocalClock:
             self.due, self.ticking = at, False
             self._wake.set()
 
-    async def _move(self, move, dues, now: int, tick: bool) -> None:
-        if not tick:
+    async def step(self, move, dues) -> bool:
+        """If a move is due at the clock's time, `await move(now_ms)` and plan the next from
+        `dues()`; True if it moved."""
+        now = self.clock.now_ms()
+        # a wall clock set back (NTP) moves at once: stream time stays where it was (it never
+        # goes back) and the next moves are planned from the new time, not an hour ahead
+        stepped_back = self.moved is not None and now < self.moved
+        if now < self.due and not stepped_back:
+            return False
+        if stepped_back or not self.ticking:
             self.last = now
         self.moved = now
         self.moves += 1
         await move(now)
-        self.due = self.next_move(now, dues())
+        self.due, self.ticking = self.next_move(now, dues())
+        return True
 
     async def run(self, move, dues) -> None:
-        """Forever: `await move(now_ms)` at each moment due, then plan the next from `dues()`."""
+        """Forever: a `step` at each moment due, sleeping in between."""
         loop = asyncio.get_running_loop()
         wake = self._wake
         self.due = self.clock.now_ms()
         while True:
-            now = self.clock.now_ms()
-            # a wall clock set back (NTP) moves at once: stream time stays where it was (it never
-            # goes back) and the next moves are planned from the new time, not an hour ahead
-            stepped_back = self.moved is not None and now < self.moved
-            if now >= self.due or stepped_back:
-                await self._move(move, dues, now, tick=self.ticking and not stepped_back)
+            await self.step(move, dues)
             wake.clear()
             # slept on the event loop's own (monotonic) clock, never longer than a tick
             timer = loop.call_later(min(self.due - self.clock.now_ms(), self.tick_ms) / 1000, wake.set)

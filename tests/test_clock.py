@@ -15,18 +15,18 @@ def _clock(lateness=20, tick=1000, resolution=5):
 
 def test_the_next_move_is_the_tick_unless_a_waiting_event_falls_due_before():
     c = _clock()
-    assert c.next_move(10_000, []) == 11_000
-    assert c.next_move(10_000, [None, None]) == 11_000
+    assert c.next_move(10_000, []) == (11_000, True)
+    assert c.next_move(10_000, [None, None]) == (11_000, True)
     # stream time (wall - lateness) passes an event at 10_100 once the wall clock is at 10_121
-    assert c.next_move(10_000, [None, 10_500, 10_100]) == 10_121
-    assert c.next_move(10_000, [10_990]) == 11_000        # due after the tick: the tick
+    assert c.next_move(10_000, [None, 10_500, 10_100]) == (10_121, False)
+    assert c.next_move(10_000, [10_990]) == (11_000, True)        # due after the tick: the tick
     # an event already due waits for the resolution, not less
-    assert c.next_move(10_000, [9_000]) == 10_005
+    assert c.next_move(10_000, [9_000]) == (10_005, False)
 
 
 def test_a_tick_shorter_than_the_resolution_is_the_resolution():
     c = _clock(tick=1, resolution=5)
-    assert c.next_move(100, []) == 105
+    assert c.next_move(100, []) == (105, True)
 
 
 def test_an_event_that_waits_brings_the_next_move_forward_not_back():
@@ -45,15 +45,22 @@ def test_an_event_that_waits_brings_the_next_move_forward_not_back():
 
 async def test_a_tick_does_not_hold_back_an_event_that_falls_due_just_after_it():
     """The resolution spaces the moves made for waiting events; a tick is not one of them."""
-    c = _clock()
-    c.last, c.due = 9_000, 10_000                 # moved for an event at 9_000; next, a tick
-    c.ticking = True
-    await c._move(_no_op, lambda: [], 10_000, tick=True)
+    wall = ManualClock(9_000)
+    c = LocalClock(wall, 20, 1000, 5)
+    c.due = 9_000
+    assert await c.step(_no_op, lambda: [])         # a move for an event that fell due; next, a tick
+    assert c.last == 9_000 and c.due == 10_000 and c.ticking
+    wall.advance(999)
+    assert not await c.step(_no_op, lambda: [])     # nothing due yet
+    wall.advance(1)
+    assert await c.step(_no_op, lambda: [])         # the tick
     assert c.last == 9_000 and c.due == 11_000 and c.ticking
-    c.expect(9_981)                               # falls due at 10_002, 2 ms after the tick
+    c.expect(9_981)                                 # falls due at 10_002, 2 ms after the tick
     assert c.due == 10_002 and not c.ticking
-    await c._move(_no_op, lambda: [], 10_002, tick=False)
-    c.expect(9_983)                               # due at 10_004: within the resolution of 10_002
+    wall.advance(2)
+    assert await c.step(_no_op, lambda: [])
+    assert c.last == 10_002
+    c.expect(9_983)                                 # due at 10_004: within the resolution of 10_002
     assert c.due == 10_007
 
 
