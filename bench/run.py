@@ -518,6 +518,11 @@ async def interleaved_ramps(shares: list[float], steps: dict) -> None:
             return
 
 
+def ramp_prefix(name: str, i: int, again: bool) -> str:
+    """The topics' prefix of a ramp's step: its own topics, so no step reads another's records."""
+    return f"bench-{name}-ramp-{i}{'-again' if again else ''}."
+
+
 def ramp_shares(arg: str) -> list[float]:
     """--ramp "0.4,0.3,0.2": shares of worker_eps, highest first, each in (0, 0.5)."""
     shares = [float(x) for x in arg.split(",") if x.strip()]
@@ -716,8 +721,8 @@ async def main(a) -> dict:
         relay_tried = [[res["latency_rate_eps"], res["relay_backlog_cost_p99_ms"]]]
 
         async def ramp_step(i: int, share: float, again: bool) -> bool:
-            prefix = f"bench-lat-ramp-{i}{'-again' if again else ''}."
-            step = await latency(broker, redis, tmp, events, res["worker_eps"] * share, a, prefix=prefix)
+            step = await latency(broker, redis, tmp, events, res["worker_eps"] * share, a,
+                                 prefix=ramp_prefix("lat", i, again))
             tried.append([step["latency_rate_eps"], step["p99_ms"]])
             log(f"ramp: latency at {step['latency_rate_eps']:,} events/s ({share:.0%} of the backlog rate"
                 f"{', again' if again else ''}): p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms")
@@ -725,8 +730,7 @@ async def main(a) -> dict:
 
         async def relay_step(i: int, share: float, again: bool) -> bool:
             rate = round(res["worker_eps"] * share)
-            prefix = f"bench-relay-ramp-{i}{'-again' if again else ''}."
-            step = await relay_latency(broker, events, rate, a, every, spin, prefix=prefix)
+            step = await relay_latency(broker, events, rate, a, every, spin, prefix=ramp_prefix("relay", i, again))
             relay_tried.append([rate, step["relay_p99_ms"]])
             log(f"relay ramp: {rate:,} events/s, {spin} µs per event: p99 {step['relay_p99_ms']} ms")
             return step["relay_p99_ms"] is not None and step["relay_p99_ms"] <= GOAL_P99_MS
