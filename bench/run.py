@@ -618,8 +618,7 @@ def simulate_rates(stream: Path, rules, runs: int) -> dict:
     median, simulate_eps_runs every such run's rate, simulate_jobs2_eps the two-process runs'
     median and simulate_jobs2_speedup the median of each pair's ratio (a slow spell of the
     machine lands on both runs of a pair, as in `ratio_noop`). One one-process result is kept at
-    a time, as a lone `upsell simulate` holds one: two alive slowed the next run (ad hoc, 5 runs
-    in one process: 62,231 falling to 55,783 events/s with two alive, flat without)."""
+    a time, as a lone `upsell simulate` holds one (bench/README.md: two alive slow the next run)."""
     rates, jobs_rates, result = [], [], None
     for _ in range(runs):
         result = None

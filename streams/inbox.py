@@ -22,11 +22,10 @@ read-offset and gap bookkeeping), and queues them for one coroutine (`run`), in 
   again);
 * unlike a channel's queue, the inbox is not cleared when Faust resumes flow. Faust's recovery
   resumes the input partitions, seeks them to their committed offsets and only then resumes flow,
-  clearing its channels: records fetched in between were lost with them (the fetcher's read
-  offset was past them, and nothing seeks again). Seen as a worker that never got a partition's
-  records after a restart that restored 100k customers (the benchmark's last phase hung there
-  once; 4 of 12 ad hoc runs of it failed). Kept, they are handed on; a record fetched twice
-  (across a seek) is recognised by its offset.
+  clearing its channels: records fetched in between would be lost with them (the fetcher's read
+  offset is past them, and nothing seeks again), and the partition would get nothing more after a
+  restart with a long recovery. Kept, they are handed on; a record fetched twice (across a seek)
+  is recognised by its offset.
 
 If a record of an inbox topic reaches the conductor anyway, `streams.transport.InboxConductor` hands it
 to the inbox too (`handler`), so it is never decoded into a channel nobody reads.
