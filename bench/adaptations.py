@@ -45,10 +45,12 @@ FOR_LATENCY = ("FetchWait", "ConsumerOnAppLoop", "PausedInTheClient", "freeze_st
                "WorkerWithoutSpinner")
 
 
-def backlog(broker, store, prefix: str, tmp: Path, name: str, tag: str, events: int, expected: int,
-            timeout: float) -> dict:
-    """The worker (`name` off, or `all` on) through the backlog under `prefix`."""
+async def backlog(broker, store, prefix: str, tmp: Path, name: str, tag: str, events: int, expected: int,
+                  timeout: float) -> dict:
+    """The worker (`name` off, or `all` on) through the backlog under `prefix`, its output topics
+    emptied first (`run.empty_outputs`)."""
     redis.Redis.from_url(store.url).flushdb()       # decisions found there would be skipped
+    await run.empty_outputs(broker.bootstrap, prefix)
     app_id = f"abl-{tag}"
     env = run.env_for(broker, store, prefix, tmp, UPSELL_APP_ID=app_id, UPSELL_DATA_DIR=str(tmp / app_id),
                       BENCH_WITHOUT="" if name == "all" else name)

@@ -12,12 +12,14 @@ Phases (all against the same tansu broker, same topics and partition count):
   worker     `upsell worker`: all rules, tables, outputs, Redis     -> worker_eps, and the CPU time
              the worker process used per event meanwhile -> backlog_cpu_us_per_event. The no-op
              agents and the worker run --pairs times (3), alternating, each pair with groups of
-             its own: each key is the median of the pairs' (the pairs' own in <key>_pairs), and
+             its own and each worker with empty output topics (`empty_outputs`: its read model
+             reads back its own decisions, not the earlier pairs' too): each key is the median
+             of the pairs' (the pairs' own in <key>_pairs), and
              ratio_noop the median of the pairs' ratios. The worker is timed until
              it has read every event and sent as many decisions as the backtest of the same
              file (simulate_decisions) -> worker_decisions (one per pair, each the same number:
              same input, same output), and how long after the poll that found every event read
-             that came, in polls of 200 ms, the longest of the pairs -> worker_decided_after_read_s
+             that came, in polls of 50 ms, the longest of the pairs -> worker_decided_after_read_s
   raw lat.   raw aiokafka consumer at half of worker_eps, same broker and fetch wait: produce time
              -> record in the consumer -> raw_p50_ms, raw_p99_ms (the floor under the worker's)
              and raw_p99_ms_by_span (per third of the load, by produce time), with the broker's
@@ -93,6 +95,7 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from rules.config import load_rules  # noqa: E402
 from rules.engine import INPUT_TOPICS  # noqa: E402
@@ -109,6 +112,9 @@ from streams.simulate import simulate  # noqa: E402
 PARTITIONS = 8
 EVENT_DRIVEN = {"usage_limit", "usage_forecast", "purchase", "co_purchase", "volume"}
 OUTPUTS = ("proposals", "proposals.suppressed", "dead-letters")
+WRITTEN = ("proposals", "proposals.suppressed", "proposal-status", "dead-letters", "repartition")  # by a worker
+POLL_S = 0.05       # `consume_rate`'s polls of another process's counts
+FIRST_POLL_S = 0.01  # ... until it has read its first event: where the timing starts
 WARM_S = 2      # the latency phase also reports its p99 without the first WARM_S seconds of load
 SPANS = 3       # the latency phases report p99 and the broker's CPU per third of the load
 IDLE_S = 2      # the latency phases first measure the live worker's CPU without load
@@ -143,17 +149,17 @@ def worker_events(p: WorkerProcess) -> int | None:
 
 def consume_rate(p: WorkerProcess, counter, total: int, timeout: float,
                  finished=None) -> tuple[float, float, float]:
-    """Events/s of another process (nothing to await), from polls of its count every 200 ms (at
-    50 ms, each poll's /metrics page was about 5% of the worker's time in a profile): from the
-    first poll that saw events to the first that saw them all and, if `finished` is given, found
-    `finished(p)` true; the CPU time it used per event meanwhile, in µs; and the seconds from the
-    first poll that saw them all to that end (0 without `finished`). Its progress is not
-    even: on a backlog the worker reads most events within a few hundred milliseconds, holding
-    them until the other topics reach their event time, and spends the rest applying and writing
-    them. Read counts alone would end the rate when the last event is read, which only the
-    inbox's backpressure keeps after the work: the worker's phase also waits for its decisions
-    (`finished`). The poll interval makes it read slow by up to 200 ms over the run
-    (about 10% for a 2 s backlog)."""
+    """Events/s of another process (nothing to await), from polls of its count: every
+    FIRST_POLL_S until it has read an event (those polls fall before what is timed), then every
+    POLL_S; from the first poll that saw events to the
+    first that saw them all and, if `finished` is given, found `finished(p)` true; the CPU time
+    it used per event meanwhile, in µs; and the seconds from the first poll that saw them all to
+    that end (0 without `finished`). Its progress is not even: on a backlog the worker reads
+    most events within a few hundred milliseconds, holding them until the other topics reach
+    their event time, and spends the rest applying and writing them. A late first poll would
+    leave out events already read while keeping the CPU of applying them, and read counts
+    alone would end the rate when the last event is read, which only the inbox's backpressure
+    keeps after the work: the worker's phase also waits for its decisions (`finished`)."""
     deadline = time.monotonic() + timeout
     first = read = None
     while time.monotonic() < deadline:
@@ -170,9 +176,25 @@ def consume_rate(p: WorkerProcess, counter, total: int, timeout: float,
                 if finished is None or finished(p):
                     return ((n - first[1]) / max(now - first[0], 1e-9), (cpu - first[2]) / (n - first[1]) * 1e6,
                             now - read)
-        time.sleep(0.2)
+        time.sleep(FIRST_POLL_S if first is None else POLL_S)
     raise RuntimeError(f"{total} events not consumed{' and finished' if finished else ''} within "
                        f"{timeout:.0f} s (see {p.log})")
+
+
+async def empty_outputs(bootstrap: str, prefix: str) -> None:
+    """The topics a worker writes under `prefix` deleted and created again, empty: a new
+    worker's read model reads its output topics from the start, so on topics an earlier run
+    wrote to it would also read (and write to Redis) every decision of that run."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [prefix + t for t in WRITTEN]
+        existing = [n for n in names if n in set(await admin.list_topics())]
+        if existing:
+            await admin.delete_topics(existing)
+        await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+    finally:
+        await admin.close()
 
 
 def throughput_pair(broker, redis, prefix: str, tmp: Path, i: int, events: int, records: int,
@@ -679,8 +701,10 @@ async def main(a) -> dict:
         # the no-op agents and the worker in alternating pairs: `ratio_noop` is the median
         # of the pairs' ratios, so one slow spell of the machine during one phase does not set it
         expected = len(result.proposals) + len(result.suppressed)
-        pairs = [throughput_pair(broker, redis, prefix, tmp, i, total, total + markers, expected, a)
-                 for i in range(a.pairs)]
+        pairs = []
+        for i in range(a.pairs):
+            await empty_outputs(broker.bootstrap, prefix)
+            pairs.append(throughput_pair(broker, redis, prefix, tmp, i, total, total + markers, expected, a))
         res.update(pair_summary(pairs))
         res["simulate_decisions"] = expected
         res["ratio_noop_inbox"] = round(res["worker_eps"] / res["noop_inbox_eps"], 3)

@@ -42,8 +42,19 @@ def test_the_rate_runs_until_the_work_is_finished_not_only_read():
     # the same 900 events over four poll intervals instead of one
     assert rate_done < rate_read / 3
     assert cpu_us == pytest.approx((0.5 - 0.1) / 900 * 1e6)
-    # three poll intervals (200 ms each) between the last read and the last decision
-    assert not_waited == 0 and 0.55 < after_read < 1.5
+    # three poll intervals between the last read and the last decision
+    assert not_waited == 0 and 3 * B.POLL_S * 0.9 < after_read < 3 * B.POLL_S + 1.0
+
+
+def test_polls_are_frequent_until_the_first_event_is_read_then_every_poll_interval(monkeypatch):
+    # the timing starts at the first poll that sees events: a late one would leave out events
+    # already read while keeping the CPU of applying them
+    waits = []
+    monkeypatch.setattr(B.time, "sleep", waits.append)
+    polled = _Polled([0, 0, 0, 100, 500, 1000], decided_at_poll=7)
+    B.consume_rate(polled, polled.read, 1000, timeout=30, finished=polled.finished)
+    assert waits == [B.FIRST_POLL_S] * 3 + [B.POLL_S] * 3
+    assert B.FIRST_POLL_S < B.POLL_S
 
 
 def test_a_phase_that_never_finishes_fails_and_says_so():

@@ -72,3 +72,39 @@ async def test_pace_partitions_renames_and_stamps_like_a_per_record_producer(bro
     sent = sorted((prefix + e.topic, e.raw) for e in events)
     first = sorted((m.topic, m.value) for m in got if m.key is None or b"~" not in m.key)
     assert first == sent
+
+
+async def test_empty_outputs_leaves_a_new_readers_output_topics_empty_and_the_inputs_as_they_were(broker):
+    """Each backlog run of the benchmark starts on empty output topics: a new worker's read model
+    reads them from the start, and would otherwise also read what an earlier run wrote."""
+    prefix = f"it-empty-{time.monotonic_ns()}."
+    await ensure_topics(broker.bootstrap, [prefix + "usage"], B.PARTITIONS)
+    await B.empty_outputs(broker.bootstrap, prefix)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        for topic in (*B.WRITTEN, "usage"):
+            for p in range(B.PARTITIONS):
+                await producer.send_and_wait(prefix + topic, b"earlier run", partition=p)
+        await B.empty_outputs(broker.bootstrap, prefix)
+        await producer.send_and_wait(prefix + "proposals", b"this run", partition=3)
+    finally:
+        await producer.stop()
+
+    async def read(topics: list[str]) -> list[bytes]:
+        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=broker.bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = [tp for t in topics for tp in consumer.assignment() if tp.topic == t]
+            ends = await consumer.end_offsets(parts)
+            want, got, deadline = sum(ends.values()), [], time.monotonic() + 60
+            while len(got) < want and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    got += [r.value for r in records]
+            return got
+        finally:
+            await consumer.stop()
+
+    assert await read([prefix + t for t in B.WRITTEN]) == [b"this run"]
+    assert await read([prefix + "usage"]) == [b"earlier run"] * B.PARTITIONS
