@@ -42,8 +42,8 @@ Phases (all against the same tansu broker, same topics and partition count):
              spends per event on the backlog): a worker whose live event costs what a backlog one
              does, with nothing fixed -> relay_backlog_cost_p50_ms, relay_backlog_cost_p99_ms,
              relay_backlog_cost_cores
-  ramp       if p99_ms misses 100 ms: the latency phase again at --ramp shares of worker_eps (0.3,
-             0.25, 0.2, 0.15, 0.1), highest first, until one meets it twice in a row (a step that
+  ramp       if p99_ms misses 100 ms: the latency phase again at --ramp shares of worker_eps (0.25,
+             0.2, 0.15, 0.1), highest first, until one meets it twice in a row (a step that
              meets it runs once more) -> ramp ([rate, p99 ms] of each run, half load
              first), goal_rate_eps (the highest rate at which every run met it, or null) and
              goal_rate_share (it / worker_eps): what a live worker can be sized for here; the
@@ -875,7 +875,7 @@ if __name__ == "__main__":
                     help="latency phases again at this rate, events/s (0: not run)")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=10,
                     help="latency phase: UPSELL_FETCH_MAX_WAIT_MS (tansu holds an empty fetch this long)")
-    ap.add_argument("--ramp", type=ramp_shares, default="0.3,0.25,0.2,0.15,0.1",
+    ap.add_argument("--ramp", type=ramp_shares, default="0.25,0.2,0.15,0.1",
                     help="if p99 at half load misses 100 ms, latency again at these shares of worker_eps, "
                          "highest first, until one meets it in two runs in a row ('' for none)")
     ap.add_argument("--simulate-runs", type=int, default=3,
