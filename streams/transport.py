@@ -4,12 +4,12 @@ function:
 
 | name | changes | why (bench/adaptations.py: the figure with it off) |
 |---|---|---|
-| `FetchWait` | the consumer's fetch wait (Faust fixes 1,500 ms) to `App(fetch_max_wait_ms=...)` | a broker that holds an empty fetch for the whole wait adds it to every hop (p99 at 3,000 events/s 21x) |
+| `FetchWait` | the consumer's fetch wait (Faust fixes 1,500 ms) to `App(fetch_max_wait_ms=...)` | a broker that holds an empty fetch for the whole wait adds it to every hop (p99 at 3,000 events/s 18x) |
 | `EmbeddedBrokerEndOffsets` | with the embedded test broker (tansu) only: the end offsets Faust asks for are read from the partition's last batch | tansu reports the last batch's base offset + 1, so table recovery stopped before the last records (correctness, not speed) |
-| `PausedInTheClient` | partitions Faust pauses are paused in aiokafka too | aiokafka held back every fetch while records of a paused changelog partition waited untaken (p99 at 3,000 events/s 2.8x) |
-| `InboxConductor`, `InboxFetch` | a fetch's records of an inbox topic (`App.inboxes`, `streams/inbox.py`) go to the inbox as one list | Faust's per-record path cost more than the worker's own work (backlog: 0.34x the events/s, 2.8x the CPU per event) |
+| `PausedInTheClient` | partitions Faust pauses are paused in aiokafka too | aiokafka held back every fetch while records of a paused changelog partition waited untaken (p99 at 3,000 events/s 2.7x) |
+| `InboxConductor`, `InboxFetch` | a fetch's records of an inbox topic (`App.inboxes`, `streams/inbox.py`) go to the inbox as one list | Faust's per-record path cost more than the worker's own work (backlog: 0.21x the events/s, 4.9x the CPU per event) |
 | `ConsumerOnAppLoop` | Faust's consumer runs on the app's event loop, not a thread of its own (`consumer_thread=False`) | a shorter latency tail under load (p99 at 27,000 events/s 1.9x) |
-| `WorkerWithoutSpinner` | Faust's worker without its start-up spinner (the public `Worker` setting) | at log level warn and above the spinner sets the root logger to DEBUG for good: every debug call of aiokafka, mode and Faust built a record (14% of a profile's samples of the live worker at 8,000 events/s) |
+| `WorkerWithoutSpinner` | Faust's worker without its start-up spinner (the public `Worker` setting) | at log level warn and above the spinner sets the root logger to DEBUG for good: every debug call of aiokafka, mode and Faust built a record (23% more CPU per live event at 3,000 events/s) |
 
 The worker's process also sets Python's garbage collector at start (`worker_process_settings`,
 called by the app module, not by every App made): the start-up heap frozen
