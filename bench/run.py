@@ -95,7 +95,7 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from rules.config import load_rules  # noqa: E402
 from rules.engine import INPUT_TOPICS  # noqa: E402
@@ -112,7 +112,7 @@ from streams.simulate import simulate  # noqa: E402
 PARTITIONS = 8
 EVENT_DRIVEN = {"usage_limit", "usage_forecast", "purchase", "co_purchase", "volume"}
 OUTPUTS = ("proposals", "proposals.suppressed", "dead-letters")
-WRITTEN = ("proposals", "proposals.suppressed", "proposal-status", "dead-letters", "repartition")  # by a worker
+WRITTEN = (*OUTPUTS, "proposal-status", "repartition")     # every topic a worker writes
 POLL_S = 0.05       # `consume_rate`'s polls of another process's counts
 FIRST_POLL_S = 0.01  # ... until it has read its first event: where the timing starts
 WARM_S = 2      # the latency phase also reports its p99 without the first WARM_S seconds of load
@@ -185,16 +185,16 @@ async def empty_outputs(bootstrap: str, prefix: str) -> None:
     """The topics a worker writes under `prefix` deleted and created again, empty: a new
     worker's read model reads its output topics from the start, so on topics an earlier run
     wrote to it would also read (and write to Redis) every decision of that run."""
+    names = [prefix + t for t in WRITTEN]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        names = [prefix + t for t in WRITTEN]
-        existing = [n for n in names if n in set(await admin.list_topics())]
-        if existing:
-            await admin.delete_topics(existing)
-        await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+        existing = set(await admin.list_topics())
+        if gone := [n for n in names if n in existing]:
+            await admin.delete_topics(gone)
     finally:
         await admin.close()
+    await ensure_topics(bootstrap, names, PARTITIONS)
 
 
 def throughput_pair(broker, redis, prefix: str, tmp: Path, i: int, events: int, records: int,
