@@ -51,11 +51,17 @@ Phases (all against the same tansu broker, same topics and partition count):
              way, each of its steps right after the worker's at that share (`interleaved_ramps`:
              a slow spell of the machine lands on both) -> relay_ramp, relay_goal_rate_eps, and
              goal_vs_relay (goal_rate_eps / relay_goal_rate_eps: the worker's live capacity
-             against a worker whose live event costs a backlog one's)
+             against a worker whose live event costs a backlog one's); then the relay's CPU at
+             its goal rate -> relay_goal_cores, and bench/noop_app.py on the inbox path fed at
+             0.8 of that rate -> noop_inbox_live_cores (`noop_live_cores`: what the framework's
+             path costs at the goal's rate before any rule runs)
   fixed      both again at --fixed-rate (3,000 events/s) -> fixed_p50_ms, fixed_p99_ms,
-             fixed_raw_p99_ms, fixed_live_cpu_us_per_event: a load that does not grow with the
-             worker's backlog rate; with the half-load phase, the live worker's CPU as a fixed
-             part and a part per event -> live_fixed_cores, live_marginal_us_per_event
+             fixed_raw_p99_ms, fixed_live_cpu_us_per_event, fixed_live_cores: a load that does
+             not grow with the worker's backlog rate; the relay with no work at that rate ->
+             fixed_relay_p99_ms, fixed_relay_cores (two hops and the lateness: the floor of
+             any worker built this way); with the run at goal_rate_eps, else the lowest rate
+             tried (a rate it kept up with; at half load it falls behind), the live worker's CPU as a fixed part and a part per
+             event -> live_fixed_cores, live_marginal_us_per_event, live_cost_rates_eps
   state      100k customers (a profile and a usage sample each) through a fresh worker -> rss_mb_100k
              (its peak: every event waits for stream time, then all are applied and written); then
              a second worker restores them from the changelog -> rss_mb_100k_restored
@@ -507,11 +513,52 @@ async def raw_latency(broker, events, rate: float, a, prefix: str = "bench-rawla
             "raw_broker_cores_by_span": await broker_cpu}
 
 
+async def noop_live_cores(broker, redis, tmp: Path, events, rate: float, a, prefix: str = "bench-noop-live.") -> dict:
+    """The framework's share of a live worker: bench/noop_app.py on the inbox path (Faust's
+    consumer, the worker's fetch wait and adaptations, each record only acknowledged) fed like the
+    latency phase's worker at `rate` for a third of --latency-seconds; its CPU over that span, in
+    cores. A first second of load, counted before the timing starts, shows it has joined and
+    reads; it is stopped once it has read every event. Keys: noop_inbox_live_rate_eps,
+    noop_inbox_live_cores, noop_inbox_live_sent (events, the first second's too)."""
+    await ensure_topics(broker.bootstrap, [prefix + t for t in INPUT_TOPICS], PARTITIONS)
+    p = WorkerProcess(env_for(broker, redis, prefix, tmp, NOOP_INBOX="1",
+                              UPSELL_FETCH_MAX_WAIT_MS=str(a.fetch_max_wait_ms)),
+                      tmp / "noop-live.log", argv=[sys.executable, str(ROOT / "bench" / "noop_app.py"), "worker"])
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        warm, _ = await pace(producer, prefix, events, rate, 1.0, a.pace_ms / 1000)
+
+        def counted() -> int:
+            try:
+                return orjson.loads(p.get("/count")[1])["events"]
+            except OSError:      # not listening yet
+                return 0
+        deadline = time.monotonic() + a.timeout
+        while counted() < warm:      # its group joined and the first second read: another process, polled
+            p.alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bench/noop_app.py read {counted()} of {warm} events within {a.timeout:.0f} s")
+            await asyncio.sleep(0.1)
+        cpu, began = p.cpu_seconds(), time.monotonic()
+        n, _ = await pace(producer, prefix, events, rate, a.latency_seconds / 3, a.pace_ms / 1000)
+        cores = (p.cpu_seconds() - cpu) / (time.monotonic() - began)
+        while counted() < warm + n:      # every event read: the CPU was an app that kept up
+            p.alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bench/noop_app.py read {counted()} of {warm + n} events within {a.timeout:.0f} s")
+            await asyncio.sleep(0.1)
+    finally:
+        await producer.stop()
+        p.stop()
+    return {"noop_inbox_live_rate_eps": round(rate), "noop_inbox_live_cores": round(cores, 3),
+            "noop_inbox_live_sent": warm + n}
+
+
 def live_cost(rate: float, us_per_event: float, other_rate: float, other_us_per_event: float) -> dict:
     """The live worker's CPU, read from two loads as a fixed part (cores, whatever the rate) and a
-    part per event (µs): us_per_event = fixed / rate + per_event at both. At half load
-    the fixed part does not shrink with a cheaper event, and the load grows with the backlog rate;
-    so the worker's share of a core there is about fixed + 0.5 * per_event / backlog µs per event."""
+    part per event (µs): us_per_event = fixed / rate + per_event at both. Both loads must be
+    rates the worker keeps up with: behind, the CPU per event sent is less than an event costs."""
     if rate == other_rate:
         return {"live_fixed_cores": None, "live_marginal_us_per_event": None}
     fixed = (us_per_event - other_us_per_event) / (1 / rate - 1 / other_rate)    # µs per second
@@ -737,16 +784,19 @@ async def main(a) -> dict:
         # below half load, down the --ramp shares of worker_eps until p99 meets the goal: the
         # rate to size a live worker for on this machine, measured
         tried = [[res["latency_rate_eps"], res["p99_ms"]]]
+        worker_cpu = {res["latency_rate_eps"]: [res["live_cpu_us_per_event"]]}     # rate -> µs per event
 
         # the relay spending a backlog event's CPU on each event, down the same shares: the rate a
         # worker whose live event cost what a backlog one does could meet the goal at here, so
         # that the worker's live capacity is a ratio within the run (goal_vs_relay)
         relay_tried = [[res["latency_rate_eps"], res["relay_backlog_cost_p99_ms"]]]
+        relay_cores = {res["latency_rate_eps"]: [res["relay_backlog_cost_cores"]]}
 
         async def ramp_step(i: int, share: float, again: bool) -> bool:
             step = await latency(broker, redis, tmp, events, res["worker_eps"] * share, a,
                                  prefix=ramp_prefix("lat", i, again))
             tried.append([step["latency_rate_eps"], step["p99_ms"]])
+            worker_cpu.setdefault(step["latency_rate_eps"], []).append(step["live_cpu_us_per_event"])
             log(f"ramp: latency at {step['latency_rate_eps']:,} events/s ({share:.0%} of the backlog rate"
                 f"{', again' if again else ''}): p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms")
             return step["p99_ms"] <= GOAL_P99_MS
@@ -755,6 +805,7 @@ async def main(a) -> dict:
             rate = round(res["worker_eps"] * share)
             step = await relay_latency(broker, events, rate, a, every, spin, prefix=ramp_prefix("relay", i, again))
             relay_tried.append([rate, step["relay_p99_ms"]])
+            relay_cores.setdefault(rate, []).append(step["relay_cores"])
             log(f"relay ramp: {rate:,} events/s, {spin} µs per event: p99 {step['relay_p99_ms']} ms")
             return step["relay_p99_ms"] is not None and step["relay_p99_ms"] <= GOAL_P99_MS
 
@@ -773,18 +824,36 @@ async def main(a) -> dict:
         res["relay_goal_rate_eps"] = goal_rate([t for t in relay_tried if t[1] is not None])
         res["goal_vs_relay"] = (round(res["goal_rate_eps"] / res["relay_goal_rate_eps"], 3)
                                 if res["goal_rate_eps"] and res["relay_goal_rate_eps"] else None)
+        if res["relay_goal_rate_eps"]:
+            # what the goal of 0.8 leaves a worker: the relay's CPU at its goal rate, against what
+            # the framework's path alone costs at 0.8 of that rate, before any rule runs
+            res["relay_goal_cores"] = max(relay_cores[res["relay_goal_rate_eps"]])
+            res.update(await noop_live_cores(broker, redis, tmp, events, 0.8 * res["relay_goal_rate_eps"], a))
+            log(f"relay at its goal rate: {res['relay_goal_cores']} cores; the no-op app on the inbox path at "
+                f"{res['noop_inbox_live_rate_eps']:,} events/s: {res['noop_inbox_live_cores']} cores")
         if a.fixed_rate:
             # the same at a rate that does not move with the backlog rate: comparable between runs
             # and code versions (half of a faster worker is more load on the same two cores)
             fixed = await raw_latency(broker, events, a.fixed_rate, a, prefix="bench-rawlat-fixed.")
             fixed.update(await latency(broker, redis, tmp, events, a.fixed_rate, a, prefix="bench-lat-fixed."))
+            # the floor of a design with two hops and the lateness: the relay, no work, deciding
+            # on as many events as this worker did
+            fixed_every = max(1, round(fixed["latency_sent"] / max(1, fixed["latency_samples"])))
+            floor = await relay_latency(broker, events, a.fixed_rate, a, fixed_every, prefix="bench-relay-fixed.")
             res.update({"fixed_rate_eps": a.fixed_rate, "fixed_p50_ms": fixed["p50_ms"],
                         "fixed_p99_ms": fixed["p99_ms"], "fixed_raw_p99_ms": fixed["raw_p99_ms"],
-                        "fixed_live_cpu_us_per_event": fixed["live_cpu_us_per_event"]})
-            res.update(live_cost(res["latency_rate_eps"], res["live_cpu_us_per_event"],
+                        "fixed_relay_p99_ms": floor["relay_p99_ms"], "fixed_relay_cores": floor["relay_cores"],
+                        "fixed_live_cpu_us_per_event": fixed["live_cpu_us_per_event"],
+                        "fixed_live_cores": round(fixed["live_cpu_us_per_event"] * a.fixed_rate / 1e6, 3)})
+            # split at a rate the worker kept up with (its goal rate, else the lowest tried): at
+            # half load it falls behind, and CPU per event sent is then not what an event costs
+            kept_up = res["goal_rate_eps"] or min(worker_cpu)
+            res.update(live_cost(kept_up, statistics.median(worker_cpu[kept_up]),
                                  a.fixed_rate, fixed["live_cpu_us_per_event"]))
+            res["live_cost_rates_eps"] = [kept_up, a.fixed_rate]
             log(f"latency at {a.fixed_rate:,} events/s: p50 {res['fixed_p50_ms']} ms, p99 {res['fixed_p99_ms']} ms "
-                f"(raw aiokafka p99 {res['fixed_raw_p99_ms']} ms)")
+                f"(raw aiokafka p99 {res['fixed_raw_p99_ms']} ms, the relay with no work {res['fixed_relay_p99_ms']} ms); "
+                f"the worker {res['fixed_live_cores']} cores, the relay {res['fixed_relay_cores']}")
 
         sizes = [len(orjson.dumps(c)) for eng in result.engines.values() for c in eng.customers.values()]
         res["state_bytes_per_customer"] = round(statistics.mean(sizes))
@@ -825,6 +894,7 @@ def table(res: dict) -> str:
             ("idle_cores", "live worker's CPU before the load, cores"),
             ("live_fixed_cores", "live worker's CPU, fixed part, cores"),
             ("live_marginal_us_per_event", "live worker's CPU, part per event, µs"),
+            ("live_cost_rates_eps", "the two rates that split is read from, events/s"),
             ("live_main_thread_cores", "live worker's main thread at half load, cores"),
             ("live_other_threads_cores", "its other threads, cores"),
             ("p50_ms", "latency p50, ms (half load)"),
@@ -845,8 +915,14 @@ def table(res: dict) -> str:
             ("goal_rate_share", "it / the worker's backlog rate"),
             ("relay_goal_rate_eps", "highest rate the relay at a backlog event's CPU met p99 <= 100 ms"),
             ("goal_vs_relay", "goal_rate_eps / relay_goal_rate_eps (goal >= 0.8)"),
+            ("relay_goal_cores", "the relay's CPU at its goal rate, cores"),
+            ("noop_inbox_live_cores",
+             f"no-op app, inbox path, live at {res.get('noop_inbox_live_rate_eps') or 0:,} events/s, cores"),
             ("fixed_p99_ms", f"latency p99 at {res.get('fixed_rate_eps', 0):,} events/s, ms"),
             ("fixed_raw_p99_ms", "raw aiokafka p99 at that rate, ms"),
+            ("fixed_relay_p99_ms", "the relay with no work, p99 at that rate, ms"),
+            ("fixed_live_cores", "the worker's CPU at that rate, cores"),
+            ("fixed_relay_cores", "the relay's, cores"),
             ("simulate_eps", "backtest, events/s, median (goal >= 50k)"),
             ("simulate_eps_runs", "backtest, each run's events/s"),
             ("simulate_jobs2_eps", "backtest in two processes, events/s (median)"),

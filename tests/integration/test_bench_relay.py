@@ -27,3 +27,16 @@ async def test_relay_holds_each_chosen_event_for_the_lateness_and_decides_on_it(
     # held until its time plus the lateness, then sent: never sooner, and not much later here
     assert a.lateness_ms <= res["relay_min_ms"] <= res["relay_p50_ms"] < a.lateness_ms + 1000
     assert res["relay_us_per_event"] >= 5       # the CPU it was told to spend, and its own
+
+
+async def test_noop_app_fed_live_reads_every_event_and_its_cpu_is_measured(broker, redis_server, tmp_path):
+    """`noop_live_cores`: bench/noop_app.py on the inbox path, fed at a rate after a first second
+    that shows it reads; it raises unless the app reads every event sent."""
+    lines = b"".join(generate(customers=20, days=10, seed=3, start="2025-03-01")).splitlines()
+    events, _ = load_sorted(lines)
+    events = [e for e in events if e.topic in INPUT_TOPICS]
+    a = types.SimpleNamespace(fetch_max_wait_ms=10, latency_seconds=3.0, pace_ms=20, timeout=120)
+    res = await B.noop_live_cores(broker, redis_server, tmp_path, events, 500, a, prefix="it-noop-live.")
+    assert res["noop_inbox_live_rate_eps"] == 500
+    assert 800 <= res["noop_inbox_live_sent"] <= 1100      # a second of warm-up, then a second timed
+    assert 0 < res["noop_inbox_live_cores"] < 2
