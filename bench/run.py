@@ -59,9 +59,10 @@ Phases (all against the same tansu broker, same topics and partition count):
              fixed_raw_p99_ms, fixed_live_cpu_us_per_event, fixed_live_cores: a load that does
              not grow with the worker's backlog rate; the relay with no work at that rate ->
              fixed_relay_p99_ms, fixed_relay_cores (two hops and the lateness: the floor of
-             any worker built this way); with the run at goal_rate_eps, else the lowest rate
-             tried (a rate it kept up with; at half load it falls behind), the live worker's CPU as a fixed part and a part per
-             event -> live_fixed_cores, live_marginal_us_per_event, live_cost_rates_eps
+             any worker built this way); with a run at a rate the worker kept up with
+             (`split_rate`: at half load it falls behind), the live worker's CPU as a fixed
+             part and a part per event -> live_fixed_cores, live_marginal_us_per_event,
+             live_cost_rates_eps
   state      100k customers (a profile and a usage sample each) through a fresh worker -> rss_mb_100k
              (its peak: every event waits for stream time, then all are applied and written); then
              a second worker restores them from the changelog -> rss_mb_100k_restored
@@ -555,6 +556,17 @@ async def noop_live_cores(broker, redis, tmp: Path, events, rate: float, a, pref
             "noop_inbox_live_sent": warm + n}
 
 
+def split_rate(tried: list[float], goal: float | None, fixed: float) -> float | None:
+    """The rate of `tried` (half load first, then the ramp's) to read `live_cost` from with
+    `fixed`: one the worker kept up with (at half load it falls behind, and CPU per event sent is
+    then not what an event costs), so its goal rate, else the lowest of the rates up to it (the
+    ramp's, without a goal rate); either at least 1.5 times apart from `fixed` (closer, the split
+    is noise). None if no rate qualifies."""
+    kept_up = [r for r in tried if r <= goal] if goal else tried[1:]
+    apart = [r for r in kept_up if max(r, fixed) >= 1.5 * min(r, fixed)]
+    return goal if goal in apart else min(apart) if apart else None
+
+
 def live_cost(rate: float, us_per_event: float, other_rate: float, other_us_per_event: float) -> dict:
     """The live worker's CPU, read from two loads as a fixed part (cores, whatever the rate) and a
     part per event (µs): us_per_event = fixed / rate + per_event at both. Both loads must be
@@ -845,12 +857,11 @@ async def main(a) -> dict:
                         "fixed_relay_p99_ms": floor["relay_p99_ms"], "fixed_relay_cores": floor["relay_cores"],
                         "fixed_live_cpu_us_per_event": fixed["live_cpu_us_per_event"],
                         "fixed_live_cores": round(fixed["live_cpu_us_per_event"] * a.fixed_rate / 1e6, 3)})
-            # split at a rate the worker kept up with (its goal rate, else the lowest tried): at
-            # half load it falls behind, and CPU per event sent is then not what an event costs
-            kept_up = res["goal_rate_eps"] or min(worker_cpu)
-            res.update(live_cost(kept_up, statistics.median(worker_cpu[kept_up]),
-                                 a.fixed_rate, fixed["live_cpu_us_per_event"]))
-            res["live_cost_rates_eps"] = [kept_up, a.fixed_rate]
+            kept_up = split_rate(list(worker_cpu), res["goal_rate_eps"], a.fixed_rate)
+            if kept_up:
+                res.update(live_cost(kept_up, statistics.median(worker_cpu[kept_up]),
+                                     a.fixed_rate, fixed["live_cpu_us_per_event"]))
+                res["live_cost_rates_eps"] = [kept_up, a.fixed_rate]
             log(f"latency at {a.fixed_rate:,} events/s: p50 {res['fixed_p50_ms']} ms, p99 {res['fixed_p99_ms']} ms "
                 f"(raw aiokafka p99 {res['fixed_raw_p99_ms']} ms, the relay with no work {res['fixed_relay_p99_ms']} ms); "
                 f"the worker {res['fixed_live_cores']} cores, the relay {res['fixed_relay_cores']}")

@@ -169,3 +169,12 @@ def test_simulate_is_timed_several_times_in_pairs_and_reports_their_medians(tmp_
     assert got["simulate_jobs2_speedup"] == round(ratios[1], 3)
     alone = backtest_lines(stream.read_bytes().splitlines(), rules, B.PARTITIONS)
     assert got["_result"].proposals == alone.proposals and got["_result"].suppressed == alone.suppressed
+
+
+def test_the_live_cost_is_split_at_a_rate_the_worker_kept_up_with_apart_from_the_fixed_one():
+    assert B.split_rate([14358, 7179, 4308], 7179, 3000) == 7179     # its goal rate
+    assert B.split_rate([20472], 20472, 3000) == 20472               # half load met the goal
+    # no goal rate: the lowest of the ramp's rates, not half load; 4308 and 2872 are too close
+    assert B.split_rate([14358, 7179, 5743, 4308, 2872], None, 3000) == 5743
+    assert B.split_rate([20472], None, 3000) is None
+    assert B.split_rate([14358, 3500], 3500, 3000) is None           # the goal rate too close
