@@ -52,7 +52,7 @@ from schemas.validate import MAX_STRING
 from streams import deadletters, metrics
 from streams import topics as T
 from streams.app import app, settings
-from streams.inbox import TimeSlice
+from streams.timeslice import TimeSlice
 from streams.kafka import bootstrap_of, client_kwargs
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import weakref
 from collections import deque
 from typing import Awaitable, Callable
@@ -45,24 +44,9 @@ from typing import Awaitable, Callable
 from faust.streams import _current_event
 from faust.types import TP, Message
 
+from streams.timeslice import TimeSlice
+
 Handler = Callable[[Message], Awaitable[None]]
-
-
-class TimeSlice:
-    """Cooperative scheduling for a loop over records: `pause` lets the event loop run its other
-    callbacks (the clock's moves, the broker's acknowledgements, the fetcher) once `seconds` of
-    work have passed since the last pause, so no batch holds them for longer than that."""
-
-    SECONDS = 0.002
-
-    def __init__(self, seconds: float | None = None):
-        self.seconds = self.SECONDS if seconds is None else seconds
-        self.end = time.monotonic() + self.seconds
-
-    async def pause(self) -> None:
-        if time.monotonic() >= self.end:
-            await asyncio.sleep(0)
-            self.end = time.monotonic() + self.seconds
 
 
 class Inbox:

@@ -37,7 +37,7 @@ import faust.transport.conductor
 from faust.transport.drivers import aiokafka as driver
 from mode import Service
 
-from streams.inbox import TimeSlice
+from streams.timeslice import TimeSlice
 
 
 class FetchWait(driver.AIOKafkaConsumerThread):

@@ -14,7 +14,8 @@ from faust.types.tuples import ConsumerMessage
 import agents.ingest as A
 from streams import topics as T
 from streams.app import app
-from streams.inbox import Inbox, TimeSlice, writing_for
+from streams.inbox import Inbox, writing_for
+from streams.timeslice import TimeSlice
 
 
 def _message(topic: str, partition: int = 0, offset: int = 0, generation_id=None) -> ConsumerMessage:
