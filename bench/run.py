@@ -530,25 +530,24 @@ async def noop_live_cores(broker, redis, tmp: Path, events, rate: float, a, pref
     try:
         warm, _ = await pace(producer, prefix, events, rate, 1.0, a.pace_ms / 1000)
 
-        def counted() -> int:
+        def count() -> int:
             try:
                 return orjson.loads(p.get("/count")[1])["events"]
             except OSError:      # not listening yet
                 return 0
-        deadline = time.monotonic() + a.timeout
-        while counted() < warm:      # its group joined and the first second read: another process, polled
-            p.alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"bench/noop_app.py read {counted()} of {warm} events within {a.timeout:.0f} s")
-            await asyncio.sleep(0.1)
+
+        async def read(k: int) -> None:      # another process's count: polled
+            deadline = time.monotonic() + a.timeout
+            while (got := count()) < k:
+                p.alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"bench/noop_app.py read {got} of {k} events within {a.timeout:.0f} s")
+                await asyncio.sleep(0.1)
+        await read(warm)       # its group joined and the first second read
         cpu, began = p.cpu_seconds(), time.monotonic()
         n, _ = await pace(producer, prefix, events, rate, a.latency_seconds / 3, a.pace_ms / 1000)
         cores = (p.cpu_seconds() - cpu) / (time.monotonic() - began)
-        while counted() < warm + n:      # every event read: the CPU was an app that kept up
-            p.alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"bench/noop_app.py read {counted()} of {warm + n} events within {a.timeout:.0f} s")
-            await asyncio.sleep(0.1)
+        await read(warm + n)   # every event read: the CPU was that of an app that kept up
     finally:
         await producer.stop()
         p.stop()
