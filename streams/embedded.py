@@ -75,11 +75,15 @@ def _stat_cpu(stat: Path) -> float:
 
 
 class Service:
-    def __init__(self, argv: list[str], port: int, what: str, log: Path | None):
+    def __init__(self, argv: list[str], port: int, what: str, log: Path | None, timeout: float = 30.0):
         self.port, self.what = port, what
         out = open(log, "ab") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_port(port, self.proc, what)
+        try:
+            _wait_port(port, self.proc, what, timeout)
+        except BaseException:
+            stop_process(self.proc)     # no context manager holds it yet: it would outlive the caller
+            raise
 
     def stop(self) -> None:
         stop_process(self.proc)
