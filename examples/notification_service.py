@@ -71,6 +71,7 @@ class Outbox:
     quiet: tuple[int, int] = (22, 8)
     seen: dict = field(default_factory=dict)       # proposal_id -> valid_until (ms), for dedupe
     held: list = field(default_factory=list)       # heap of (send time, proposal_id, proposal, where read)
+    pending: set = field(default_factory=set)      # the proposal_ids in `held`
     cancelled: dict = field(default_factory=dict)  # proposal_id -> (why it must not be sent, event time)
     statuses: int = 0                              # lifecycle records read
 
@@ -80,16 +81,13 @@ class Outbox:
         already handled changes nothing."""
         self.statuses += 1
         pid = r["proposal_id"]
-        if r["status"] not in ("withdrawn", "converted") or (pid in self.seen and pid not in self._pending()):
+        if r["status"] not in ("withdrawn", "converted") or (pid in self.seen and pid not in self.pending):
             return
         why = f"withdrawn ({r['reason']})" if r["status"] == "withdrawn" else f"converted already ({r['via']})"
         self.cancelled[pid] = (why, parse_ts(r["at"]))
         # one about a proposal never read (handled before a restart): forgotten after 90 days
         latest = max(at for _, at in self.cancelled.values())
         self.cancelled = {i: c for i, c in self.cancelled.items() if i in self.seen or c[1] > latest - 90 * DAY}
-
-    def _pending(self) -> set:
-        return {item[1] for item in self.held}
 
     def offer(self, p: dict, where=None) -> bool:
         """Queue a proposal (`where` it was read: (partition, offset)); False for one already seen
@@ -99,6 +97,7 @@ class Outbox:
         until = parse_ts(p["valid_until"])
         self.seen[p["proposal_id"]] = until
         heapq.heappush(self.held, (send_time(parse_ts(p["created_at"]), self.quiet), p["proposal_id"], p, where))
+        self.pending.add(p["proposal_id"])
         return True
 
     def oldest_held(self) -> dict:
@@ -117,6 +116,7 @@ class Outbox:
         out = []
         while self.held and self.held[0][0] <= now_ms:
             at, _, p, _ = heapq.heappop(self.held)
+            self.pending.discard(p["proposal_id"])
             why = self.cancelled.pop(p["proposal_id"], (None,))[0]
             if why is None and at >= self.seen[p["proposal_id"]]:
                 why = "no longer valid when it could be sent"
