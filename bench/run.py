@@ -245,6 +245,15 @@ def pair_summary(pairs: list[dict]) -> dict:
     return res
 
 
+def noop_counted(p: WorkerProcess) -> dict:
+    """bench/noop_app.py's /count: records counted and the seconds from the first to the latest
+    (none before it listens)."""
+    try:
+        return orjson.loads(p.get("/count")[1])
+    except OSError:          # not listening yet
+        return {"events": 0, "seconds": None}
+
+
 def noop_rate(env: dict, log_to: Path, total: int, timeout: float) -> int:
     """Events/s of bench/noop_app.py (started with `env`, stopped after) on the backlog, timed in
     its own process from the first record it counted to the last (its inbox variant drains the
@@ -254,10 +263,7 @@ def noop_rate(env: dict, log_to: Path, total: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             p.alive()
-            try:
-                got = orjson.loads(p.get("/count")[1])
-            except OSError:          # not listening yet
-                got = {"events": 0}
+            got = noop_counted(p)
             if got["events"] >= total:
                 return round((got["events"] - 1) / max(got["seconds"], 1e-9))
             time.sleep(0.2)
@@ -530,15 +536,9 @@ async def noop_live_cores(broker, redis, tmp: Path, events, rate: float, a, pref
     try:
         warm, _ = await pace(producer, prefix, events, rate, 1.0, a.pace_ms / 1000)
 
-        def count() -> int:
-            try:
-                return orjson.loads(p.get("/count")[1])["events"]
-            except OSError:      # not listening yet
-                return 0
-
         async def read(k: int) -> None:      # another process's count: polled
             deadline = time.monotonic() + a.timeout
-            while (got := count()) < k:
+            while (got := noop_counted(p)["events"]) < k:
                 p.alive()
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"bench/noop_app.py read {got} of {k} events within {a.timeout:.0f} s")
